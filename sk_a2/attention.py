@@ -1,0 +1,193 @@
+"""CLS-to-patch attention of a ViT block, and head aggregation.
+
+For block ``layer`` of a loaded :class:`~sk_a2.models.VisionModel` and each head ``h``, the CLS
+query's row of ``softmax(q_h · K_hᵀ / √d_k)`` over all tokens is computed from that block's own
+``q`` and ``k``: the attention module's input (the block's normed tokens), its qkv projection
+(fused or separate, with its biases), its q/k norms and, where the block has one, its rotary
+position embedding (DINOv3). The input is captured with a forward pre-hook on the block's attention
+module, and the forward stops there: the model runs only as far as the block it needs. No model
+code is forked; timm ViTs (DINO, DINOv2 with or without registers, DINOv3, MAE) and open_clip ViTs
+are supported.
+
+The CLS and register columns are dropped, the remaining patch attention is aggregated over heads
+and renormalised to sum to 1 over patches.
+
+Head aggregators (``a_h`` the per-head patch attention, ``H`` heads, ``P`` patches,
+``E_h = -Σ_p a_h[p] log a_h[p] / log P`` the normalised entropy of head ``h`` after renormalising
+``a_h`` over patches):
+
+``"mean"``
+    ``a = (1/H) Σ_h a_h`` (the paper's default).
+``"max"``
+    ``a[p] = max_h a_h[p]``, then renormalised.
+``"entropy_weighted"``
+    ``a = Σ_h w_h a_h`` with ``w_h ∝ 1 / E_h``: concentrated heads weigh more.
+``"lowest_entropy_mean"``
+    the mean of the ``k = ceil(H / 4)`` heads with the lowest ``E_h`` (6 of ViT-G's 24 heads, as
+    in the paper's Appendix J).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["HEAD_AGGREGATIONS", "aggregate_heads", "cls_attention", "patch_attention"]
+
+HEAD_AGGREGATIONS = ("mean", "max", "entropy_weighted", "lowest_entropy_mean")
+
+
+class _StopForward(Exception):
+    pass
+
+
+def resolve_layer(layer, num_layers: int) -> int:
+    """Index of the block ``layer`` (negative counts from the end)."""
+    if isinstance(layer, bool) or not isinstance(layer, int) and not hasattr(layer, "__index__"):
+        raise ValueError(f"layer must be an int, got {layer!r}")
+    layer = int(layer)
+    if not -num_layers <= layer < num_layers:
+        raise ValueError(f"layer={layer} is out of range for a model with {num_layers} blocks")
+    return layer % num_layers
+
+
+def _capture_attn_input(vm, x, layer):
+    attn = vm.attn_modules[layer]
+    captured = {}
+
+    def hook(module, args, kwargs):
+        captured["args"], captured["kwargs"] = args, kwargs
+        raise _StopForward
+
+    handle = attn.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        vm.forward_tokens(x)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    if "args" not in captured:  # pragma: no cover - the forward never reached the block
+        raise RuntimeError(f"block {layer} of {vm.name!r} was not reached by the forward pass")
+    return attn, captured["args"], captured["kwargs"]
+
+
+def _q_cls_and_k(attn: nn.Module, args, kwargs):
+    """The CLS query and all keys, as (B, H, 1, d) and (B, H, N, d)."""
+    if isinstance(attn, nn.MultiheadAttention):
+        query = args[0] if args else kwargs["query"]
+        key = args[1] if len(args) > 1 else kwargs.get("key", query)
+        if not attn.batch_first:
+            query, key = query.transpose(0, 1), key.transpose(0, 1)
+        d = attn.embed_dim
+        w, b = attn.in_proj_weight, attn.in_proj_bias
+        bq = None if b is None else b[:d]
+        bk = None if b is None else b[d:2 * d]
+        q = F.linear(query[:, :1], w[:d], bq)
+        k = F.linear(key, w[d:2 * d], bk)
+        heads = attn.num_heads
+        B, N = k.shape[:2]
+        q = q.reshape(B, 1, heads, -1).transpose(1, 2)
+        k = k.reshape(B, N, heads, -1).transpose(1, 2)
+        return q, k, (d // heads) ** -0.5
+
+    x = args[0] if args else kwargs["x"]
+    B, N, _ = x.shape
+    heads = attn.num_heads
+    qkv_linear = getattr(attn, "qkv", None)
+    if qkv_linear is not None:
+        q_bias = getattr(attn, "q_bias", None)
+        if q_bias is not None:
+            bias = torch.cat((q_bias, attn.k_bias, attn.v_bias))
+            if getattr(attn, "qkv_bias_separate", False) and qkv_linear.bias is not None:
+                qkv = qkv_linear(x) + bias
+            else:
+                qkv = F.linear(x, qkv_linear.weight, bias)
+        else:
+            qkv = qkv_linear(x)
+        qkv = qkv.reshape(B, N, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        q, k = qkv[0], qkv[1]
+    elif getattr(attn, "q_proj", None) is not None and getattr(attn, "k_proj", None) is not None:
+        q = attn.q_proj(x).reshape(B, N, heads, -1).transpose(1, 2)
+        k = attn.k_proj(x).reshape(B, N, heads, -1).transpose(1, 2)
+    else:
+        raise TypeError(
+            f"attention module {type(attn).__name__} is not supported: expected a timm attention "
+            "with qkv or q_proj/k_proj, or torch.nn.MultiheadAttention"
+        )
+    q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+    if q_norm is not None:
+        q = q_norm(q)
+    if k_norm is not None:
+        k = k_norm(k)
+    rope = kwargs.get("rope")
+    if rope is not None:
+        from timm.layers import apply_rot_embed_cat
+
+        npt = attn.num_prefix_tokens
+        half = getattr(attn, "rotate_half", False)
+        q = torch.cat([q[:, :, :npt], apply_rot_embed_cat(q[:, :, npt:], rope, half=half)], 2)
+        k = torch.cat([k[:, :, :npt], apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], 2)
+    scale = getattr(attn, "scale", None) or q.shape[-1] ** -0.5
+    return q[:, :, :1], k, float(scale)
+
+
+@torch.no_grad()
+def cls_attention(vm, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
+    """Per-head CLS attention over all tokens at block ``layer``.
+
+    Parameters
+    ----------
+    vm : sk_a2.models.VisionModel
+    x : Tensor of shape (B, 3, S, S)
+        Normalised model input.
+    layer : int, default=-1
+
+    Returns
+    -------
+    Tensor of shape (B, H, N), float32
+        Row ``softmax(q_cls · Kᵀ · scale)`` of every head, over all N tokens (prefix tokens first).
+    """
+    layer = resolve_layer(layer, vm.num_layers)
+    attn, args, kwargs = _capture_attn_input(vm, x, layer)
+    q, k, scale = _q_cls_and_k(attn, args, kwargs)
+    logits = (q.float() @ k.float().transpose(-2, -1)).squeeze(-2) * scale
+    return logits.softmax(dim=-1)
+
+
+def patch_attention(vm, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
+    """Per-head CLS-to-patch attention, prefix (CLS, register) columns dropped: (B, H, P)."""
+    return cls_attention(vm, x, layer)[..., vm.num_prefix_tokens:]
+
+
+def _normalized_entropy(a: torch.Tensor) -> torch.Tensor:
+    p = a / a.sum(-1, keepdim=True).clamp_min(1e-30)
+    ent = -(p * p.clamp_min(1e-30).log()).sum(-1)
+    return ent / math.log(max(a.shape[-1], 2))
+
+
+def aggregate_heads(attn: torch.Tensor, method: str = "mean") -> torch.Tensor:
+    """Aggregate per-head patch attention (B, H, P) into one map per image, summing to 1.
+
+    See the module docstring for the definition of each method.
+    """
+    if method == "mean":
+        out = attn.mean(1)
+    elif method == "max":
+        out = attn.amax(1)
+    elif method == "entropy_weighted":
+        w = 1.0 / _normalized_entropy(attn).clamp_min(1e-6)
+        out = (attn * (w / w.sum(1, keepdim=True)).unsqueeze(-1)).sum(1)
+    elif method == "lowest_entropy_mean":
+        heads = attn.shape[1]
+        k = max(1, math.ceil(heads / 4))
+        idx = _normalized_entropy(attn).topk(k, dim=1, largest=False).indices
+        out = attn.gather(1, idx.unsqueeze(-1).expand(-1, -1, attn.shape[-1])).mean(1)
+    else:
+        raise ValueError(
+            f"head_aggregation must be one of {', '.join(map(repr, HEAD_AGGREGATIONS))}, "
+            f"got {method!r}"
+        )
+    return out / out.sum(-1, keepdim=True).clamp_min(1e-30)

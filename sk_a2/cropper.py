@@ -1,0 +1,345 @@
+"""Croppers: image sources in, :class:`CropSet` (boxes per image) out."""
+
+from __future__ import annotations
+
+import numbers
+import operator
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from ._data import autocast, iter_image_batches
+from .attention import HEAD_AGGREGATIONS, aggregate_heads, patch_attention, resolve_layer
+from .crops import greedy_boxes, upsample_maps
+from .images import as_sources
+from .models import load_model, resolve_device
+
+__all__ = ["AttentionCropper", "CropSet"]
+
+
+class CropSet:
+    """Images and the square boxes chosen in each, without the crop pixels.
+
+    A ``CropSet`` is what croppers return and what :class:`~sk_a2.CropEmbedder` and
+    :class:`~sk_a2.ZeroShotCLIPClassifier` take. It holds references to the image sources (paths
+    stay paths), so it is light for any dataset size.
+
+    Parameters
+    ----------
+    images : sequence or ndarray
+        The image sources, as validated by :func:`sk_a2.images.as_sources`.
+    boxes : array-like of shape (n, k, 4)
+        ``(x0, y0, x1, y1)`` in original-image pixels, ``x1``/``y1`` exclusive.
+    scores : array-like of shape (n, k)
+        Attention mass inside each box (NaN where a cropper has no attention).
+    image_sizes : array-like of shape (n, 2)
+        Original ``(height, width)`` of each image.
+
+    Notes
+    -----
+    Indexing with an int array, a boolean mask or a slice gives the ``CropSet`` of those images,
+    so scikit-learn's cross-validation can split it. ``len`` is the number of images and
+    ``n_crops`` the number of boxes per image.
+    """
+
+    def __init__(self, images, boxes, scores, image_sizes):
+        self.images = images
+        self.boxes = np.asarray(boxes, dtype=np.float32)
+        self.scores = np.asarray(scores, dtype=np.float32)
+        self.image_sizes = np.asarray(image_sizes, dtype=np.int64)
+        n = len(images)
+        if self.boxes.ndim != 3 or self.boxes.shape[0] != n or self.boxes.shape[2] != 4:
+            raise ValueError(f"boxes must have shape ({n}, k, 4), got {self.boxes.shape}")
+        if self.scores.shape != self.boxes.shape[:2]:
+            raise ValueError(f"scores must have shape {self.boxes.shape[:2]}, got {self.scores.shape}")
+        if self.image_sizes.shape != (n, 2):
+            raise ValueError(f"image_sizes must have shape ({n}, 2), got {self.image_sizes.shape}")
+
+    def __len__(self):
+        return len(self.images)
+
+    @property
+    def n_crops(self) -> int:
+        return self.boxes.shape[1]
+
+    @property
+    def shape(self):
+        return self.boxes.shape[:2]
+
+    def __repr__(self):
+        return f"CropSet(n_images={len(self)}, n_crops={self.n_crops})"
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            key = key[0] if len(key) in (1, 2) and (len(key) == 1 or key[1] is Ellipsis) else key
+            if isinstance(key, tuple):
+                raise IndexError("CropSet supports indexing images only, e.g. cs[idx]")
+        if isinstance(key, numbers.Integral):
+            key = [operator.index(key)]
+        if isinstance(key, slice):
+            idx = np.arange(len(self))[key]
+        else:
+            idx = np.asarray(key)
+            if idx.dtype == bool:
+                if idx.shape != (len(self),):
+                    raise IndexError(f"boolean mask of shape {idx.shape} for {len(self)} images")
+                idx = np.flatnonzero(idx)
+            elif idx.size == 0:
+                idx = idx.astype(np.int64)
+            elif not np.issubdtype(idx.dtype, np.integer):
+                raise IndexError(f"CropSet indices must be integers, got dtype {idx.dtype}")
+        if isinstance(self.images, np.ndarray):
+            images = self.images[idx]
+        else:
+            images = [self.images[i] for i in idx]
+        return CropSet(images, self.boxes[idx], self.scores[idx], self.image_sizes[idx])
+
+    def first(self, k: int) -> CropSet:
+        """The same images with only their first ``k`` boxes."""
+        if not 1 <= k <= self.n_crops:
+            raise ValueError(f"k must be in [1, {self.n_crops}], got {k}")
+        return CropSet(self.images, self.boxes[:, :k], self.scores[:, :k], self.image_sizes)
+
+    def frame_boxes(self, size: int) -> np.ndarray:
+        """Boxes in the pixels of the image resized to ``size × size`` (float64).
+
+        Coordinates within 1e-3 of an integer are snapped to it, so integer boxes chosen in that
+        frame come back exactly.
+        """
+        h = self.image_sizes[:, 0].astype(np.float64)
+        w = self.image_sizes[:, 1].astype(np.float64)
+        scale = np.stack([size / w, size / h, size / w, size / h], axis=-1)[:, None, :]
+        boxes = self.boxes.astype(np.float64) * scale
+        rounded = np.round(boxes)
+        return np.where(np.abs(boxes - rounded) < 1e-3, rounded, boxes)
+
+
+def effective_crop_sizes(crop_sizes, n_crops) -> list[int]:
+    """Crop sizes largest first; ``n_crops`` takes the first k, repeating the last size."""
+    if isinstance(crop_sizes, numbers.Integral) and not isinstance(crop_sizes, bool):
+        crop_sizes = (crop_sizes,)
+    try:
+        sizes = list(crop_sizes)
+    except TypeError:
+        raise ValueError(f"crop_sizes must be a sequence of ints, got {crop_sizes!r}") from None
+    if not sizes:
+        raise ValueError("crop_sizes is empty: at least one crop size is needed")
+    for s in sizes:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
+            raise ValueError(f"crop_sizes must hold positive ints, got {crop_sizes!r}")
+    sizes = sorted((int(s) for s in sizes), reverse=True)
+    if n_crops is None:
+        return sizes
+    if isinstance(n_crops, bool) or not isinstance(n_crops, numbers.Integral) or n_crops < 1:
+        raise ValueError(f"n_crops must be None or a positive int, got {n_crops!r}")
+    n_crops = int(n_crops)
+    return (sizes + [sizes[-1]] * n_crops)[:n_crops]
+
+
+def _check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _check_workers(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"num_workers must be an int >= 0, got {value!r}")
+    return int(value)
+
+
+class AttentionCropper(TransformerMixin, BaseEstimator):
+    """Greedy, non-overlapping crops at the peaks of a ViT's CLS attention (A²'s *where*).
+
+    For each image (resized to ``image_size × image_size``), the CLS query's attention over the
+    patches at block ``layer`` is aggregated over heads, bilinearly upsampled to
+    ``image_size × image_size`` and renormalised; then square boxes of ``crop_sizes`` (in those
+    pixels, largest first) are placed greedily where they cover the most attention without
+    overlapping earlier boxes (Appendix B of the paper, exact).
+
+    Parameters
+    ----------
+    model : str or torch.nn.Module, default="dinov2_vits14"
+        Attention model: a short name (:func:`sk_a2.list_models`), ``"timm:<name>"``,
+        ``"open_clip:<arch>:<pretrained>"``, or a timm ViT / open_clip CLIP module (then a pickle
+        of this estimator contains its weights).
+    weights : str or path-like, default=None
+        Local state-dict file for ``model`` (see :mod:`sk_a2.models`).
+    crop_sizes : sequence of int, default=(64,)
+        Crop sides in pixels of the ``image_size`` frame; used largest first.
+    n_crops : int, default=None
+        ``None``: one crop per size. ``k``: the first ``k`` sizes, the last size repeating when
+        ``k`` exceeds them (so ``GridSearchCV`` can search ``n_crops`` with fixed sizes).
+    image_size : int, default=224
+        Side of the square model input.
+    head_aggregation : {"mean", "max", "entropy_weighted", "lowest_entropy_mean"}, default="mean"
+        How heads combine (defined in :mod:`sk_a2.attention`).
+    layer : int, default=-1
+        Block whose attention is used; negative counts from the end.
+    batch_size : int, default=32
+        Images per forward pass.
+    num_workers : int, default=0
+        Worker processes decoding and resizing images while the model runs.
+    device : str, default="auto"
+        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+    verbose : bool, default=False
+        Show a progress bar over images.
+
+    Attributes
+    ----------
+    crop_sizes_ : list of int
+        The sizes of the crops, in order.
+    grid_size_ : tuple of int
+        The attention model's patch grid ``(grid_h, grid_w)``.
+
+    Examples
+    --------
+    >>> from sk_a2 import AttentionCropper                             # doctest: +SKIP
+    >>> crops = AttentionCropper("dinov2_vits14", crop_sizes=(64, 32)).fit_transform(paths)
+    >>> crops.boxes.shape                                              # doctest: +SKIP
+    (n_images, 2, 4)
+    """
+
+    def __init__(
+        self,
+        model="dinov2_vits14",
+        *,
+        weights=None,
+        crop_sizes=(64,),
+        n_crops=None,
+        image_size=224,
+        head_aggregation="mean",
+        layer=-1,
+        batch_size=32,
+        num_workers=0,
+        device="auto",
+        verbose=False,
+    ):
+        self.model = model
+        self.weights = weights
+        self.crop_sizes = crop_sizes
+        self.n_crops = n_crops
+        self.image_size = image_size
+        self.head_aggregation = head_aggregation
+        self.layer = layer
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.device = device
+        self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        tags.requires_fit = True
+        tags.target_tags.required = False
+        tags.transformer_tags.preserves_dtype = []
+        return tags
+
+    def _load(self):
+        return load_model(self.model, weights=self.weights, image_size=self.image_size,
+                          device=resolve_device(self.device))
+
+    def _validate(self):
+        sizes = effective_crop_sizes(self.crop_sizes, self.n_crops)
+        too_big = [s for s in sizes if s > self.image_size]
+        if too_big:
+            raise ValueError(
+                f"crop size {too_big[0]} is larger than image_size={self.image_size}: crop sizes "
+                "are in pixels of the image resized to image_size x image_size"
+            )
+        if self.head_aggregation not in HEAD_AGGREGATIONS:
+            raise ValueError(
+                f"head_aggregation must be one of {', '.join(map(repr, HEAD_AGGREGATIONS))}, "
+                f"got {self.head_aggregation!r}"
+            )
+        _check_positive_int(self.batch_size, "batch_size")
+        _check_workers(self.num_workers)
+        return sizes
+
+    def fit(self, X=None, y=None):
+        """Check the parameters and load the attention model.
+
+        Nothing is learned from ``X``: the attention model is pretrained.
+
+        Parameters
+        ----------
+        X : ignored
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        if not isinstance(self.image_size, numbers.Integral) or isinstance(self.image_size, bool):
+            raise ValueError(f"image_size must be an int, got {self.image_size!r}")
+        sizes = self._validate()
+        vm = self._load()
+        resolve_layer(self.layer, vm.num_layers)
+        self.crop_sizes_ = sizes
+        self.grid_size_ = vm.grid_size
+        return self
+
+    def _maps(self, X, *, upsample):
+        """Yield ``(start, maps, hw)`` per batch; maps on the device."""
+        vm = self._load()
+        sources = as_sources(X)
+        for start, pixels, hw in iter_image_batches(
+            sources, self.image_size, batch_size=self.batch_size, num_workers=self.num_workers,
+            device=vm.device, verbose=self.verbose, desc="attention",
+        ):
+            with autocast(vm.device):
+                attn = patch_attention(vm, vm.normalize(pixels), self.layer)
+            maps = aggregate_heads(attn.float(), self.head_aggregation)
+            maps = maps.reshape(-1, *vm.grid_size)
+            if upsample:
+                maps = upsample_maps(maps, self.image_size)
+                maps = maps / maps.sum((-2, -1), keepdim=True).clamp_min(1e-30)
+            yield start, maps, hw
+
+    def attention_maps(self, X):
+        """Aggregated CLS-to-patch attention, one map per image.
+
+        Returns
+        -------
+        maps : ndarray of shape (n, grid_h, grid_w), float32
+            Each map sums to 1.
+        """
+        check_is_fitted(self)
+        self._validate()
+        out = [maps.cpu().numpy() for _, maps, _ in self._maps(X, upsample=False)]
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    def transform(self, X):
+        """Choose the crops of each image.
+
+        Parameters
+        ----------
+        X : sequence of image sources, or (n, H, W, 3) uint8 array
+
+        Returns
+        -------
+        CropSet
+            ``boxes`` (n, k, 4) in original-image pixels and ``scores`` (n, k), the fraction of
+            the upsampled attention inside each box.
+        """
+        check_is_fitted(self)
+        sizes = self._validate()
+        sources = as_sources(X)
+        boxes, scores, hws = [], [], []
+        for _, maps, hw in self._maps(sources, upsample=True):
+            b, s = greedy_boxes(maps, sizes, return_scores=True)
+            boxes.append(_to_original(b.cpu().numpy(), hw, self.image_size))
+            scores.append(s.cpu().numpy())
+            hws.append(hw)
+        return CropSet(sources, np.concatenate(boxes), np.concatenate(scores), np.concatenate(hws))
+
+
+def _to_original(boxes, hw, size):
+    """Boxes from the ``size × size`` frame to original-image pixels (float32)."""
+    h = hw[:, 0].astype(np.float64)
+    w = hw[:, 1].astype(np.float64)
+    scale = np.stack([w / size, h / size, w / size, h / size], axis=-1)[:, None, :]
+    return (boxes.astype(np.float64) * scale).astype(np.float32)
+

@@ -1,0 +1,159 @@
+"""Greedy non-overlapping crop selection and batched crop-and-resize.
+
+Crop selection follows Appendix B of the A² paper exactly. Given ``M × M`` maps and crop sizes
+``s_1 >= ... >= s_k``, crop ``j`` is the integer position ``(x, y)``, ``0 <= x, y <= M - s_j``,
+whose ``s_j × s_j`` box covers the largest attention sum among the positions that do not intersect
+an earlier box; ties go to the smallest ``y``, then the smallest ``x``. Box sums come from an
+integral image (float64), for the whole batch at once. When no non-overlapping position is left
+for a crop, that crop takes the best position ignoring overlap, and one warning per call says how
+often this happened.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["CropOverlapWarning", "crop_resize", "greedy_boxes", "upsample_maps"]
+
+
+class CropOverlapWarning(UserWarning):
+    """A crop could not be placed without overlapping an earlier one."""
+
+
+def _check_sizes(crop_sizes, M):
+    sizes = []
+    for s in crop_sizes:
+        if isinstance(s, bool) or not float(s).is_integer() or int(s) < 1:
+            raise ValueError(f"crop sizes must be positive integers, got {s!r}")
+        if int(s) > M:
+            raise ValueError(f"crop size {int(s)} is larger than the {M}x{M} map (image_size)")
+        sizes.append(int(s))
+    if not sizes:
+        raise ValueError("at least one crop size is needed")
+    return sizes
+
+
+def greedy_boxes(maps, crop_sizes, *, return_scores=False):
+    """Greedy, exact, non-overlapping maximum-mass square boxes.
+
+    Parameters
+    ----------
+    maps : array-like or Tensor of shape (n, M, M)
+        Non-negative attention maps (NumPy or torch; torch tensors stay on their device).
+    crop_sizes : sequence of int
+        Box sides in map pixels, placed in the given order (pass them largest first, as the paper
+        and :class:`~sk_a2.AttentionCropper` do).
+    return_scores : bool, default=False
+        Also return the map sum inside each box.
+
+    Returns
+    -------
+    boxes : ndarray of shape (n, k, 4), int64
+        ``(x0, y0, x1, y1)`` in map pixels, ``x1``/``y1`` exclusive. A NumPy array for NumPy
+        input, a tensor on the input's device for torch input.
+    scores : same type, shape (n, k), float64
+        Only with ``return_scores=True``.
+    """
+    is_torch = isinstance(maps, torch.Tensor)
+    t = maps if is_torch else torch.as_tensor(np.asarray(maps))
+    if t.ndim != 3 or t.shape[1] != t.shape[2]:
+        raise ValueError(f"maps must have shape (n, M, M), got {tuple(t.shape)}")
+    n, M, _ = t.shape
+    sizes = _check_sizes(crop_sizes, M)
+    a = t.to(torch.float64)
+    integral = F.pad(a.cumsum(1).cumsum(2), (1, 0, 1, 0))
+    boxes = torch.zeros((n, len(sizes), 4), dtype=torch.int64, device=a.device)
+    scores = torch.zeros((n, len(sizes)), dtype=torch.float64, device=a.device)
+    rows = torch.arange(n, device=a.device)
+    n_overlapping = 0
+    for j, s in enumerate(sizes):
+        P = M - s + 1
+        sums = (integral[:, s:, s:] - integral[:, :P, s:] - integral[:, s:, :P]
+                + integral[:, :P, :P])
+        pos = torch.arange(P, device=a.device)
+        valid = torch.ones((n, P, P), dtype=torch.bool, device=a.device)
+        for prev in range(j):
+            x0, y0, x1, y1 = boxes[:, prev].unbind(-1)
+            # a box at (x, y) of side s misses [x0, x1) x [y0, y1) iff x >= x1 or x + s <= x0 ...
+            x_hit = (pos[None] < x1[:, None]) & (pos[None] + s > x0[:, None])
+            y_hit = (pos[None] < y1[:, None]) & (pos[None] + s > y0[:, None])
+            valid &= ~(y_hit[:, :, None] & x_hit[:, None, :])
+        any_valid = valid.flatten(1).any(1)
+        n_overlapping += int((~any_valid).sum())
+        valid |= ~any_valid[:, None, None]
+        masked = sums.masked_fill(~valid, float("-inf")).flatten(1)
+        best = masked.argmax(1)  # first maximum: smallest y, then smallest x
+        y, x = best // P, best % P
+        boxes[:, j] = torch.stack([x, y, x + s, y + s], -1)
+        scores[:, j] = masked[rows, best]
+    if n_overlapping:
+        warnings.warn(
+            f"{n_overlapping} crop(s) could not be placed without overlapping an earlier crop "
+            "(the map is too small for these crop sizes); they take the best position ignoring "
+            "overlap.",
+            CropOverlapWarning,
+            stacklevel=2,
+        )
+    if not is_torch:
+        boxes, scores = boxes.cpu().numpy(), scores.cpu().numpy()
+    return (boxes, scores) if return_scores else boxes
+
+
+def upsample_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinearly upsample (n, h, w) maps to (n, size, size), ``align_corners=False``."""
+    return F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear",
+                         align_corners=False)[:, 0]
+
+
+def _interp_matrix(lo, hi, out_size, in_size):
+    """Bilinear resampling weights (..., out_size, in_size) of the interval [lo, hi).
+
+    Matches ``F.interpolate(crop, mode="bilinear", align_corners=False)`` on the crop
+    ``[lo, hi)`` for integer bounds: source coordinates are clamped to the crop, so no pixel
+    outside it contributes.
+    """
+    dtype = torch.float64
+    lo, hi = lo.to(dtype), hi.to(dtype)
+    i = torch.arange(out_size, device=lo.device, dtype=dtype)
+    length = (hi - lo)[..., None]
+    src = lo[..., None] + (i + 0.5) * length / out_size - 0.5
+    src = torch.minimum(torch.maximum(src, lo[..., None]), hi[..., None] - 1)
+    src = src.clamp(0, in_size - 1)
+    i0 = src.floor()
+    frac = src - i0
+    i0 = i0.long()
+    i1 = (i0 + 1).clamp(max=in_size - 1)
+    w = torch.zeros((*src.shape, in_size), device=lo.device, dtype=dtype)
+    w.scatter_add_(-1, i0[..., None], (1 - frac)[..., None])
+    w.scatter_add_(-1, i1[..., None], frac[..., None])
+    return w
+
+
+def crop_resize(images: torch.Tensor, boxes: torch.Tensor, out_size: int) -> torch.Tensor:
+    """Cut every box of every image and resize it bilinearly, in one batched operation.
+
+    Parameters
+    ----------
+    images : Tensor of shape (B, C, H, W), float
+    boxes : Tensor of shape (B, k, 4)
+        ``(x0, y0, x1, y1)`` in pixels of ``images``, ``x1``/``y1`` exclusive.
+    out_size : int
+
+    Returns
+    -------
+    Tensor of shape (B, k, C, out_size, out_size)
+        Equal to ``F.interpolate(images[b, :, y0:y1, x0:x1], out_size, mode="bilinear",
+        align_corners=False)`` for integer boxes (edge pixels clamped to the box, unlike
+        ``torchvision.ops.roi_align``), computed as two batched matrix products with exact
+        bilinear weights.
+    """
+    B, C, H, W = images.shape
+    boxes = boxes.to(images.device)
+    wy = _interp_matrix(boxes[..., 1], boxes[..., 3], out_size, H).to(images.dtype)
+    wx = _interp_matrix(boxes[..., 0], boxes[..., 2], out_size, W).to(images.dtype)
+    rows = torch.einsum("bkoh,bchw->bkcow", wy, images)
+    return torch.einsum("bkcow,bkpw->bkcop", rows, wx)

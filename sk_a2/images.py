@@ -1,0 +1,180 @@
+"""Turning image sources into RGB pixels, with one documented conversion per input kind.
+
+Accepted image sources (``X`` of every estimator here):
+
+* a sequence (list, tuple, 1-D object array, pandas Series) of file paths (``str`` or
+  :class:`pathlib.Path`), :class:`PIL.Image.Image` objects or NumPy arrays;
+* one ``(n, H, W, 3)`` (or ``(n, H, W)``) ``uint8`` array.
+
+Conversions, applied per image:
+
+* EXIF orientation of files and PIL images is applied (:func:`PIL.ImageOps.exif_transpose`);
+* grayscale (``L``, ``(H, W)`` or ``(H, W, 1)`` arrays) is repeated into three channels;
+* RGBA / LA: the alpha channel is dropped (no compositing); palette images go through RGBA;
+* 16-bit (``I;16`` images, ``uint16`` arrays) and 32-bit integer images are scaled to 8 bit by
+  ``round(v / 257)`` after clipping to ``[0, 65535]``;
+* CMYK, YCbCr and other PIL modes are converted with PIL's ``convert("RGB")``.
+
+Anything else (float or bool arrays, wrong shapes, unreadable files) raises ``ValueError`` naming
+the offending index.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["as_sources", "load_rgb", "load_resized", "resize_rgb"]
+
+#: PIL resampling used to bring every image to the model's square input.
+RESAMPLE = Image.BICUBIC
+
+
+def as_sources(X, *, name="X"):
+    """Validate ``X`` and return it as an indexable sequence of image sources.
+
+    A 4-D (or 3-D grayscale) ``uint8`` array is returned as is (no copy); other sequences become a
+    list (the elements are not copied). Elements are checked lazily by :func:`load_rgb`, except
+    for their type, which is checked here.
+    """
+    if isinstance(X, (str, os.PathLike, Image.Image)):
+        raise ValueError(
+            f"{name} must be a sequence of images, got a single {type(X).__name__}; wrap it in a "
+            "list"
+        )
+    if isinstance(X, np.ndarray) and X.dtype != object:
+        if X.ndim == 4 or X.ndim == 3:
+            if X.shape[0] == 0:
+                raise ValueError(f"{name} is empty: at least one image is needed")
+            _check_array_dtype(X, f"{name}")
+            if X.ndim == 4 and X.shape[-1] not in (1, 3, 4):
+                raise ValueError(
+                    f"{name} has shape {X.shape}: expected (n, H, W, 3) channels-last images"
+                )
+            return X
+        raise ValueError(
+            f"{name} is an array of shape {X.shape}: expected (n, H, W, 3) uint8 images, or a "
+            "sequence of paths / PIL images / (H, W, 3) arrays"
+        )
+    if hasattr(X, "iloc"):
+        X = X.to_list()
+    try:
+        seq = list(X)
+    except TypeError:
+        raise ValueError(
+            f"{name} must be a sequence of images (paths, PIL images or uint8 arrays), got "
+            f"{type(X).__name__}"
+        ) from None
+    if not seq:
+        raise ValueError(f"{name} is empty: at least one image is needed")
+    for i, item in enumerate(seq):
+        if not isinstance(item, (str, os.PathLike, Image.Image, np.ndarray)):
+            raise ValueError(
+                f"{name}[{i}] is a {type(item).__name__}: expected a file path, a PIL image or a "
+                "uint8 array"
+            )
+    return seq
+
+
+def _check_array_dtype(arr, where):
+    if arr.dtype == np.uint8 or arr.dtype == np.uint16:
+        return
+    raise ValueError(
+        f"{where} has dtype {arr.dtype}: expected uint8 (or uint16) pixels; convert float images "
+        "in [0, 1] with (img * 255).round().astype(np.uint8)"
+    )
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    arr = np.clip(arr.astype(np.int64), 0, 65535)
+    return np.round(arr / 257.0).astype(np.uint8)
+
+
+def _array_rgb(arr: np.ndarray, where: str) -> np.ndarray:
+    _check_array_dtype(arr, where)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = np.repeat(_to_uint8(arr)[..., None], 3, axis=-1)
+    elif arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        arr = _to_uint8(arr[..., :3])
+    else:
+        raise ValueError(f"{where} has shape {arr.shape}: expected (H, W, 3), (H, W, 4) or (H, W)")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"{where} has shape {arr.shape}: the image is empty")
+    return arr
+
+
+def _pil_rgb(img: Image.Image, where: str) -> np.ndarray:
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make the image unreadable
+        pass
+    mode = img.mode
+    if mode == "RGB":
+        return np.asarray(img, dtype=np.uint8)
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        return _array_rgb(np.asarray(img).astype(np.uint16 if mode != "I" else np.int64)
+                          .clip(0, 65535).astype(np.uint16), where)
+    if mode == "F":
+        raise ValueError(f"{where} is a 32-bit float image (mode 'F'): convert it to 8-bit first")
+    if mode == "P":
+        img = img.convert("RGBA")
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def load_rgb(source, index=None) -> np.ndarray:
+    """Read one image source as an ``(H, W, 3)`` ``uint8`` array.
+
+    Parameters
+    ----------
+    source : str, path-like, PIL.Image.Image or numpy.ndarray
+    index : int, optional
+        Position in ``X``, used in error messages.
+    """
+    where = "image" if index is None else f"X[{index}]"
+    if isinstance(source, np.ndarray):
+        return _array_rgb(source, where)
+    if isinstance(source, Image.Image):
+        return _pil_rgb(source, where)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return _pil_rgb(img, f"{where} ({str(path)!r})")
+        except FileNotFoundError:
+            raise ValueError(f"{where}: image file {str(path)!r} does not exist") from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise ValueError(
+                f"{where}: cannot read image file {str(path)!r} ({type(exc).__name__}: {exc})"
+            ) from None
+    raise ValueError(f"{where} is a {type(source).__name__}: expected a path, PIL image or array")
+
+
+def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize an ``(H, W, 3)`` uint8 image to ``(size, size, 3)`` with PIL bicubic.
+
+    An image already at that size is returned unchanged.
+    """
+    if rgb.shape[0] == size and rgb.shape[1] == size:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((size, size), RESAMPLE), dtype=np.uint8)
+
+
+def load_resized(source, size: int, index=None):
+    """Load one source and resize it to the model's square input.
+
+    Returns
+    -------
+    pixels : ndarray of shape (size, size, 3), uint8
+    hw : tuple of int
+        The original height and width.
+    """
+    rgb = load_rgb(source, index)
+    return resize_rgb(rgb, size), rgb.shape[:2]
