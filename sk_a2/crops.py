@@ -4,7 +4,8 @@ Crop selection follows Appendix B of the A² paper exactly. Given ``M × M`` map
 ``s_1 >= ... >= s_k``, crop ``j`` is the integer position ``(x, y)``, ``0 <= x, y <= M - s_j``,
 whose ``s_j × s_j`` box covers the largest attention sum among the positions that do not intersect
 an earlier box; ties go to the smallest ``y``, then the smallest ``x``. Box sums come from an
-integral image (float64), for the whole batch at once. When no non-overlapping position is left
+integral image (float64), for the whole batch at once; sums that differ by less than 1e-12 of
+the map's total (the integral image's rounding) count as ties. When no non-overlapping position is left
 for a crop, that crop takes the best position ignoring overlap, and one warning per call says how
 often this happened.
 """
@@ -69,6 +70,7 @@ def greedy_boxes(maps, crop_sizes, *, return_scores=False):
     boxes = torch.zeros((n, len(sizes), 4), dtype=torch.int64, device=a.device)
     scores = torch.zeros((n, len(sizes)), dtype=torch.float64, device=a.device)
     rows = torch.arange(n, device=a.device)
+    tie_tol = 1e-12 * a.abs().sum((1, 2))[:, None]
     n_overlapping = 0
     for j, s in enumerate(sizes):
         P = M - s + 1
@@ -86,7 +88,9 @@ def greedy_boxes(maps, crop_sizes, *, return_scores=False):
         n_overlapping += int((~any_valid).sum())
         valid |= ~any_valid[:, None, None]
         masked = sums.masked_fill(~valid, float("-inf")).flatten(1)
-        best = masked.argmax(1)  # first maximum: smallest y, then smallest x
+        # sums equal up to the integral image's rounding are ties: the first (smallest y, then x)
+        top = masked.max(1, keepdim=True).values
+        best = (masked >= top - tie_tol).to(torch.uint8).argmax(1)
         y, x = best // P, best % P
         boxes[:, j] = torch.stack([x, y, x + s, y + s], -1)
         scores[:, j] = masked[rows, best]

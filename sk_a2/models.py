@@ -23,6 +23,7 @@ Loaded models are cached per process, one copy per (model, weights, image size, 
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import socket
 import threading
@@ -340,18 +341,48 @@ def _create_timm(spec: ModelSpec, weights, image_size):
         kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
     else:
         _ensure_timm_weights_reachable(spec)
-    try:
-        return timm.create_model(arch, **kwargs)
-    except TypeError as exc:
-        if "img_size" not in str(exc):
-            raise
-        raise ValueError(f"timm model {arch!r} is not a vision transformer") from exc
-    except RuntimeError as exc:
-        if weights is None or "state_dict" not in str(exc).lower() and "size" not in str(exc):
-            raise
+    with _capture_logs("timm.models._builder") as records:
+        try:
+            module = timm.create_model(arch, **kwargs)
+        except TypeError as exc:
+            if "img_size" not in str(exc):
+                raise
+            raise ValueError(f"timm model {arch!r} is not a vision transformer") from exc
+        except RuntimeError as exc:
+            if weights is None:
+                raise
+            raise ValueError(
+                f"weights file {str(weights)!r} does not fit model {spec.name!r} ({arch}): {exc}"
+            ) from exc
+    missing = [r.getMessage() for r in records if r.getMessage().startswith("Missing keys")]
+    if missing:  # the model has no classifier (num_classes=0): every missing key is a real gap
+        source = str(weights) if weights is not None else "the downloaded checkpoint"
         raise ValueError(
-            f"weights file {str(weights)!r} does not fit model {spec.name!r} ({arch}): {exc}"
-        ) from exc
+            f"weights from {source} do not fit model {spec.name!r} ({arch}): {missing[0]}"
+        )
+    return module
+
+
+class _capture_logs:
+    """Collect the records of one logger (timm reports key mismatches only as log lines)."""
+
+    def __init__(self, name):
+        self.logger = logging.getLogger(name)
+        self.records = []
+        self.handler = logging.Handler(logging.DEBUG)
+        self.handler.emit = self.records.append
+
+    def __enter__(self):
+        self.level = self.logger.level
+        self.logger.addHandler(self.handler)
+        if self.logger.getEffectiveLevel() > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+        return self.records
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+        return False
 
 
 def _create_open_clip(spec: ModelSpec, weights, image_size):
