@@ -182,10 +182,13 @@ class VisionModel:
         Input side length the model was built for.
     mean, std : tuple of 3 floats
         Normalisation of the checkpoint.
+    arch : str, optional
+        open_clip architecture name (selects its tokenizer); None for a module passed in.
     """
 
-    def __init__(self, module, library, name, image_size, mean, std):
+    def __init__(self, module, library, name, image_size, mean, std, arch=None):
         self.module = module
+        self.arch = arch
         self.library = library
         self.name = name
         self.image_size = int(image_size)
@@ -327,7 +330,7 @@ def _load_named(spec: ModelSpec, weights, image_size, device) -> VisionModel:
         library = "open_clip"
     _check_vit(module, library, spec.name)
     module = module.to(device).eval().requires_grad_(False)
-    return VisionModel(module, library, spec.name, image_size, mean, std)
+    return VisionModel(module, library, spec.name, image_size, mean, std, arch=spec.arch)
 
 
 def _create_timm(spec: ModelSpec, weights, image_size):
