@@ -6,7 +6,15 @@ embeddings.
 """
 
 from .cropper import AttentionCropper, CropSet
+from .dfr import DFRClassifier
 from .embedder import CropEmbedder
+from .metrics import (
+    group_accuracy_report,
+    worst_class_accuracy,
+    worst_class_scorer,
+    worst_group_accuracy,
+    worst_group_scorer,
+)
 from .models import list_models
 
 __version__ = "0.1.0"
@@ -15,5 +23,11 @@ __all__ = [
     "AttentionCropper",
     "CropEmbedder",
     "CropSet",
+    "DFRClassifier",
+    "group_accuracy_report",
     "list_models",
+    "worst_class_accuracy",
+    "worst_class_scorer",
+    "worst_group_accuracy",
+    "worst_group_scorer",
 ]
