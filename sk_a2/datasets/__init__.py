@@ -1,0 +1,25 @@
+"""Datasets for spurious-correlation benchmarks.
+
+``make_spurious_images`` generates a small synthetic benchmark in memory. The loaders read
+the metadata of the benchmarks used in the A2 paper from a local copy and return image
+paths with labels, spurious attributes, groups and splits; they neither download nor open
+images, and do not check that every image file exists.
+Every function returns a :class:`sklearn.utils.Bunch` whose ``DESCR`` documents the expected
+layout and the label/group encoding.
+"""
+
+from ._celeba import load_celeba
+from ._metashift import load_metashift_animals, load_metashift_cvd
+from ._spawrious import load_spawrious, spawrious_plan
+from ._synthetic import make_spurious_images
+from ._waterbirds import load_waterbirds
+
+__all__ = [
+    "load_celeba",
+    "load_metashift_animals",
+    "load_metashift_cvd",
+    "load_spawrious",
+    "load_waterbirds",
+    "make_spurious_images",
+    "spawrious_plan",
+]
