@@ -153,7 +153,9 @@ def cls_attention(vm, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
     layer = resolve_layer(layer, vm.num_layers)
     attn, args, kwargs = _capture_attn_input(vm, x, layer)
     q, k, scale = _q_cls_and_k(attn, args, kwargs)
-    logits = (q.float() @ k.float().transpose(-2, -1)).squeeze(-2) * scale
+    # an elementwise product and a reduction over d (not a batched matmul): each image's row is
+    # then computed the same way whatever else is in the batch, so cached and fresh maps agree
+    logits = (q.float() * k.float()).sum(-1) * scale
     return logits.softmax(dim=-1)
 
 

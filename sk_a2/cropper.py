@@ -6,13 +6,15 @@ import numbers
 import operator
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._data import autocast, iter_image_batches
 from .attention import HEAD_AGGREGATIONS, aggregate_heads, patch_attention, resolve_layer
 from .crops import greedy_boxes, upsample_maps
-from .images import as_sources
+from .cache import digest, image_key, model_key, resolve_cache
+from .images import as_sources, take
 from .models import load_model, resolve_device
 
 __all__ = ["AttentionCropper", "CropSet"]
@@ -183,6 +185,10 @@ class AttentionCropper(TransformerMixin, BaseEstimator):
         Worker processes decoding and resizing images while the model runs.
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+    cache : None, "memory" or path, default=None
+        Keep attention maps keyed by image content and every parameter that changes them, so
+        refits (``GridSearchCV`` candidates and folds, other crop counts or sizes) reselect crops
+        without running the model again. See :mod:`sk_a2.cache`.
     verbose : bool, default=False
         Show a progress bar over images.
 
@@ -214,6 +220,7 @@ class AttentionCropper(TransformerMixin, BaseEstimator):
         batch_size=32,
         num_workers=0,
         device="auto",
+        cache=None,
         verbose=False,
     ):
         self.model = model
@@ -226,6 +233,7 @@ class AttentionCropper(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.device = device
+        self.cache = cache
         self.verbose = verbose
 
     def __sklearn_tags__(self):
@@ -281,22 +289,49 @@ class AttentionCropper(TransformerMixin, BaseEstimator):
         self.grid_size_ = vm.grid_size
         return self
 
-    def _maps(self, X, *, upsample):
-        """Yield ``(start, maps, hw)`` per batch; maps on the device."""
+    def _compute_maps(self, sources):
+        """Aggregated patch maps (n, grid_h, grid_w) float32 and original sizes (n, 2).
+
+        With a cache, maps of images seen before (same content, model, weights, image size,
+        layer and aggregation) are read back instead of recomputed.
+        """
         vm = self._load()
-        sources = as_sources(X)
-        for start, pixels, hw in iter_image_batches(
-            sources, self.image_size, batch_size=self.batch_size, num_workers=self.num_workers,
-            device=vm.device, verbose=self.verbose, desc="attention",
-        ):
-            with autocast(vm.device):
-                attn = patch_attention(vm, vm.normalize(pixels), self.layer)
-            maps = aggregate_heads(attn.float(), self.head_aggregation)
-            maps = maps.reshape(-1, *vm.grid_size)
-            if upsample:
-                maps = upsample_maps(maps, self.image_size)
-                maps = maps / maps.sum((-2, -1), keepdim=True).clamp_min(1e-30)
-            yield start, maps, hw
+        n, (gh, gw) = len(sources), vm.grid_size
+        maps = np.empty((n, gh, gw), dtype=np.float32)
+        hws = np.empty((n, 2), dtype=np.int64)
+        cache = resolve_cache(self.cache)
+        todo = np.arange(n)
+        if cache is not None:
+            layer = resolve_layer(self.layer, vm.num_layers)
+            mkey = model_key(self.model, self.weights)
+            keys = [digest("attention-map", mkey, self.image_size, layer, self.head_aggregation,
+                           image_key(src)) for src in sources]
+            missing = []
+            for i, key in enumerate(keys):
+                entry = cache.get(key)
+                if entry is None or entry.shape != (2 + gh * gw,):
+                    missing.append(i)
+                    continue
+                hws[i] = entry[:2]
+                maps[i] = entry[2:].reshape(gh, gw)
+            todo = np.asarray(missing, dtype=np.int64)
+        if len(todo):
+            batches = iter_image_batches(
+                take(sources, todo), self.image_size, batch_size=self.batch_size,
+                num_workers=self.num_workers, device=vm.device, verbose=self.verbose,
+                desc="attention",
+            )
+            for start, pixels, hw in batches:
+                rows = todo[start:start + len(hw)]
+                with autocast(vm.device):
+                    attn = patch_attention(vm, vm.normalize(pixels), self.layer)
+                m = aggregate_heads(attn.float(), self.head_aggregation)
+                m = m.reshape(-1, gh, gw).cpu().numpy()
+                maps[rows], hws[rows] = m, hw
+                if cache is not None:
+                    for r, mr, h in zip(rows, m, hw):
+                        cache.put(keys[r], np.concatenate([h.astype(np.float32), mr.ravel()]))
+        return maps, hws
 
     def attention_maps(self, X):
         """Aggregated CLS-to-patch attention, one map per image.
@@ -308,8 +343,7 @@ class AttentionCropper(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         self._validate()
-        out = [maps.cpu().numpy() for _, maps, _ in self._maps(X, upsample=False)]
-        return np.concatenate(out).astype(np.float32, copy=False)
+        return self._compute_maps(as_sources(X))[0]
 
     def transform(self, X):
         """Choose the crops of each image.
@@ -327,13 +361,18 @@ class AttentionCropper(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         sizes = self._validate()
         sources = as_sources(X)
-        boxes, scores, hws = [], [], []
-        for _, maps, hw in self._maps(sources, upsample=True):
-            b, s = greedy_boxes(maps, sizes, return_scores=True)
-            boxes.append(_to_original(b.cpu().numpy(), hw, self.image_size))
-            scores.append(s.cpu().numpy())
-            hws.append(hw)
-        return CropSet(sources, np.concatenate(boxes), np.concatenate(scores), np.concatenate(hws))
+        maps, hws = self._compute_maps(sources)
+        device = self._load().device
+        boxes = np.empty((len(sources), len(sizes), 4), dtype=np.float32)
+        scores = np.empty((len(sources), len(sizes)), dtype=np.float32)
+        step = max(self.batch_size, 256)
+        for i in range(0, len(sources), step):
+            up = upsample_maps(torch.as_tensor(maps[i:i + step], device=device), self.image_size)
+            up = up / up.sum((-2, -1), keepdim=True).clamp_min(1e-30)
+            b, s = greedy_boxes(up, sizes, return_scores=True)
+            boxes[i:i + step] = _to_original(b.cpu().numpy(), hws[i:i + step], self.image_size)
+            scores[i:i + step] = s.cpu().numpy()
+        return CropSet(sources, boxes, scores, hws)
 
 
 def _to_original(boxes, hw, size):

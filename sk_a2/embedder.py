@@ -12,38 +12,101 @@ from sklearn.utils.validation import check_is_fitted
 from ._data import autocast, iter_image_batches
 from .crops import crop_resize
 from .cropper import CropSet, _check_positive_int, _check_workers
-from .images import as_sources
+from .cache import digest, image_key, model_key, resolve_cache
+from .images import as_sources, take
 from .models import load_model, resolve_device
 
 __all__ = ["CropEmbedder"]
 
 
-def iter_crop_batches(X: CropSet | object, size, *, include_full_image, batch_size, num_workers,
-                      device, verbose=False, desc="embedding"):
-    """Yield ``(start, inputs, n_per_image)``: crops of a batch of images, ready for a model.
+def embedding_boxes(X, size, include_full_image):
+    """Boxes to embed per image in the ``size`` frame: (n, m, 4) float64, full image last.
 
-    ``inputs`` is (B * n_per_image, 3, size, size) in [0, 1], image-major, crops in order and the
-    full image last when ``include_full_image``. Plain images (not a :class:`CropSet`) give the
-    full image only.
+    A :class:`CropSet` gives its boxes (plus the full image with ``include_full_image``); plain
+    images give the full image only.
     """
-    is_cropset = isinstance(X, CropSet)
-    sources = X.images if is_cropset else as_sources(X)
-    k = X.n_crops if is_cropset else 0
-    per_image = k + (1 if include_full_image or not is_cropset else 0)
-    images_per_batch = max(1, batch_size // per_image)
-    frame = X.frame_boxes(size) if is_cropset else None
+    full = np.array([0.0, 0.0, size, size])
+    if isinstance(X, CropSet):
+        boxes = X.frame_boxes(size)
+        if include_full_image:
+            boxes = np.concatenate([boxes, np.broadcast_to(full, (len(X), 1, 4))], axis=1)
+        return boxes
+    return np.broadcast_to(full, (len(X), 1, 4)).copy()
+
+
+def iter_crop_batches(X, size, *, include_full_image, batch_size, num_workers, device,
+                      verbose=False, desc="embedding"):
+    """Yield ``(start, inputs, n_per_image)``: the crops of a batch of images, in [0, 1]."""
+    sources = X.images if isinstance(X, CropSet) else as_sources(X)
+    boxes = embedding_boxes(X, size, include_full_image)
+    per_image = boxes.shape[1]
     for start, pixels, _ in iter_image_batches(
-        sources, size, batch_size=images_per_batch, num_workers=num_workers, device=device,
-        verbose=verbose, desc=desc,
+        sources, size, batch_size=max(1, batch_size // per_image), num_workers=num_workers,
+        device=device, verbose=verbose, desc=desc,
     ):
-        parts = []
-        if k:
-            boxes = torch.as_tensor(frame[start:start + len(pixels)], device=device)
-            parts.append(crop_resize(pixels, boxes, size))
-        if per_image > k:
-            parts.append(pixels[:, None])
-        inputs = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
-        yield start, inputs.flatten(0, 1), per_image
+        b = torch.as_tensor(boxes[start:start + len(pixels)], device=device)
+        yield start, crop_resize(pixels, b, size).flatten(0, 1), per_image
+
+
+def embed_boxes(vm, sources, boxes, *, size, batch_size, num_workers=0, verbose=False,
+                cache=None, model_id=None, desc="embedding"):
+    """Embed every box of every image: (n, m, d) float32.
+
+    Each box (in pixels of the image resized to ``size × size``) is cut and resized bilinearly to
+    ``size`` in one batched operation per batch, normalised and embedded with ``vm.embed``. A
+    full-image box takes the resized image itself. With a ``cache`` (and ``model_id``, the
+    model's identity), embeddings already known for (image content, box) are read back and only
+    the missing boxes are computed.
+    """
+    n, m = boxes.shape[:2]
+    out = np.empty((n, m, vm.embed_dim), dtype=np.float32)
+    todo = np.ones((n, m), dtype=bool)
+    if cache is not None:
+        keys = []
+        for i, src in enumerate(sources):
+            ikey = image_key(src)
+            keys.append([digest("embedding", model_id, size, ikey, tuple(np.round(b, 4)))
+                         for b in boxes[i].tolist()])
+        for i in range(n):
+            for j in range(m):
+                entry = cache.get(keys[i][j])
+                if entry is not None and entry.shape == (vm.embed_dim,):
+                    out[i, j], todo[i, j] = entry, False
+    rows = np.flatnonzero(todo.any(1))
+    if not len(rows):
+        return out
+    full = np.array([0, 0, size, size], dtype=np.float64)
+    batches = iter_image_batches(
+        take(sources, rows), size, batch_size=max(1, batch_size // m), num_workers=num_workers,
+        device=vm.device, verbose=verbose, desc=desc,
+    )
+    for start, pixels, _ in batches:
+        batch_rows = rows[start:start + len(pixels)]
+        b_idx, j_idx = np.nonzero(todo[batch_rows])
+        b_boxes = boxes[batch_rows[b_idx], j_idx]
+        is_full = np.all(b_boxes == full, axis=1)
+        inputs = torch.empty((len(b_idx), *pixels.shape[1:]), device=pixels.device)
+        if is_full.any():
+            inputs[torch.as_tensor(is_full)] = pixels[torch.as_tensor(b_idx[is_full])]
+        if (~is_full).any():
+            sel = torch.as_tensor(b_idx[~is_full], device=pixels.device)
+            crop_boxes = torch.as_tensor(b_boxes[~is_full], device=pixels.device)[:, None]
+            inputs[torch.as_tensor(~is_full)] = crop_resize(pixels[sel], crop_boxes, size)[:, 0]
+        emb = _forward_embed(vm, inputs, batch_size).cpu().numpy()
+        out[batch_rows[b_idx], j_idx] = emb
+        if cache is not None:
+            for r, j, e in zip(batch_rows[b_idx], j_idx, emb):
+                cache.put(keys[r][j], e)
+    return out
+
+
+@torch.no_grad()
+def _forward_embed(vm, inputs, batch_size):
+    chunks = []
+    for i in range(0, len(inputs), batch_size):
+        with autocast(vm.device):
+            chunks.append(vm.embed(vm.normalize(inputs[i:i + batch_size])).float())
+    return torch.cat(chunks)
 
 
 class CropEmbedder(TransformerMixin, BaseEstimator):
@@ -74,6 +137,9 @@ class CropEmbedder(TransformerMixin, BaseEstimator):
         Worker processes decoding and resizing images while the model runs.
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+    cache : None, "memory" or path, default=None
+        Keep embeddings keyed by (image content, box, model, image size): refits with more
+        crops embed only the new boxes. See :mod:`sk_a2.cache`.
     verbose : bool, default=False
         Show a progress bar over images.
 
@@ -97,6 +163,7 @@ class CropEmbedder(TransformerMixin, BaseEstimator):
         batch_size=32,
         num_workers=0,
         device="auto",
+        cache=None,
         verbose=False,
     ):
         self.model = model
@@ -106,6 +173,7 @@ class CropEmbedder(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.device = device
+        self.cache = cache
         self.verbose = verbose
 
     def __sklearn_tags__(self):
@@ -163,24 +231,14 @@ class CropEmbedder(TransformerMixin, BaseEstimator):
             fitted = f"{self.n_crops_} crops per image" if self.n_crops_ else "plain images"
             raise ValueError(f"CropEmbedder was fitted on {fitted}; transform got {what}")
         vm = self._load()
-        out = np.empty((len(X), self.n_features_out_), dtype=np.float32)
-        for start, inputs, per_image in iter_crop_batches(
-            X, self.image_size, include_full_image=self.include_full_image,
-            batch_size=self.batch_size, num_workers=self.num_workers, device=vm.device,
-            verbose=self.verbose,
-        ):
-            emb = self._embed(vm, inputs)
-            n = len(inputs) // per_image
-            out[start:start + n] = emb.reshape(n, per_image * emb.shape[-1]).cpu().numpy()
-        return out
-
-    @torch.no_grad()
-    def _embed(self, vm, inputs):
-        chunks = []
-        for i in range(0, len(inputs), self.batch_size):
-            with autocast(vm.device):
-                chunks.append(vm.embed(vm.normalize(inputs[i:i + self.batch_size])).float())
-        return torch.cat(chunks)
+        sources = X.images if isinstance(X, CropSet) else as_sources(X)
+        emb = embed_boxes(
+            vm, sources, embedding_boxes(X, self.image_size, self.include_full_image),
+            size=self.image_size, batch_size=self.batch_size, num_workers=self.num_workers,
+            verbose=self.verbose, cache=resolve_cache(self.cache),
+            model_id=model_key(self.model, self.weights) if self.cache is not None else None,
+        )
+        return emb.reshape(len(sources), -1)
 
     def get_feature_names_out(self, input_features=None):
         """``crop{j}_{i}`` for embedding dimension ``i`` of crop ``j``; ``full_{i}`` for the image."""

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["as_sources", "load_rgb", "load_resized", "resize_rgb"]
+__all__ = ["as_sources", "load_rgb", "load_resized", "resize_rgb", "take"]
 
 #: PIL resampling used to bring every image to the model's square input.
 RESAMPLE = Image.BICUBIC
@@ -178,3 +178,10 @@ def load_resized(source, size: int, index=None):
     """
     rgb = load_rgb(source, index)
     return resize_rgb(rgb, size), rgb.shape[:2]
+
+
+def take(sources, idx):
+    """The sources at positions ``idx`` (an array stays an array, a list a list)."""
+    if isinstance(sources, np.ndarray):
+        return sources[np.asarray(idx, dtype=np.int64)]
+    return [sources[i] for i in idx]

@@ -1,0 +1,244 @@
+"""Content-addressed caches for attention maps and crop embeddings.
+
+Every estimator with a ``cache`` parameter accepts:
+
+``None``
+    No caching (the default).
+``"memory"``
+    One process-wide, size-bounded LRU store (``SK_A2_MEMORY_CACHE_BYTES``, default 2 GiB), shared
+    by every estimator of the process, so clones made by ``GridSearchCV`` reuse each other's work.
+a directory (str or path-like)
+    A :class:`DiskCache` there: entries survive the process and are shared between processes.
+
+Keys are digests of the image *content* (file bytes, pixels) and of every parameter that changes
+the result (model and weights, image size, layer and head aggregation for maps; model, image size
+and box for embeddings), so a stale entry cannot be returned. Entries carry their own key: a
+corrupt or foreign file is recomputed, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+import threading
+import weakref
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DiskCache", "MemoryCache", "digest", "image_key", "model_key", "resolve_cache"]
+
+_MAGIC = b"SKA2CACHE1"
+
+
+def digest(*parts) -> str:
+    """A hex digest of ``repr`` of the parts (strings, numbers, tuples of them)."""
+    return hashlib.blake2b(repr(parts).encode(), digest_size=20).hexdigest()
+
+
+def image_key(source) -> str:
+    """Digest of an image source's content (file bytes, or pixels with dtype and shape)."""
+    from PIL import Image
+
+    h = hashlib.blake2b(digest_size=20)
+    if isinstance(source, np.ndarray):
+        arr = np.ascontiguousarray(source)
+        h.update(f"array:{arr.dtype.str}:{arr.shape}".encode())
+        h.update(arr.data)
+    elif isinstance(source, Image.Image):
+        orientation = source.getexif().get(0x0112, 1)
+        h.update(f"pil:{source.mode}:{source.size}:{orientation}".encode())
+        h.update(source.tobytes())
+    else:
+        h.update(b"file:")
+        try:
+            with open(source, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError:
+            # unreadable: a key that is never stored, so the loader reports the real error
+            return "unreadable:" + os.fspath(source)
+    return h.hexdigest()
+
+
+_FILE_DIGESTS: dict = {}
+_MODULE_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _file_digest(path) -> str:
+    st = os.stat(path)
+    stamp = (os.fspath(path), st.st_size, st.st_mtime_ns)
+    if stamp not in _FILE_DIGESTS:
+        h = hashlib.blake2b(digest_size=20)
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        _FILE_DIGESTS[stamp] = h.hexdigest()
+    return _FILE_DIGESTS[stamp]
+
+
+def model_key(model, weights) -> str:
+    """Identity of a model: its name and the content of its weights file, or a module's weights.
+
+    A module passed in is fingerprinted from its parameters and buffers once per process.
+    """
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        if model not in _MODULE_DIGESTS:
+            h = hashlib.blake2b(digest_size=20)
+            for name, t in model.state_dict().items():
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().data)
+            _MODULE_DIGESTS[model] = "module:" + h.hexdigest()
+        return _MODULE_DIGESTS[model]
+    weights_id = None if weights is None else _file_digest(weights)
+    return digest("model", str(model), weights_id)
+
+
+class MemoryCache:
+    """A thread-safe LRU of NumPy arrays bounded in bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self._data: OrderedDict = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self):
+        return len(self._data)
+
+    def get(self, key):
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key, value: np.ndarray) -> None:
+        value = np.array(value, copy=True)
+        value.setflags(write=False)
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._data[key] = value
+            self._bytes += value.nbytes
+            while self._bytes > self.max_bytes and len(self._data) > 1:
+                _, dropped = self._data.popitem(last=False)
+                self._bytes -= dropped.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._bytes = 0
+
+
+class DiskCache:
+    """Arrays in files under ``directory``, written atomically, bounded in total size.
+
+    Parameters
+    ----------
+    directory : str or path-like
+    max_bytes : int, default=10 GiB
+        When the directory grows past it, the least recently written entries are removed.
+
+    Notes
+    -----
+    An entry is written to a temporary file in the same directory and moved into place with
+    :func:`os.replace`, so a killed writer leaves no partial entry and concurrent processes see
+    either nothing or a whole entry. Each file starts with a magic string and its own key; a file
+    that fails to parse or carries another key is ignored (and recomputed).
+    """
+
+    def __init__(self, directory, max_bytes: int = 10 * 2**30):
+        self.directory = Path(directory).expanduser()
+        self.max_bytes = int(max_bytes)
+        self._writes = 0
+
+    def _path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.npy"
+
+    def get(self, key):
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                if f.read(len(_MAGIC)) != _MAGIC or f.read(len(key)).decode("ascii") != key:
+                    return None
+                value = np.load(f, allow_pickle=False)
+        except (OSError, ValueError, UnicodeDecodeError, EOFError):
+            return None
+        return value
+
+    def put(self, key, value: np.ndarray) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        buf.write(_MAGIC)
+        buf.write(key.encode("ascii"))
+        np.save(buf, np.asarray(value), allow_pickle=False)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(buf.getvalue())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        self._writes += 1
+        if self._writes % 256 == 0:
+            self.prune()
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.directory.glob("*/*.npy"))
+
+    def prune(self) -> None:
+        """Remove the oldest entries until the directory is within ``max_bytes``."""
+        entries = []
+        for p in self.directory.glob("*/*.npy"):
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            entries.append((st.st_mtime, st.st_size, p))
+        total = sum(size for _, size, _ in entries)
+        for _, size, p in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            try:
+                p.unlink()
+                total -= size
+            except OSError:
+                pass
+
+
+_MEMORY: MemoryCache | None = None
+_MEMORY_LOCK = threading.Lock()
+
+
+def memory_cache() -> MemoryCache:
+    """The process-wide memory cache."""
+    global _MEMORY
+    with _MEMORY_LOCK:
+        if _MEMORY is None:
+            _MEMORY = MemoryCache(int(os.environ.get("SK_A2_MEMORY_CACHE_BYTES", 2 * 2**30)))
+        return _MEMORY
+
+
+def resolve_cache(cache):
+    """``None``, ``"memory"`` or a directory → a cache object (or None)."""
+    if cache is None:
+        return None
+    if isinstance(cache, str) and cache == "memory":
+        return memory_cache()
+    if isinstance(cache, (str, os.PathLike)):
+        return DiskCache(cache)
+    if isinstance(cache, (MemoryCache, DiskCache)):
+        return cache
+    raise ValueError(f"cache must be None, 'memory' or a directory path, got {cache!r}")

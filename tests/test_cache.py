@@ -1,0 +1,172 @@
+"""Content cache: identical results, stale entries impossible, one pass over the models."""
+
+import os
+
+import numpy as np
+import pytest
+from conftest import blob_images, random_images
+from joblib import Parallel, delayed
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+
+from sk_a2 import AttentionCropper, CropEmbedder
+from sk_a2.cache import DiskCache, MemoryCache, image_key, memory_cache
+from sk_a2.models import load_model
+
+
+def cropper(weights, **kw):
+    params = dict(weights=weights, image_size=64, crop_sizes=(32, 16), device="cpu")
+    return AttentionCropper("timm:test_vit", **{**params, **kw})
+
+
+def embedder(weights, **kw):
+    return CropEmbedder("timm:test_vit", weights=weights, image_size=64, device="cpu", **kw)
+
+
+@pytest.fixture(autouse=True)
+def fresh_memory_cache():
+    memory_cache().clear()
+    yield
+    memory_cache().clear()
+
+
+@pytest.mark.parametrize("kind", ["memory", "disk"])
+def test_results_identical_with_and_without_cache(kind, tiny_vit_file, tiny_vit_file2, tmp_path):
+    cache = "memory" if kind == "memory" else tmp_path / "cache"
+    X = random_images(6, 50, 70, seed=1)
+    ref_cs = cropper(tiny_vit_file).fit(X).transform(X)
+    ref_e = embedder(tiny_vit_file2, include_full_image=True).fit(ref_cs).transform(ref_cs)
+    for _ in range(2):  # cold, then warm
+        c = cropper(tiny_vit_file, cache=cache).fit(X)
+        cs = c.transform(X)
+        e = embedder(tiny_vit_file2, include_full_image=True, cache=cache).fit(cs).transform(cs)
+        np.testing.assert_array_equal(cs.boxes, ref_cs.boxes)
+        np.testing.assert_array_equal(cs.scores, ref_cs.scores)
+        np.testing.assert_array_equal(e, ref_e)
+        np.testing.assert_array_equal(c.attention_maps(X),
+                                      cropper(tiny_vit_file).fit(X).attention_maps(X))
+
+
+class ForwardCounter:
+    """Counts images entering a loaded model (hook on its patch embedding)."""
+
+    def __init__(self, weights):
+        self.vm = load_model("timm:test_vit", weights=weights, image_size=64, device="cpu")
+        self.count = 0
+        self.handle = self.vm.module.patch_embed.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, out):
+        self.count += args[0].shape[0]
+
+    def close(self):
+        self.handle.remove()
+
+
+def test_grid_search_runs_each_model_once_per_image_and_box(tiny_vit_file, tiny_vit_file2):
+    X, y = blob_images(24, seed=3)
+    attn, emb = ForwardCounter(tiny_vit_file), ForwardCounter(tiny_vit_file2)
+    try:
+        pipe = Pipeline([
+            ("crop", cropper(tiny_vit_file, crop_sizes=(32, 16), cache="memory")),
+            ("emb", embedder(tiny_vit_file2, cache="memory")),
+            ("lr", LogisticRegression(max_iter=300)),
+        ])
+        grid = {"crop__n_crops": [1, 2, 3], "lr__C": [0.1, 1.0, 10.0]}
+        GridSearchCV(pipe, grid, cv=3, error_score="raise").fit(X, y)
+        # one fit of the largest setting: every image once through the attention model, and
+        # its 3 crops once through the embedding model
+        assert attn.count == len(X)
+        assert emb.count == 3 * len(X)
+    finally:
+        attn.close()
+        emb.close()
+
+
+def test_changed_parameters_or_pixels_are_never_stale(tiny_vit_file):
+    X = random_images(3, 64, 64, seed=4)
+    cached = cropper(tiny_vit_file, cache="memory").fit(X)
+    cached.transform(X)
+    for params in ({"layer": 0}, {"head_aggregation": "max"}):
+        c = cropper(tiny_vit_file, cache="memory", **params).fit(X)
+        ref = cropper(tiny_vit_file, **params).fit(X)
+        np.testing.assert_array_equal(c.attention_maps(X), ref.attention_maps(X))
+    X2 = X.copy()
+    X2[0, :32] = 255 - X2[0, :32]
+    np.testing.assert_array_equal(cached.attention_maps(X2),
+                                  cropper(tiny_vit_file).fit(X2).attention_maps(X2))
+
+
+def test_image_key_follows_content(tmp_path):
+    rgb = random_images(1, 20, 20)[0]
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    Image.fromarray(rgb).save(a)
+    Image.fromarray(rgb).save(b)
+    assert image_key(a) == image_key(b) == image_key(str(a))
+    assert image_key(rgb) == image_key(rgb.copy()) != image_key(rgb[:, ::-1])
+    assert image_key(rgb) != image_key(rgb.astype(np.uint16))
+    assert image_key(Image.fromarray(rgb)) != image_key(Image.fromarray(rgb).convert("L"))
+
+
+def test_disk_cache_ignores_corrupt_and_foreign_entries(tiny_vit_file, tmp_path):
+    X = random_images(4, 64, 64, seed=5)
+    ref = cropper(tiny_vit_file).fit(X).attention_maps(X)
+    c = cropper(tiny_vit_file, cache=tmp_path).fit(X)
+    c.attention_maps(X)
+    files = sorted(tmp_path.glob("*/*.npy"))
+    assert len(files) == 4 and not list(tmp_path.glob("*/.tmp-*"))
+    files[0].write_bytes(files[0].read_bytes()[:20])  # truncated
+    files[1].write_bytes(files[2].read_bytes())  # another key's entry
+    files[3].write_bytes(b"garbage")
+    np.testing.assert_array_equal(c.attention_maps(X), ref)
+    np.testing.assert_array_equal(c.attention_maps(X), ref)  # rewritten entries are valid
+
+
+def test_disk_cache_roundtrip_and_size_bound(tmp_path):
+    cache = DiskCache(tmp_path, max_bytes=3000)
+    for i in range(10):
+        cache.put(f"{i:040x}", np.full(100, i, dtype=np.float32))
+        os.utime(cache._path(f"{i:040x}"), (i, i))
+    np.testing.assert_array_equal(cache.get(f"{9:040x}"), np.full(100, 9, np.float32))
+    cache.prune()
+    assert cache.size_bytes() <= 3000
+    assert cache.get(f"{0:040x}") is None and cache.get(f"{9:040x}") is not None
+
+
+def test_memory_cache_is_bounded():
+    cache = MemoryCache(max_bytes=1000)
+    for i in range(10):
+        cache.put(str(i), np.zeros(100, np.float32))
+    assert len(cache) == 2 and cache.get("9") is not None and cache.get("0") is None
+
+
+def _transform_in_process(weights, cache_dir, X):
+    return cropper(weights, cache=cache_dir).fit(X).attention_maps(X)
+
+
+def test_concurrent_processes_share_a_disk_cache(tiny_vit_file, tmp_path):
+    X = random_images(8, 64, 64, seed=6)
+    ref = cropper(tiny_vit_file).fit(X).attention_maps(X)
+    results = Parallel(n_jobs=2)(
+        delayed(_transform_in_process)(tiny_vit_file, tmp_path, X) for _ in range(4)
+    )
+    for r in results:
+        np.testing.assert_array_equal(r, ref)
+    assert len(list(tmp_path.glob("*/*.npy"))) == 8
+    assert not list(tmp_path.glob("*/.tmp-*"))
+    np.testing.assert_array_equal(_transform_in_process(tiny_vit_file, tmp_path, X), ref)
+
+
+def test_bad_cache_value(tiny_vit_file):
+    with pytest.raises(ValueError, match="cache must be"):
+        cropper(tiny_vit_file, cache=3).fit(random_images(1)).transform(random_images(1))
+
+
+def test_partial_hits_give_identical_embeddings(tiny_vit_file, tiny_vit_file2):
+    X = random_images(7, 64, 64, seed=7)
+    cs = cropper(tiny_vit_file, n_crops=3).fit(X).transform(X)
+    ref = embedder(tiny_vit_file2, include_full_image=True).fit(cs).transform(cs)
+    embedder(tiny_vit_file2, cache="memory").fit(cs[2:5].first(1)).transform(cs[2:5].first(1))
+    got = embedder(tiny_vit_file2, include_full_image=True, cache="memory").fit(cs).transform(cs)
+    np.testing.assert_array_equal(got, ref)
