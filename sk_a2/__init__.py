@@ -16,6 +16,7 @@ from .metrics import (
     worst_group_scorer,
 )
 from .models import list_models
+from .zeroshot import ZeroShotCLIPClassifier
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "CropEmbedder",
     "CropSet",
     "DFRClassifier",
+    "ZeroShotCLIPClassifier",
     "group_accuracy_report",
     "list_models",
     "worst_class_accuracy",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 import torch
@@ -24,6 +25,16 @@ class _ResizedImages(Dataset):
         return torch.from_numpy(np.array(pixels, copy=True)), torch.tensor(hw, dtype=torch.int64)
 
 
+def resolve_num_workers(num_workers, device, n_images, batch_size) -> int:
+    """``"auto"``: on CUDA, up to 8 decoding workers (half the CPU cores) when there is more
+    than one batch; on CPU none, as the model already uses every core."""
+    if num_workers != "auto":
+        return int(num_workers)
+    if device.type != "cuda" or n_images <= batch_size:
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
 def iter_image_batches(sources, size, *, batch_size, num_workers, device, verbose=False, desc=""):
     """Yield ``(start, pixels, hw)`` batches.
 
@@ -32,6 +43,7 @@ def iter_image_batches(sources, size, *, batch_size, num_workers, device, verbos
     worker processes (0: in this process), overlapping with the model.
     """
     dataset = _ResizedImages(sources, size)
+    num_workers = resolve_num_workers(num_workers, device, len(dataset), batch_size)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,

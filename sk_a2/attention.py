@@ -46,7 +46,7 @@ class _StopForward(Exception):
 
 def resolve_layer(layer, num_layers: int) -> int:
     """Index of the block ``layer`` (negative counts from the end)."""
-    if isinstance(layer, bool) or not isinstance(layer, int) and not hasattr(layer, "__index__"):
+    if isinstance(layer, bool) or (not isinstance(layer, int) and not hasattr(layer, "__index__")):
         raise ValueError(f"layer must be an int, got {layer!r}")
     layer = int(layer)
     if not -num_layers <= layer < num_layers:

@@ -12,8 +12,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._data import autocast, iter_image_batches
 from .attention import HEAD_AGGREGATIONS, aggregate_heads, patch_attention, resolve_layer
-from .crops import greedy_boxes, upsample_maps
 from .cache import digest, image_key, model_key, resolve_cache
+from .crops import greedy_boxes, upsample_maps
 from .images import as_sources, take
 from .models import load_model, resolve_device
 
@@ -54,7 +54,9 @@ class CropSet:
         if self.boxes.ndim != 3 or self.boxes.shape[0] != n or self.boxes.shape[2] != 4:
             raise ValueError(f"boxes must have shape ({n}, k, 4), got {self.boxes.shape}")
         if self.scores.shape != self.boxes.shape[:2]:
-            raise ValueError(f"scores must have shape {self.boxes.shape[:2]}, got {self.scores.shape}")
+            raise ValueError(
+                f"scores must have shape {self.boxes.shape[:2]}, got {self.scores.shape}"
+            )
         if self.image_sizes.shape != (n, 2):
             raise ValueError(f"image_sizes must have shape ({n}, 2), got {self.image_sizes.shape}")
 
@@ -146,8 +148,10 @@ def _check_positive_int(value, name):
 
 
 def _check_workers(value):
+    if isinstance(value, str) and value == "auto":
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"num_workers must be an int >= 0, got {value!r}")
+        raise ValueError(f"num_workers must be 'auto' or an int >= 0, got {value!r}")
     return int(value)
 
 
@@ -181,8 +185,9 @@ class AttentionCropper(TransformerMixin, BaseEstimator):
         Block whose attention is used; negative counts from the end.
     batch_size : int, default=32
         Images per forward pass.
-    num_workers : int, default=0
-        Worker processes decoding and resizing images while the model runs.
+    num_workers : int or "auto", default="auto"
+        Worker processes decoding and resizing images while the model runs; ``"auto"`` uses up
+        to 8 on CUDA and none on CPU (where the model already uses every core).
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     cache : None, "memory" or path, default=None
@@ -218,7 +223,7 @@ class AttentionCropper(TransformerMixin, BaseEstimator):
         head_aggregation="mean",
         layer=-1,
         batch_size=32,
-        num_workers=0,
+        num_workers="auto",
         device="auto",
         cache=None,
         verbose=False,

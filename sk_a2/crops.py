@@ -5,9 +5,9 @@ Crop selection follows Appendix B of the A² paper exactly. Given ``M × M`` map
 whose ``s_j × s_j`` box covers the largest attention sum among the positions that do not intersect
 an earlier box; ties go to the smallest ``y``, then the smallest ``x``. Box sums come from an
 integral image (float64), for the whole batch at once; sums that differ by less than 1e-12 of
-the map's total (the integral image's rounding) count as ties. When no non-overlapping position is left
-for a crop, that crop takes the best position ignoring overlap, and one warning per call says how
-often this happened.
+the map's total (the integral image's rounding) count as ties. When no non-overlapping position is
+left for a crop, that crop takes the best position ignoring overlap, and one warning per call says
+how often this happened.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._data import autocast, iter_image_batches
-from .crops import crop_resize
-from .cropper import CropSet, _check_positive_int, _check_workers
 from .cache import digest, image_key, model_key, resolve_cache
+from .cropper import CropSet, _check_positive_int, _check_workers
+from .crops import crop_resize
 from .images import as_sources, take
 from .models import load_model, resolve_device
 
@@ -32,20 +32,6 @@ def embedding_boxes(X, size, include_full_image):
             boxes = np.concatenate([boxes, np.broadcast_to(full, (len(X), 1, 4))], axis=1)
         return boxes
     return np.broadcast_to(full, (len(X), 1, 4)).copy()
-
-
-def iter_crop_batches(X, size, *, include_full_image, batch_size, num_workers, device,
-                      verbose=False, desc="embedding"):
-    """Yield ``(start, inputs, n_per_image)``: the crops of a batch of images, in [0, 1]."""
-    sources = X.images if isinstance(X, CropSet) else as_sources(X)
-    boxes = embedding_boxes(X, size, include_full_image)
-    per_image = boxes.shape[1]
-    for start, pixels, _ in iter_image_batches(
-        sources, size, batch_size=max(1, batch_size // per_image), num_workers=num_workers,
-        device=device, verbose=verbose, desc=desc,
-    ):
-        b = torch.as_tensor(boxes[start:start + len(pixels)], device=device)
-        yield start, crop_resize(pixels, b, size).flatten(0, 1), per_image
 
 
 def embed_boxes(vm, sources, boxes, *, size, batch_size, num_workers=0, verbose=False,
@@ -133,8 +119,9 @@ class CropEmbedder(TransformerMixin, BaseEstimator):
         Append the full-image embedding after the crop embeddings.
     batch_size : int, default=32
         Model inputs (crops) per forward pass.
-    num_workers : int, default=0
-        Worker processes decoding and resizing images while the model runs.
+    num_workers : int or "auto", default="auto"
+        Worker processes decoding and resizing images while the model runs; ``"auto"`` uses up
+        to 8 on CUDA and none on CPU (where the model already uses every core).
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     cache : None, "memory" or path, default=None
@@ -161,7 +148,7 @@ class CropEmbedder(TransformerMixin, BaseEstimator):
         image_size=224,
         include_full_image=False,
         batch_size=32,
-        num_workers=0,
+        num_workers="auto",
         device="auto",
         cache=None,
         verbose=False,
@@ -241,7 +228,7 @@ class CropEmbedder(TransformerMixin, BaseEstimator):
         return emb.reshape(len(sources), -1)
 
     def get_feature_names_out(self, input_features=None):
-        """``crop{j}_{i}`` for embedding dimension ``i`` of crop ``j``; ``full_{i}`` for the image."""
+        """``crop{j}_{i}``: dimension ``i`` of crop ``j``'s embedding; ``full_{i}``: the image."""
         check_is_fitted(self)
         d = self.embed_dim_
         blocks = [f"crop{j}" for j in range(self.n_crops_)]

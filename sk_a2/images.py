@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["as_sources", "load_rgb", "load_resized", "resize_rgb", "take"]
+__all__ = ["as_sources", "load_resized", "load_rgb", "resize_rgb", "take"]
 
 #: PIL resampling used to bring every image to the model's square input.
 RESAMPLE = Image.BICUBIC
@@ -113,7 +113,7 @@ def _array_rgb(arr: np.ndarray, where: str) -> np.ndarray:
 def _pil_rgb(img: Image.Image, where: str) -> np.ndarray:
     try:
         img = ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not make the image unreadable
+    except Exception:
         pass
     mode = img.mode
     if mode == "RGB":

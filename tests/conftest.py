@@ -8,12 +8,12 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import open_clip  # noqa: E402
-import pytest  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+import numpy as np
+import open_clip
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

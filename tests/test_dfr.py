@@ -1,4 +1,4 @@
-"""DFRClassifier: scikit-learn conformance, routing, splits, and robustness on planted spurious data."""
+"""DFRClassifier: scikit-learn conformance, routing, splits, robustness on planted spurious data."""
 
 import warnings
 

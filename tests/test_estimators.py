@@ -1,6 +1,5 @@
 """AttentionCropper and CropEmbedder: the scikit-learn contract."""
 
-import io
 import pickle
 
 import joblib
@@ -227,7 +226,7 @@ def _pil_variants():
         "L": Image.fromarray(rgb).convert("L"),
         "RGBA": Image.fromarray(rgb).convert("RGBA"),
         "P": Image.fromarray(rgb).convert("P"),
-        "I;16": Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)),
+        "I;16": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),
     }
 
 
