@@ -237,12 +237,20 @@ def convert_imgfocus(onnx_file, image_size: int = 224) -> dict[str, torch.Tensor
     return {k: v.contiguous() for k, v in sd.items()}
 
 
+_DIGESTS: dict = {}
+
+
 def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
+    """Short sha256 of a file, computed once per (path, size, mtime) in this process."""
+    st = os.stat(path)
+    stamp = (str(path), st.st_size, st.st_mtime_ns)
+    if stamp not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        _DIGESTS[stamp] = digest.hexdigest()[:12]
+    return _DIGESTS[stamp]
 
 
 def _default_cache_dir() -> Path:

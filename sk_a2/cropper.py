@@ -10,12 +10,12 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from ._base import ImageModelMixin, check_positive_int, check_workers
 from ._data import autocast, iter_image_batches
 from .attention import HEAD_AGGREGATIONS, aggregate_heads, patch_attention, resolve_layer
-from .cache import digest, image_key, model_key, resolve_cache
+from .cache import digest, image_key
 from .crops import greedy_boxes, upsample_maps
 from .images import as_sources, take
-from .models import load_model, resolve_device
 
 __all__ = ["AttentionCropper", "CropSet"]
 
@@ -141,21 +141,7 @@ def effective_crop_sizes(crop_sizes, n_crops) -> list[int]:
     return (sizes + [sizes[-1]] * n_crops)[:n_crops]
 
 
-def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _check_workers(value):
-    if isinstance(value, str) and value == "auto":
-        return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"num_workers must be 'auto' or an int >= 0, got {value!r}")
-    return int(value)
-
-
-class AttentionCropper(TransformerMixin, BaseEstimator):
+class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
     """Greedy, non-overlapping crops at the peaks of a ViT's CLS attention (A²'s *where*).
 
     For each image (resized to ``image_size × image_size``), the CLS query's attention over the
@@ -243,16 +229,10 @@ class AttentionCropper(TransformerMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.string = True
         tags.requires_fit = True
         tags.target_tags.required = False
         tags.transformer_tags.preserves_dtype = []
         return tags
-
-    def _load(self):
-        return load_model(self.model, weights=self.weights, image_size=self.image_size,
-                          device=resolve_device(self.device))
 
     def _validate(self):
         sizes = effective_crop_sizes(self.crop_sizes, self.n_crops)
@@ -267,8 +247,8 @@ class AttentionCropper(TransformerMixin, BaseEstimator):
                 f"head_aggregation must be one of {', '.join(map(repr, HEAD_AGGREGATIONS))}, "
                 f"got {self.head_aggregation!r}"
             )
-        _check_positive_int(self.batch_size, "batch_size")
-        _check_workers(self.num_workers)
+        check_positive_int(self.batch_size, "batch_size")
+        check_workers(self.num_workers)
         return sizes
 
     def fit(self, X=None, y=None):
@@ -304,11 +284,10 @@ class AttentionCropper(TransformerMixin, BaseEstimator):
         n, (gh, gw) = len(sources), vm.grid_size
         maps = np.empty((n, gh, gw), dtype=np.float32)
         hws = np.empty((n, 2), dtype=np.int64)
-        cache = resolve_cache(self.cache)
+        cache, mkey = self._cache_args().values()
         todo = np.arange(n)
         if cache is not None:
             layer = resolve_layer(self.layer, vm.num_layers)
-            mkey = model_key(self.model, self.weights)
             keys = [digest("attention-map", mkey, self.image_size, layer, self.head_aggregation,
                            image_key(src)) for src in sources]
             missing = []

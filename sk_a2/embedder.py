@@ -9,12 +9,12 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from ._base import ImageModelMixin, check_positive_int, check_workers
 from ._data import autocast, iter_image_batches
-from .cache import digest, image_key, model_key, resolve_cache
-from .cropper import CropSet, _check_positive_int, _check_workers
+from .cache import digest, image_key
+from .cropper import CropSet
 from .crops import crop_resize
 from .images import as_sources, take
-from .models import load_model, resolve_device
 
 __all__ = ["CropEmbedder"]
 
@@ -95,7 +95,7 @@ def _forward_embed(vm, inputs, batch_size):
     return torch.cat(chunks)
 
 
-class CropEmbedder(TransformerMixin, BaseEstimator):
+class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
     """Embed each crop of a :class:`CropSet` with a ViT and concatenate the embeddings.
 
     Every box is cut from the image resized to ``image_size × image_size`` and resized bilinearly
@@ -165,19 +165,13 @@ class CropEmbedder(TransformerMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.string = True
         tags.target_tags.required = False
         tags.transformer_tags.preserves_dtype = []
         return tags
 
-    def _load(self):
-        return load_model(self.model, weights=self.weights, image_size=self.image_size,
-                          device=resolve_device(self.device))
-
     def _validate(self):
-        _check_positive_int(self.batch_size, "batch_size")
-        _check_workers(self.num_workers)
+        check_positive_int(self.batch_size, "batch_size")
+        check_workers(self.num_workers)
         if not isinstance(self.image_size, numbers.Integral) or isinstance(self.image_size, bool):
             raise ValueError(f"image_size must be an int, got {self.image_size!r}")
 
@@ -222,8 +216,7 @@ class CropEmbedder(TransformerMixin, BaseEstimator):
         emb = embed_boxes(
             vm, sources, embedding_boxes(X, self.image_size, self.include_full_image),
             size=self.image_size, batch_size=self.batch_size, num_workers=self.num_workers,
-            verbose=self.verbose, cache=resolve_cache(self.cache),
-            model_id=model_key(self.model, self.weights) if self.cache is not None else None,
+            verbose=self.verbose, **self._cache_args(),
         )
         return emb.reshape(len(sources), -1)
 

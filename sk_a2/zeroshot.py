@@ -10,12 +10,12 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
+from ._base import ImageModelMixin, check_positive_int, check_workers
 from ._data import autocast
-from .cache import model_key, resolve_cache
-from .cropper import CropSet, _check_positive_int, _check_workers
+from .cropper import CropSet
 from .embedder import embed_boxes, embedding_boxes
 from .images import as_sources
-from .models import WeightsUnavailableError, load_model, resolve_device, resolve_model_spec
+from .models import WeightsUnavailableError, resolve_model_spec
 
 __all__ = ["CROP_AGGREGATIONS", "ZeroShotCLIPClassifier"]
 
@@ -23,7 +23,7 @@ __all__ = ["CROP_AGGREGATIONS", "ZeroShotCLIPClassifier"]
 CROP_AGGREGATIONS = ("mean", "max", "logits_mean")
 
 
-class ZeroShotCLIPClassifier(ClassifierMixin, BaseEstimator):
+class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
     """Zero-shot classification of crops (or images) by a CLIP model and class-name prompts.
 
     The zero-shot variant of A² (A²_ZS in the paper): each crop of a :class:`~sk_a2.CropSet`
@@ -139,12 +139,6 @@ class ZeroShotCLIPClassifier(ClassifierMixin, BaseEstimator):
         self.cache = cache
         self.verbose = verbose
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.string = True
-        return tags
-
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("_text_cache", None)
@@ -158,8 +152,8 @@ class ZeroShotCLIPClassifier(ClassifierMixin, BaseEstimator):
                 f"crop_aggregation must be one of {', '.join(map(repr, CROP_AGGREGATIONS))}, "
                 f"got {self.crop_aggregation!r}"
             )
-        _check_positive_int(self.batch_size, "batch_size")
-        _check_workers(self.num_workers)
+        check_positive_int(self.batch_size, "batch_size")
+        check_workers(self.num_workers)
 
     def _load(self):
         if isinstance(self.model, str) and resolve_model_spec(self.model).library != "open_clip":
@@ -168,8 +162,7 @@ class ZeroShotCLIPClassifier(ClassifierMixin, BaseEstimator):
                 f"{self.model!r} is a vision-only model. Use e.g. 'openclip_vitl14' or "
                 "'open_clip:<arch>:<pretrained>'."
             )
-        vm = load_model(self.model, weights=self.weights, image_size=self.image_size,
-                        device=resolve_device(self.device))
+        vm = super()._load()
         module = vm.module
         if vm.library != "open_clip" or not all(
             hasattr(module, a) for a in ("encode_text", "encode_image", "logit_scale")
@@ -267,8 +260,7 @@ class ZeroShotCLIPClassifier(ClassifierMixin, BaseEstimator):
         emb = embed_boxes(
             vm, sources, embedding_boxes(X, self.image_size, include_full_image=False),
             size=self.image_size, batch_size=self.batch_size, num_workers=self.num_workers,
-            verbose=self.verbose, desc="zero-shot", cache=resolve_cache(self.cache),
-            model_id=model_key(self.model, self.weights) if self.cache is not None else None,
+            verbose=self.verbose, desc="zero-shot", **self._cache_args(),
         )
         emb = F.normalize(torch.from_numpy(emb), dim=-1)
         return (vm.module.logit_scale.exp().float().cpu() * emb @ text.T).numpy()
