@@ -5,6 +5,7 @@ A small self-supervised ViT says *where to look* (:class:`AttentionCropper`), a 
 embeddings.
 """
 
+from .baselines import CenterCropper, RandomCropper
 from .cropper import AttentionCropper, CropSet
 from .dfr import DFRClassifier
 from .embedder import CropEmbedder
@@ -22,9 +23,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttentionCropper",
+    "CenterCropper",
     "CropEmbedder",
     "CropSet",
     "DFRClassifier",
+    "RandomCropper",
     "ZeroShotCLIPClassifier",
     "group_accuracy_report",
     "list_models",

@@ -1,0 +1,330 @@
+"""Baseline croppers without attention: the paper's center-crop and random-crop baselines.
+
+:class:`CenterCropper` and :class:`RandomCropper` return a :class:`~sk_a2.CropSet` with the
+same ``crop_sizes`` / ``n_crops`` semantics as :class:`~sk_a2.AttentionCropper`, so they drop
+into the same pipeline in its place::
+
+    Pipeline([("crop", CenterCropper(crop_sizes=(128,))),
+              ("emb", CropEmbedder("dinov2_vits14")),
+              ("lr", LogisticRegression(max_iter=1000))])
+
+They run no model and decode no pixels of image files: only the image sizes are read (the
+header of a file, the shape of an array). Their ``scores`` are NaN, since there is no attention.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from ._base import check_positive_int
+from .cropper import CropSet, _to_original, effective_crop_sizes
+from .crops import CropOverlapWarning
+from .images import as_sources
+
+__all__ = ["CenterCropper", "RandomCropper", "image_sizes"]
+
+# EXIF orientations that swap width and height once applied (transpose, rotations by 90 deg).
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+_EXIF_ORIENTATION = 0x0112
+
+
+def _pil_size(img: Image.Image) -> tuple[int, int]:
+    """``(height, width)`` of a PIL image after its EXIF orientation, as ``load_rgb`` sees it."""
+    w, h = img.size
+    try:
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:
+        orientation = 1
+    if orientation in _SWAPPING_ORIENTATIONS:
+        h, w = w, h
+    return int(h), int(w)
+
+
+def _source_size(source, index: int) -> tuple[int, int]:
+    where = f"X[{index}]"
+    if isinstance(source, np.ndarray):
+        if source.ndim not in (2, 3) or source.shape[0] < 1 or source.shape[1] < 1:
+            raise ValueError(f"{where} has shape {source.shape}: expected (H, W, 3) or (H, W)")
+        return int(source.shape[0]), int(source.shape[1])
+    if isinstance(source, Image.Image):
+        return _pil_size(source)
+    path = Path(os.fspath(source))
+    try:
+        with Image.open(path) as img:
+            return _pil_size(img)
+    except FileNotFoundError:
+        raise ValueError(f"{where}: image file {str(path)!r} does not exist") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(
+            f"{where}: cannot read image file {str(path)!r} ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def image_sizes(X) -> np.ndarray:
+    """Original ``(height, width)`` of every image, without decoding pixels.
+
+    Files are opened with PIL, which reads only their header; their EXIF orientation is taken
+    into account, as when the pixels are loaded. Arrays give their shape.
+
+    Parameters
+    ----------
+    X : sequence of image sources, or (n, H, W, 3) uint8 array
+
+    Returns
+    -------
+    ndarray of shape (n, 2), int64
+    """
+    sources = as_sources(X)
+    if isinstance(sources, np.ndarray):
+        return np.tile(np.asarray(sources.shape[1:3], dtype=np.int64), (len(sources), 1))
+    return np.asarray([_source_size(s, i) for i, s in enumerate(sources)],
+                      dtype=np.int64).reshape(-1, 2)
+
+
+class _BaselineCropper(TransformerMixin, BaseEstimator):
+    """Shared validation and tags of the baseline croppers."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        tags.requires_fit = True
+        tags.target_tags.required = False
+        tags.transformer_tags.preserves_dtype = []
+        return tags
+
+    def _validate(self):
+        image_size = check_positive_int(self.image_size, "image_size")
+        sizes = effective_crop_sizes(self.crop_sizes, self.n_crops)
+        too_big = [s for s in sizes if s > image_size]
+        if too_big:
+            raise ValueError(
+                f"crop size {too_big[0]} is larger than image_size={image_size}: crop sizes "
+                "are in pixels of the image resized to image_size x image_size"
+            )
+        return image_size, sizes
+
+    def fit(self, X=None, y=None):
+        """Check the parameters.
+
+        Nothing is learned from ``X``.
+
+        Parameters
+        ----------
+        X : ignored
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        _, self.crop_sizes_ = self._validate()
+        return self
+
+    def _frame_boxes(self, sources, hw, image_size, sizes):
+        raise NotImplementedError
+
+    def transform(self, X):
+        """Choose the crops of each image.
+
+        Parameters
+        ----------
+        X : sequence of image sources, or (n, H, W, 3) uint8 array
+
+        Returns
+        -------
+        CropSet
+            ``boxes`` (n, k, 4) in original-image pixels (float32); ``scores`` (n, k) all NaN.
+        """
+        check_is_fitted(self)
+        image_size, sizes = self._validate()
+        sources = as_sources(X)
+        hw = image_sizes(sources)
+        frame = self._frame_boxes(sources, hw, image_size, sizes)
+        boxes = _to_original(frame, hw, image_size)
+        scores = np.full(boxes.shape[:2], np.nan, dtype=np.float32)
+        return CropSet(sources, boxes, scores, hw)
+
+
+class CenterCropper(_BaselineCropper):
+    """Crops centred in the image: the paper's center-crop baseline.
+
+    Every box is a square of side ``s`` (in pixels of the image resized to
+    ``image_size × image_size``) at offset ``(image_size - s) // 2`` on both axes, so it is
+    off-centre by half a pixel when ``image_size - s`` is odd. Boxes are then mapped back to
+    original-image pixels, where a non-square image gives a rectangle. With several sizes the
+    boxes are nested (all share the centre), largest first; a repeated size (``n_crops`` larger
+    than the number of sizes) gives identical boxes.
+
+    Parameters
+    ----------
+    crop_sizes : sequence of int, default=(128,)
+        Crop sides in pixels of the ``image_size`` frame; used largest first.
+    n_crops : int, default=None
+        ``None``: one crop per size. ``k``: the first ``k`` sizes, the last size repeating when
+        ``k`` exceeds them (as :class:`~sk_a2.AttentionCropper`).
+    image_size : int, default=224
+        Side of the square frame the crop sizes refer to (the embedding model's input).
+
+    Attributes
+    ----------
+    crop_sizes_ : list of int
+        The sizes of the crops, in order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sk_a2.baselines import CenterCropper
+    >>> X = np.zeros((2, 100, 200, 3), dtype=np.uint8)
+    >>> CenterCropper(crop_sizes=(112,)).fit_transform(X).boxes[0].tolist()
+    [[50.0, 25.0, 150.0, 75.0]]
+    """
+
+    def __init__(self, *, crop_sizes=(128,), n_crops=None, image_size=224):
+        self.crop_sizes = crop_sizes
+        self.n_crops = n_crops
+        self.image_size = image_size
+
+    def _frame_boxes(self, sources, hw, image_size, sizes):
+        one = np.asarray(
+            [[(image_size - s) // 2, (image_size - s) // 2,
+              (image_size - s) // 2 + s, (image_size - s) // 2 + s] for s in sizes],
+            dtype=np.int64,
+        )
+        return np.broadcast_to(one, (len(hw), len(sizes), 4))
+
+
+class RandomCropper(_BaselineCropper):
+    """Crops at random positions: the paper's random-crop baseline.
+
+    Boxes are placed in the ``image_size × image_size`` frame, largest first, like the greedy
+    rule of :class:`~sk_a2.AttentionCropper` with the attention replaced by chance: the box of
+    side ``s`` takes an integer position ``(x, y)``, ``0 <= x, y <= image_size - s``, drawn
+    uniformly among the positions where it does not intersect an earlier box of the same image.
+    When no such position is left, it is drawn uniformly among all positions, and one
+    :class:`~sk_a2.crops.CropOverlapWarning` per call says how often this happened. Boxes are
+    then mapped back to original-image pixels.
+
+    Every image has its own random generator, seeded by ``seed_`` (drawn in ``fit`` from
+    ``random_state``) and a digest of the image: its absolute file path for a path, its pixels
+    and shape for an array or a PIL image. So an image gets the same boxes whatever other images
+    are in ``X`` and in whatever order, and transforming the same ``X`` twice with a fitted
+    cropper gives the same boxes (identical images get identical boxes).
+
+    Parameters
+    ----------
+    crop_sizes : sequence of int, default=(64,)
+        Crop sides in pixels of the ``image_size`` frame; used largest first.
+    n_crops : int, default=None
+        ``None``: one crop per size. ``k``: the first ``k`` sizes, the last size repeating when
+        ``k`` exceeds them (as :class:`~sk_a2.AttentionCropper`).
+    image_size : int, default=224
+        Side of the square frame the crop sizes refer to (the embedding model's input).
+    random_state : int, RandomState instance or None, default=None
+        Draws ``seed_`` in ``fit``. An int gives the same boxes on every fit; ``None`` a new
+        ``seed_`` per fit (fixed for that fitted estimator).
+
+    Attributes
+    ----------
+    crop_sizes_ : list of int
+        The sizes of the crops, in order.
+    seed_ : int
+        The seed that, with each image's digest, determines its boxes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sk_a2.baselines import RandomCropper
+    >>> X = np.random.RandomState(0).randint(0, 256, size=(3, 64, 64, 3), dtype=np.uint8)
+    >>> crops = RandomCropper(crop_sizes=(32, 16), image_size=64, random_state=0).fit_transform(X)
+    >>> crops.boxes.shape
+    (3, 2, 4)
+    """
+
+    def __init__(self, *, crop_sizes=(64,), n_crops=None, image_size=224, random_state=None):
+        self.crop_sizes = crop_sizes
+        self.n_crops = n_crops
+        self.image_size = image_size
+        self.random_state = random_state
+
+    def fit(self, X=None, y=None):
+        """Check the parameters and draw ``seed_`` from ``random_state``.
+
+        Nothing is learned from ``X``.
+
+        Parameters
+        ----------
+        X : ignored
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        super().fit(X, y)
+        self.seed_ = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        return self
+
+    def _frame_boxes(self, sources, hw, image_size, sizes):
+        boxes = np.zeros((len(hw), len(sizes), 4), dtype=np.int64)
+        n_overlapping = 0
+        for i in range(len(hw)):
+            rng = np.random.default_rng([self.seed_, *_digest_words(sources[i])])
+            boxes[i], n_over = _random_boxes(rng, image_size, sizes)
+            n_overlapping += n_over
+        if n_overlapping:
+            warnings.warn(
+                f"{n_overlapping} random crop(s) could not be placed without overlapping an "
+                "earlier crop (image_size is too small for these crop sizes); they were placed "
+                "anywhere.",
+                CropOverlapWarning,
+                stacklevel=3,
+            )
+        return boxes
+
+
+def _digest_words(source) -> list[int]:
+    """Two 64-bit words identifying an image source (see :class:`RandomCropper`)."""
+    h = hashlib.blake2b(digest_size=16)
+    if isinstance(source, np.ndarray):
+        h.update(b"array" + repr((source.shape, source.dtype.str)).encode())
+        h.update(np.ascontiguousarray(source).tobytes())
+    elif isinstance(source, Image.Image):
+        h.update(b"pil" + repr((source.mode, source.size)).encode())
+        h.update(source.tobytes())
+    else:
+        h.update(b"path" + os.path.abspath(os.fspath(source)).encode("utf-8", "surrogatepass"))
+    digest = h.digest()
+    return [int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")]
+
+
+def _random_boxes(rng, image_size, sizes):
+    """Boxes (k, 4) in the frame, each uniform among the positions free of earlier boxes."""
+    out = np.zeros((len(sizes), 4), dtype=np.int64)
+    n_overlapping = 0
+    for j, s in enumerate(sizes):
+        positions = image_size - s + 1
+        pos = np.arange(positions)
+        valid = np.ones((positions, positions), dtype=bool)
+        for x0, y0, x1, y1 in out[:j]:
+            x_hit = (pos < x1) & (pos + s > x0)
+            y_hit = (pos < y1) & (pos + s > y0)
+            valid &= ~(y_hit[:, None] & x_hit[None, :])
+        free = np.flatnonzero(valid)
+        if free.size:
+            flat = int(free[rng.integers(free.size)])
+        else:
+            n_overlapping += 1
+            flat = int(rng.integers(positions * positions))
+        y, x = divmod(flat, positions)
+        out[j] = (x, y, x + s, y + s)
+    return out, n_overlapping

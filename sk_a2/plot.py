@@ -1,0 +1,298 @@
+"""Overlays of chosen crops on their images, in the style of the paper's Figure 4.
+
+Crop regions are shown at full brightness and the rest of the image is faded (darkened), box
+outlines are drawn on top, and the attention map can be laid over the image as a heat map.
+
+Needs matplotlib (the ``plot`` extra: ``pip install "sk-a2[plot]"``), imported only when a
+function here is called. Figures are built as plain :class:`matplotlib.figure.Figure` objects,
+not through ``pyplot``: nothing is registered with a GUI backend, and files are written with the
+Agg backend. Save a returned figure with ``fig.savefig(...)``, or let a notebook display it as
+a cell's value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .cropper import CropSet
+from .images import as_sources, load_rgb
+
+__all__ = ["fade_outside", "plot_crop_grid", "plot_crops", "save_figure", "save_overlays"]
+
+_INSTALL_HINT = 'pip install "sk-a2[plot]"'
+#: Outline colours of the 1st, 2nd, ... crop (cycled).
+BOX_COLORS = ("#00ff66", "#00d0ff", "#ffdd00", "#ff3df5", "#ff7a00", "#ffffff")
+
+
+def _matplotlib():
+    try:
+        import matplotlib
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Rectangle
+    except ImportError as exc:
+        raise ImportError(f"plotting needs matplotlib: {_INSTALL_HINT}") from exc
+    return matplotlib, Figure, FigureCanvasAgg, Rectangle
+
+
+def _check_boxes(boxes):
+    if boxes is None:
+        return np.zeros((0, 4), dtype=np.float64)
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.ndim == 1 and boxes.shape == (4,):
+        boxes = boxes[None]
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (k, 4) as (x0, y0, x1, y1), got {boxes.shape}")
+    return boxes
+
+
+def fade_outside(image, boxes, fade=0.6):
+    """Darken an image outside its boxes.
+
+    Parameters
+    ----------
+    image : image source
+        A path, PIL image or ``(H, W, 3)`` uint8 array.
+    boxes : array-like of shape (k, 4)
+        ``(x0, y0, x1, y1)`` in pixels of ``image``, ``x1``/``y1`` exclusive. A pixel counts
+        as inside when its centre is inside a box.
+    fade : float in [0, 1], default=0.6
+        Fraction of brightness removed outside the boxes (0: no fading, 1: black).
+
+    Returns
+    -------
+    ndarray of shape (H, W, 3), uint8
+        The image unchanged inside the boxes, multiplied by ``1 - fade`` elsewhere. Without
+        boxes, the image unchanged.
+    """
+    if not 0.0 <= float(fade) <= 1.0:
+        raise ValueError(f"fade must be in [0, 1], got {fade!r}")
+    rgb = load_rgb(image)
+    boxes = _check_boxes(boxes)
+    if not len(boxes):
+        return rgb
+    h, w = rgb.shape[:2]
+    ys = np.arange(h) + 0.5
+    xs = np.arange(w) + 0.5
+    inside = np.zeros((h, w), dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        inside |= ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
+    out = rgb.astype(np.float32)
+    out[~inside] *= 1.0 - float(fade)
+    return np.round(out).astype(np.uint8)
+
+
+def plot_crops(image, boxes, attention=None, ax=None, *, fade=0.6, heatmap_alpha=0.45,
+               cmap="inferno", linewidth=2.0, numbers=True):
+    """Draw one image with its crops: boxes bright, the rest faded, outlines on top.
+
+    Parameters
+    ----------
+    image : image source
+        A path, PIL image or ``(H, W, 3)`` uint8 array.
+    boxes : array-like of shape (k, 4)
+        ``(x0, y0, x1, y1)`` in pixels of ``image`` (as in :attr:`CropSet.boxes`).
+    attention : array-like of shape (h, w), default=None
+        An attention map of any resolution (e.g. from
+        :meth:`~sk_a2.AttentionCropper.attention_maps`), stretched over the whole image and laid
+        over it as a heat map. ``None``: no heat map.
+    ax : matplotlib.axes.Axes, default=None
+        Where to draw; ``None`` makes a new figure sized to the image.
+    fade : float in [0, 1], default=0.6
+        Fraction of brightness removed outside the boxes.
+    heatmap_alpha : float, default=0.45
+        Opacity of the heat map.
+    cmap : str, default="inferno"
+        Colour map of the heat map.
+    linewidth : float, default=2.0
+        Width of the box outlines, in points.
+    numbers : bool, default=True
+        Write the rank of each crop (1 = first) at its top-left corner.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    _, Figure, _, Rectangle = _matplotlib()
+    rgb = fade_outside(image, boxes, fade)
+    boxes = _check_boxes(boxes)
+    h, w = rgb.shape[:2]
+    if ax is None:
+        scale = 4.0 / max(h, w)
+        fig = Figure(figsize=(w * scale, h * scale))
+        ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(rgb, extent=(0, w, h, 0), interpolation="nearest")
+    if attention is not None:
+        attention = np.asarray(attention, dtype=np.float64)
+        if attention.ndim != 2:
+            raise ValueError(f"attention must be a 2-D map, got shape {attention.shape}")
+        ax.imshow(attention, extent=(0, w, h, 0), cmap=cmap, alpha=heatmap_alpha,
+                  interpolation="bilinear")
+    for j, (x0, y0, x1, y1) in enumerate(boxes):
+        color = BOX_COLORS[j % len(BOX_COLORS)]
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color,
+                               linewidth=linewidth))
+        if numbers:
+            ax.text(x0 + 0.01 * w, y0 + 0.01 * h, str(j + 1), color=color, fontsize=9,
+                    fontweight="bold", va="top", ha="left",
+                    bbox=dict(facecolor="black", alpha=0.5, pad=1.0, edgecolor="none"))
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_axis_off()
+    return ax
+
+
+def plot_crop_grid(images, cropset, attention_maps=None, ncols=4, titles=None, *, fade=0.6,
+                   heatmap_alpha=0.45, cell_size=2.5):
+    """A grid of images with their crops (and optionally attention heat maps).
+
+    Parameters
+    ----------
+    images : sequence of image sources, (n, H, W, 3) uint8 array, or None
+        The images of ``cropset`` (``None``: ``cropset.images``).
+    cropset : CropSet
+        The boxes of each image, e.g. from :meth:`~sk_a2.AttentionCropper.transform`.
+    attention_maps : array-like of shape (n, h, w), default=None
+        One attention map per image, drawn as a heat map.
+    ncols : int, default=4
+        Images per row.
+    titles : sequence of str, default=None
+        One title per image.
+    fade : float in [0, 1], default=0.6
+        Fraction of brightness removed outside the boxes.
+    heatmap_alpha : float, default=0.45
+        Opacity of the heat maps.
+    cell_size : float, default=2.5
+        Side of one grid cell, in inches.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    _, Figure, _, _ = _matplotlib()
+    if not isinstance(cropset, CropSet):
+        raise ValueError(f"cropset must be a CropSet, got {type(cropset).__name__}")
+    sources = cropset.images if images is None else as_sources(images, name="images")
+    n = len(cropset)
+    if len(sources) != n:
+        raise ValueError(f"images has {len(sources)} images but cropset has {n}")
+    if isinstance(ncols, bool) or not isinstance(ncols, (int, np.integer)) or ncols < 1:
+        raise ValueError(f"ncols must be a positive int, got {ncols!r}")
+    if attention_maps is not None and len(attention_maps) != n:
+        raise ValueError(f"attention_maps has {len(attention_maps)} maps but cropset has {n}")
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"titles has {len(titles)} entries but cropset has {n}")
+    ncols = int(min(ncols, n))
+    nrows = -(-n // ncols)
+    lines = 0 if titles is None else max(str(t).count("\n") + 1 for t in titles)
+    extra = 0.18 * lines
+    fig = Figure(figsize=(ncols * cell_size, nrows * (cell_size + extra)))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.set_axis_off()
+            continue
+        attention = None if attention_maps is None else attention_maps[i]
+        plot_crops(sources[i], cropset.boxes[i], attention, ax=ax, fade=fade,
+                   heatmap_alpha=heatmap_alpha)
+        if titles is not None:
+            ax.set_title(str(titles[i]), fontsize=9)
+    top = 1.0 - (0.01 + extra / (cell_size + extra)) / nrows
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=top, wspace=0.04,
+                        hspace=0.04 + extra / cell_size)
+    return fig
+
+
+def save_figure(fig, path, *, dpi=100):
+    """Write a figure to ``path`` with the Agg backend (PNG unless the suffix says otherwise)."""
+    _, _, FigureCanvasAgg, _ = _matplotlib()
+    FigureCanvasAgg(fig)
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def _default_names(sources):
+    names = []
+    for i, source in enumerate(sources):
+        if isinstance(source, (str, os.PathLike)):
+            stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(os.fspath(source)).stem) or "image"
+        else:
+            stem = f"image_{i:04d}"
+        names.append(stem)
+    if len(set(names)) < len(names):
+        width = len(str(len(names) - 1))
+        names = [f"{i:0{width}d}_{name}" for i, name in enumerate(names)]
+    return names
+
+
+def save_overlays(cropper, X, out_dir, *, cropset=None, attention_maps=None, heatmap=True,
+                  names=None, fade=0.6, dpi=100):
+    """Write one PNG per image: its crops over it, with the attention heat map when available.
+
+    Parameters
+    ----------
+    cropper : AttentionCropper, CenterCropper or RandomCropper
+        Chooses the boxes; fitted on the fly (a clone) when it is not fitted yet.
+    X : sequence of image sources, or (n, H, W, 3) uint8 array
+    out_dir : str or path-like
+        Folder for the PNGs, created if needed.
+    cropset : CropSet, default=None
+        Boxes already chosen for ``X`` (skips ``cropper.transform``).
+    attention_maps : array-like of shape (n, h, w), default=None
+        Attention maps already computed for ``X``. Otherwise, with ``heatmap=True``, a cropper
+        that has ``attention_maps`` (an :class:`~sk_a2.AttentionCropper`) computes them.
+    heatmap : bool, default=True
+        Lay the attention map over each image.
+    names : sequence of str, default=None
+        File stems, one per image. Default: the stem of each file path (``image_0000`` ... for
+        arrays), prefixed with the index when stems repeat.
+    fade : float in [0, 1], default=0.6
+        Fraction of brightness removed outside the boxes.
+    dpi : int, default=100
+        Resolution of the PNGs (each is about 4 inches on its longer side).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The written files, ``<out_dir>/<name>_crops.png``, in the order of ``X``.
+    """
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    _matplotlib()
+    sources = as_sources(X)
+    n = len(sources)
+    if names is None:
+        names = _default_names(sources)
+    elif len(names) != n:
+        raise ValueError(f"names has {len(names)} entries but X has {n} images")
+    if cropset is None or (heatmap and attention_maps is None
+                           and hasattr(cropper, "attention_maps")):
+        try:
+            check_is_fitted(cropper)
+        except NotFittedError:
+            cropper = clone(cropper).fit(sources)
+    if cropset is None:
+        cropset = cropper.transform(sources)
+    elif len(cropset) != n:
+        raise ValueError(f"cropset has {len(cropset)} images but X has {n}")
+    if heatmap and attention_maps is None and hasattr(cropper, "attention_maps"):
+        attention_maps = cropper.attention_maps(sources)
+    if not heatmap:
+        attention_maps = None
+    elif attention_maps is not None and len(attention_maps) != n:
+        raise ValueError(f"attention_maps has {len(attention_maps)} maps but X has {n} images")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        attention = None if attention_maps is None else attention_maps[i]
+        ax = plot_crops(sources[i], cropset.boxes[i], attention, fade=fade)
+        paths.append(save_figure(ax.figure, out_dir / f"{names[i]}_crops.png", dpi=dpi))
+    return paths

