@@ -104,13 +104,7 @@ class _BaselineCropper(TransformerMixin, BaseEstimator):
 
     def _validate(self):
         image_size = check_positive_int(self.image_size, "image_size")
-        sizes = effective_crop_sizes(self.crop_sizes, self.n_crops)
-        too_big = [s for s in sizes if s > image_size]
-        if too_big:
-            raise ValueError(
-                f"crop size {too_big[0]} is larger than image_size={image_size}: crop sizes "
-                "are in pixels of the image resized to image_size x image_size"
-            )
+        sizes = effective_crop_sizes(self.crop_sizes, self.n_crops, image_size)
         return image_size, sizes
 
     def fit(self, X=None, y=None):

@@ -119,8 +119,11 @@ class CropSet:
         return np.where(np.abs(boxes - rounded) < 1e-3, rounded, boxes)
 
 
-def effective_crop_sizes(crop_sizes, n_crops) -> list[int]:
-    """Crop sizes largest first; ``n_crops`` takes the first k, repeating the last size."""
+def effective_crop_sizes(crop_sizes, n_crops, image_size=None) -> list[int]:
+    """Crop sizes largest first; ``n_crops`` takes the first k, repeating the last size.
+
+    With ``image_size``, a size larger than it is a ``ValueError``.
+    """
     if isinstance(crop_sizes, numbers.Integral) and not isinstance(crop_sizes, bool):
         crop_sizes = (crop_sizes,)
     try:
@@ -133,6 +136,11 @@ def effective_crop_sizes(crop_sizes, n_crops) -> list[int]:
         if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
             raise ValueError(f"crop_sizes must hold positive ints, got {crop_sizes!r}")
     sizes = sorted((int(s) for s in sizes), reverse=True)
+    if image_size is not None and sizes[0] > image_size:
+        raise ValueError(
+            f"crop size {sizes[0]} is larger than image_size={image_size}: crop sizes are in "
+            "pixels of the image resized to image_size x image_size"
+        )
     if n_crops is None:
         return sizes
     if isinstance(n_crops, bool) or not isinstance(n_crops, numbers.Integral) or n_crops < 1:
@@ -235,13 +243,7 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         return tags
 
     def _validate(self):
-        sizes = effective_crop_sizes(self.crop_sizes, self.n_crops)
-        too_big = [s for s in sizes if s > self.image_size]
-        if too_big:
-            raise ValueError(
-                f"crop size {too_big[0]} is larger than image_size={self.image_size}: crop sizes "
-                "are in pixels of the image resized to image_size x image_size"
-            )
+        sizes = effective_crop_sizes(self.crop_sizes, self.n_crops, self.image_size)
         if self.head_aggregation not in HEAD_AGGREGATIONS:
             raise ValueError(
                 f"head_aggregation must be one of {', '.join(map(repr, HEAD_AGGREGATIONS))}, "
