@@ -1,0 +1,49 @@
+"""The example scripts run end to end on tiny random-weight models."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import sklearn
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(name):
+    """Import ``examples/<name>.py`` as a module."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.filterwarnings("ignore:The least populated class:UserWarning")
+def test_grid_search_example(tiny_vit_file, tiny_vit_file2, capsys):
+    grid_search = load_example("grid_search")
+    argv = [
+        "--attention-model", "timm:test_vit", "--attention-weights", str(tiny_vit_file),
+        "--embedding-model", "timm:test_vit", "--embedding-weights", str(tiny_vit_file2),
+        "--image-size", "64", "--crop-sizes", "32", "16", "--n-samples", "60", "--cv", "2",
+        "--device", "cpu",
+    ]
+    assert grid_search.main(argv) == 0
+    out = capsys.readouterr().out
+
+    assert "best setting: {" in out and "'crop__model': 'timm:test_vit'" in out
+    assert "best cross-validated worst-group accuracy:" in out
+    n_candidates = len(grid_search.N_CROPS) * len(grid_search.LAYERS) * len(grid_search.C_VALUES)
+    assert out.count("timm:test_vit ") == n_candidates
+    report = out.split("on the test split")[1]
+    for name in ("disk_on_land", "disk_on_water", "square_on_land", "square_on_water"):
+        assert name in report
+    for summary in ("mean", "balanced", "worst"):
+        assert f"\n{summary} " in report
+    assert not sklearn.get_config()["enable_metadata_routing"]
+
+
+def test_grid_search_example_pairs_weights_with_models(capsys):
+    grid_search = load_example("grid_search")
+    with pytest.raises(SystemExit):
+        grid_search.main(["--attention-model", "a", "--attention-model", "b",
+                          "--attention-weights", "a.safetensors"])
+    assert "one --attention-weights per --attention-model" in capsys.readouterr().err
