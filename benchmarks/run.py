@@ -110,7 +110,7 @@ def bench_throughput(paths, device, batch_size, num_workers):
             up = upsample_maps(a.reshape(1, *vm.grid_size), 224)
             for x0, y0, x1, y1 in greedy_boxes(up, CROPS)[0].tolist():
                 crop = img.crop((x0, y0, x1, y1)).resize((224, 224), Image.BILINEAR)
-                c = torch.as_tensor(np.asarray(crop), device=vm.device).permute(2, 0, 1)[None]
+                c = torch.tensor(np.asarray(crop), device=vm.device).permute(2, 0, 1)[None]
                 vm.embed(vm.normalize(c.float() / 255))
 
     t = _time_side_by_side({"a2": a2, "bare": bare, "naive": naive}, vm.device)

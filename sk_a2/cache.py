@@ -53,24 +53,22 @@ def image_key(source) -> str:
         h.update(f"pil:{source.mode}:{source.size}:{orientation}".encode())
         h.update(source.tobytes())
     else:
-        h.update(b"file:")
         try:
-            with open(source, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+            return "file:" + _file_digest(source)
         except OSError:
             # unreadable: a key that is never stored, so the loader reports the real error
             return "unreadable:" + os.fspath(source)
     return h.hexdigest()
 
 
-_FILE_DIGESTS: dict = {}
+_FILE_DIGESTS: dict = {}  # grows with the files seen: one short string each
 _MODULE_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _file_digest(path) -> str:
+    """Digest of a file's bytes, read once per (path, inode, size, mtime) in this process."""
     st = os.stat(path)
-    stamp = (os.fspath(path), st.st_size, st.st_mtime_ns)
+    stamp = (os.fspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
     if stamp not in _FILE_DIGESTS:
         h = hashlib.blake2b(digest_size=20)
         with open(path, "rb") as f:

@@ -276,7 +276,16 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         self.grid_size_ = vm.grid_size
         return self
 
-    def _compute_maps(self, sources):
+    def _map_keys(self, sources):
+        """Cache keys of the attention maps of ``sources`` (None without a cache)."""
+        cache, mkey = self._cache_args().values()
+        if cache is None:
+            return None
+        layer = resolve_layer(self.layer, self._load().num_layers)
+        return [digest("attention-map", mkey, self.image_size, layer, self.head_aggregation,
+                       image_key(src)) for src in sources]
+
+    def _compute_maps(self, sources, keys=None):
         """Aggregated patch maps (n, grid_h, grid_w) float32 and original sizes (n, 2).
 
         With a cache, maps of images seen before (same content, model, weights, image size,
@@ -286,12 +295,10 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         n, (gh, gw) = len(sources), vm.grid_size
         maps = np.empty((n, gh, gw), dtype=np.float32)
         hws = np.empty((n, 2), dtype=np.int64)
-        cache, mkey = self._cache_args().values()
+        cache = self._cache_args()["cache"]
         todo = np.arange(n)
         if cache is not None:
-            layer = resolve_layer(self.layer, vm.num_layers)
-            keys = [digest("attention-map", mkey, self.image_size, layer, self.head_aggregation,
-                           image_key(src)) for src in sources]
+            keys = self._map_keys(sources) if keys is None else keys
             missing = []
             for i, key in enumerate(keys):
                 entry = cache.get(key)
@@ -347,17 +354,42 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         sizes = self._validate()
         sources = as_sources(X)
-        maps, hws = self._compute_maps(sources)
-        device = self._load().device
-        boxes = np.empty((len(sources), len(sizes), 4), dtype=np.float32)
-        scores = np.empty((len(sources), len(sizes)), dtype=np.float32)
-        step = max(self.batch_size, 256)
-        for i in range(0, len(sources), step):
-            up = upsample_maps(torch.as_tensor(maps[i:i + step], device=device), self.image_size)
-            up = up / up.sum((-2, -1), keepdim=True).clamp_min(1e-30)
-            b, s = greedy_boxes(up, sizes, return_scores=True)
-            boxes[i:i + step] = _to_original(b.cpu().numpy(), hws[i:i + step], self.image_size)
-            scores[i:i + step] = s.cpu().numpy()
+        n, k = len(sources), len(sizes)
+        boxes = np.empty((n, k, 4), dtype=np.float32)
+        scores = np.empty((n, k), dtype=np.float32)
+        hws = np.empty((n, 2), dtype=np.int64)
+        cache = self._cache_args()["cache"]
+        todo, map_keys = np.arange(n), self._map_keys(sources)
+        if cache is not None:  # boxes are kept per (map, crop sizes): refits only look them up
+            box_keys = [digest("boxes", key, tuple(sizes)) for key in map_keys]
+            missing = []
+            for i, key in enumerate(box_keys):
+                entry = cache.get(key)
+                if entry is None or entry.shape != (2 + 5 * k,):
+                    missing.append(i)
+                    continue
+                hws[i] = entry[:2]
+                boxes[i] = entry[2:2 + 4 * k].reshape(k, 4)
+                scores[i] = entry[2 + 4 * k:]
+            todo = np.asarray(missing, dtype=np.int64)
+        if len(todo):
+            maps, hws[todo] = self._compute_maps(
+                take(sources, todo), None if map_keys is None else [map_keys[i] for i in todo]
+            )
+            device = self._load().device
+            step = max(self.batch_size, 256)
+            for i in range(0, len(todo), step):
+                rows = todo[i:i + step]
+                up = upsample_maps(torch.as_tensor(maps[i:i + step], device=device),
+                                   self.image_size)
+                up = up / up.sum((-2, -1), keepdim=True).clamp_min(1e-30)
+                b, sc = greedy_boxes(up, sizes, return_scores=True)
+                boxes[rows] = _to_original(b.cpu().numpy(), hws[rows], self.image_size)
+                scores[rows] = sc.cpu().numpy()
+                if cache is not None:
+                    for r in rows:
+                        cache.put(box_keys[r], np.concatenate(
+                            [hws[r], boxes[r].ravel(), scores[r]]).astype(np.float64))
         return CropSet(sources, boxes, scores, hws)
 
 
