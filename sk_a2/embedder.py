@@ -51,7 +51,7 @@ def embed_boxes(vm, sources, boxes, *, size, batch_size, num_workers=0, verbose=
         keys = []
         for i, src in enumerate(sources):
             ikey = image_key(src)
-            keys.append([digest("embedding", model_id, size, ikey, tuple(np.round(b, 4)))
+            keys.append([digest("embedding", model_id, size, ikey, tuple(round(v, 4) for v in b))
                          for b in boxes[i].tolist()])
         for i in range(n):
             for j in range(m):
