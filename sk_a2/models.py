@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import numbers
 import os
 import socket
 import threading
@@ -297,14 +298,8 @@ def load_model(model, *, weights=None, image_size=224, device="cpu") -> VisionMo
 
 
 def _check_image_size(image_size) -> int:
-    if isinstance(image_size, bool) or not isinstance(image_size, (int,)) or image_size < 8:
-        try:
-            import numpy as np
-
-            if isinstance(image_size, np.integer) and image_size >= 8:
-                return int(image_size)
-        except ImportError:  # pragma: no cover
-            pass
+    is_int = isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool)
+    if not is_int or image_size < 8:
         raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
     return int(image_size)
 
