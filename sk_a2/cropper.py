@@ -243,7 +243,8 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         return tags
 
     def _validate(self):
-        sizes = effective_crop_sizes(self.crop_sizes, self.n_crops, self.image_size)
+        image_size = check_positive_int(self.image_size, "image_size")
+        sizes = effective_crop_sizes(self.crop_sizes, self.n_crops, image_size)
         if self.head_aggregation not in HEAD_AGGREGATIONS:
             raise ValueError(
                 f"head_aggregation must be one of {', '.join(map(repr, HEAD_AGGREGATIONS))}, "
@@ -267,8 +268,6 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         -------
         self
         """
-        if not isinstance(self.image_size, numbers.Integral) or isinstance(self.image_size, bool):
-            raise ValueError(f"image_size must be an int, got {self.image_size!r}")
         sizes = self._validate()
         vm = self._load()
         resolve_layer(self.layer, vm.num_layers)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -172,8 +170,7 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
     def _validate(self):
         check_positive_int(self.batch_size, "batch_size")
         check_workers(self.num_workers)
-        if not isinstance(self.image_size, numbers.Integral) or isinstance(self.image_size, bool):
-            raise ValueError(f"image_size must be an int, got {self.image_size!r}")
+        check_positive_int(self.image_size, "image_size")
 
     def fit(self, X, y=None):
         """Load the embedding model and record the layout of ``X``.
