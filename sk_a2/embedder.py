@@ -10,7 +10,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._base import ImageModelMixin, check_positive_int, check_workers
 from ._data import autocast, iter_image_batches
 from .cache import digest, image_key
-from .cropper import CropSet
+from .cropset import CropSet
 from .crops import crop_resize
 from .images import as_sources, take
 
