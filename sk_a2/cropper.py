@@ -10,7 +10,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._base import ImageModelMixin, check_positive_int, check_workers
 from ._data import autocast, iter_image_batches
 from .attention import HEAD_AGGREGATIONS, aggregate_heads, patch_attention, resolve_layer
-from .cache import digest, image_key
+from .cache import EntryLayout, cached_rows, digest, image_key
 from .crops import greedy_boxes, upsample_maps
 from .cropset import CropSet, effective_crop_sizes, to_original
 from .images import as_sources, take
@@ -146,12 +146,12 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
 
     def _map_keys(self, sources):
         """Cache keys of the attention maps of ``sources`` (None without a cache)."""
-        cache, mkey = self._cache_args().values()
-        if cache is None:
+        args = self._cache_args()
+        if args["cache"] is None:
             return None
         layer = resolve_layer(self.layer, self._load().num_layers)
-        return [digest("attention-map", mkey, self.image_size, layer, self.head_aggregation,
-                       image_key(src)) for src in sources]
+        return [digest("attention-map", args["model_id"], self.image_size, layer,
+                       self.head_aggregation, image_key(src)) for src in sources]
 
     def _compute_maps(self, sources, keys=None):
         """Aggregated patch maps (n, grid_h, grid_w) float32 and original sizes (n, 2).
@@ -160,39 +160,25 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         layer and aggregation) are read back instead of recomputed.
         """
         vm = self._load()
-        n, (gh, gw) = len(sources), vm.grid_size
-        maps = np.empty((n, gh, gw), dtype=np.float32)
-        hws = np.empty((n, 2), dtype=np.int64)
         cache = self._cache_args()["cache"]
-        todo = np.arange(n)
-        if cache is not None:
-            keys = self._map_keys(sources) if keys is None else keys
-            missing = []
-            for i, key in enumerate(keys):
-                entry = cache.get(key)
-                if entry is None or entry.shape != (2 + gh * gw,):
-                    missing.append(i)
-                    continue
-                hws[i] = entry[:2]
-                maps[i] = entry[2:].reshape(gh, gw)
-            todo = np.asarray(missing, dtype=np.int64)
-        if len(todo):
+        if cache is not None and keys is None:
+            keys = self._map_keys(sources)
+
+        def compute(todo):
             batches = iter_image_batches(
                 take(sources, todo), self.image_size, batch_size=self.batch_size,
                 num_workers=self.num_workers, device=vm.device, verbose=self.verbose,
                 desc="attention",
             )
             for start, pixels, hw in batches:
-                rows = todo[start:start + len(hw)]
                 with autocast(vm.device):
                     attn = patch_attention(vm, vm.normalize(pixels), self.layer)
                 m = aggregate_heads(attn.float(), self.head_aggregation)
-                m = m.reshape(-1, gh, gw).cpu().numpy()
-                maps[rows], hws[rows] = m, hw
-                if cache is not None:
-                    for r, mr, h in zip(rows, m, hw):
-                        cache.put(keys[r], np.concatenate([h.astype(np.float32), mr.ravel()]))
-        return maps, hws
+                m = m.reshape(-1, *vm.grid_size).cpu().numpy()
+                yield todo[start:start + len(hw)], {"image_size": hw, "map": m}
+
+        rows = cached_rows(map_entry(vm.grid_size), len(sources), compute, cache, keys)
+        return rows["map"], rows["image_size"]
 
     def attention_maps(self, X):
         """Aggregated CLS-to-patch attention, one map per image.
@@ -222,40 +208,39 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         sizes = self._validate()
         sources = as_sources(X)
-        n, k = len(sources), len(sizes)
-        boxes = np.empty((n, k, 4), dtype=np.float32)
-        scores = np.empty((n, k), dtype=np.float32)
-        hws = np.empty((n, 2), dtype=np.int64)
         cache = self._cache_args()["cache"]
-        todo, map_keys = np.arange(n), self._map_keys(sources)
+        map_keys = self._map_keys(sources)
+        box_keys = None
         if cache is not None:  # boxes are kept per (map, crop sizes): refits only look them up
             box_keys = [digest("boxes", key, tuple(sizes)) for key in map_keys]
-            missing = []
-            for i, key in enumerate(box_keys):
-                entry = cache.get(key)
-                if entry is None or entry.shape != (2 + 5 * k,):
-                    missing.append(i)
-                    continue
-                hws[i] = entry[:2]
-                boxes[i] = entry[2:2 + 4 * k].reshape(k, 4)
-                scores[i] = entry[2 + 4 * k:]
-            todo = np.asarray(missing, dtype=np.int64)
-        if len(todo):
-            maps, hws[todo] = self._compute_maps(
+
+        def compute(todo):
+            maps, hws = self._compute_maps(
                 take(sources, todo), None if map_keys is None else [map_keys[i] for i in todo]
             )
-            device = self._load().device
-            step = max(self.batch_size, 256)
-            for i in range(0, len(todo), step):
-                rows = todo[i:i + step]
-                up = upsample_maps(torch.as_tensor(maps[i:i + step], device=device),
-                                   self.image_size)
-                up = up / up.sum((-2, -1), keepdim=True).clamp_min(1e-30)
-                b, sc = greedy_boxes(up, sizes, return_scores=True)
-                boxes[rows] = to_original(b.cpu().numpy(), hws[rows], self.image_size)
-                scores[rows] = sc.cpu().numpy()
-                if cache is not None:
-                    for r in rows:
-                        cache.put(box_keys[r], np.concatenate(
-                            [hws[r], boxes[r].ravel(), scores[r]]).astype(np.float64))
-        return CropSet(sources, boxes, scores, hws)
+            for i in range(0, len(todo), max(self.batch_size, 256)):
+                part = slice(i, i + max(self.batch_size, 256))
+                boxes, scores = self._select_boxes(maps[part], hws[part], sizes)
+                yield todo[part], {"image_size": hws[part], "boxes": boxes, "scores": scores}
+
+        rows = cached_rows(box_entry(len(sizes)), len(sources), compute, cache, box_keys)
+        return CropSet(sources, rows["boxes"], rows["scores"], rows["image_size"])
+
+    def _select_boxes(self, maps, hws, sizes):
+        """Greedy boxes (original pixels, float32) and their attention mass for some maps."""
+        up = upsample_maps(torch.as_tensor(maps, device=self._load().device), self.image_size)
+        up = up / up.sum((-2, -1), keepdim=True).clamp_min(1e-30)
+        boxes, scores = greedy_boxes(up, sizes, return_scores=True)
+        return to_original(boxes.cpu().numpy(), hws, self.image_size), scores.cpu().numpy()
+
+
+def map_entry(grid_size) -> EntryLayout:
+    """Cache entry of one attention map: original (height, width), then the patch map."""
+    return EntryLayout(np.float32, image_size=((2,), np.int64),
+                       map=(tuple(grid_size), np.float32))
+
+
+def box_entry(k) -> EntryLayout:
+    """Cache entry of one image's crops: original (height, width), ``k`` boxes, ``k`` scores."""
+    return EntryLayout(np.float64, image_size=((2,), np.int64), boxes=((k, 4), np.float32),
+                       scores=((k,), np.float32))
