@@ -6,6 +6,7 @@ import numbers
 
 from .cache import model_key, resolve_cache
 from .models import load_model, resolve_device
+from .precision import check_precision, resolve_precision, warn_if_slow
 
 
 def check_positive_int(value, name):
@@ -23,8 +24,8 @@ def check_workers(value):
 
 
 class ImageModelMixin:
-    """Model loading, cache arguments and input tags from the ``model``, ``weights``,
-    ``image_size``, ``device`` and ``cache`` parameters."""
+    """Model loading, precision, cache arguments and input tags from the ``model``, ``weights``,
+    ``image_size``, ``device``, ``precision`` and ``cache`` parameters."""
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -42,3 +43,13 @@ class ImageModelMixin:
         cache = resolve_cache(self.cache)
         return {"cache": cache,
                 "model_id": None if cache is None else model_key(self.model, self.weights)}
+
+    def _check_precision(self):
+        """Validate ``precision``; warn when bf16 would be emulated (slow) on this CPU."""
+        check_precision(self.precision)
+        warn_if_slow(self.precision, resolve_device(self.device))
+
+    def _precision(self, role="embedding"):
+        """The precision (``"float32"`` or ``"bfloat16"``) of this estimator's ``role`` forwards
+        (see :func:`sk_a2.precision.resolve_precision`)."""
+        return resolve_precision(self.precision, resolve_device(self.device), role)

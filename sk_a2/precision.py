@@ -36,8 +36,10 @@ __all__ = [
     "SlowPrecisionWarning",
     "autocast",
     "check_precision",
+    "has_native_bf16",
     "native_bf16",
     "resolve_precision",
+    "warn_if_slow",
 ]
 
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -67,11 +69,16 @@ def _cpu_flags() -> dict:
     return dict.fromkeys(flags, True)
 
 
+def has_native_bf16(flags) -> bool:
+    """Whether CPU feature ``flags`` (a mapping of flag names to True/False, as
+    ``torch.cpu.get_capabilities()`` gives) include bf16 arithmetic in hardware."""
+    return any(flags.get(f) is True for f in _NATIVE_FLAGS)
+
+
 @functools.lru_cache(maxsize=None)
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX-512 BF16, AMX-BF16 or ARM BF16)."""
-    flags = _cpu_flags()
-    return any(flags.get(f) is True for f in _NATIVE_FLAGS)
+    return has_native_bf16(_cpu_flags())
 
 
 def check_precision(precision) -> str:
