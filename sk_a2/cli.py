@@ -353,6 +353,8 @@ def _demo_overlay_indices(groups, test_mask, per_group=2):
 
 def run_demo(args):
     """The ``demo`` subcommand; returns the results written to ``results.json``."""
+    from sklearn.base import clone
+
     from .cropper import AttentionCropper
     from .datasets import make_spurious_images
     from .embedder import CropEmbedder
@@ -374,16 +376,25 @@ def run_demo(args):
 
     common = dict(image_size=args.image_size, batch_size=args.batch_size, device=args.device,
                   verbose=True)
+    # one model for both: the full-image embeddings come from the attention pass
+    shared = (args.attention_model == args.embedding_model
+              and args.attention_weights == args.embedding_weights)
     cropper = AttentionCropper(args.attention_model, weights=args.attention_weights,
-                               crop_sizes=args.crop_sizes, **common).fit()
+                               crop_sizes=args.crop_sizes, embed_full_image=shared,
+                               **common).fit()
     _info(f"choosing crops {list(cropper.crop_sizes_)} with {args.attention_model} attention")
     crops = cropper.transform(X)
-    _info(f"embedding the full images with {args.embedding_model}")
-    full = CropEmbedder(args.embedding_model, weights=args.embedding_weights,
-                        **common).fit_transform(X)
-    _info(f"embedding the crops with {args.embedding_model}")
-    a2 = CropEmbedder(args.embedding_model, weights=args.embedding_weights,
-                      **common).fit_transform(crops)
+    embedder = CropEmbedder(args.embedding_model, weights=args.embedding_weights,
+                            include_full_image=shared, **common)
+    if shared:
+        _info(f"embedding the crops with {args.embedding_model} (full images: attention pass)")
+        both = embedder.fit_transform(crops)
+        a2, full = both[:, :-embedder.embed_dim_], both[:, -embedder.embed_dim_:]
+    else:
+        _info(f"embedding the full images with {args.embedding_model}")
+        full = clone(embedder).fit_transform(X)
+        _info(f"embedding the crops with {args.embedding_model}")
+        a2 = embedder.fit_transform(crops)
 
     _info("fitting the heads (LR on train; DFR(Val) on val)")
     with warnings.catch_warnings():
