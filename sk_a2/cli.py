@@ -351,32 +351,14 @@ def _demo_overlay_indices(groups, test_mask, per_group=2):
     return np.asarray(idx, dtype=np.int64)
 
 
-def run_demo(args):
-    """The ``demo`` subcommand; returns the results written to ``results.json``."""
+def _demo_features(args, X, common):
+    """The demo's cropper, crops, full-image and A² features; with one model for both, the
+    full-image embeddings come from the attention pass."""
     from sklearn.base import clone
 
     from .cropper import AttentionCropper
-    from .datasets import make_spurious_images
     from .embedder import CropEmbedder
-    from .plot import _matplotlib, plot_crop_grid, save_figure, save_overlays
 
-    _matplotlib()  # fail early, before the models run, when matplotlib is missing
-    start = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _info(f"generating {args.n_samples} synthetic images of {args.image_size} px")
-    data = make_spurious_images(args.n_samples, image_size=args.image_size,
-                                random_state=args.seed)
-    X, y, groups = data.images, data.target, data.groups
-    masks = _split_masks(data.split, SPLITS)
-    tr, va, te = masks["train"], masks["val"], masks["test"]
-    if len(np.unique(y[tr])) < 2:
-        raise ValueError(f"--n-samples {args.n_samples} is too small: the train split needs "
-                         "both classes")
-
-    common = dict(image_size=args.image_size, batch_size=args.batch_size, device=args.device,
-                  verbose=True)
-    # one model for both: the full-image embeddings come from the attention pass
     shared = (args.attention_model == args.embedding_model
               and args.attention_weights == args.embedding_weights)
     cropper = AttentionCropper(args.attention_model, weights=args.attention_weights,
@@ -395,6 +377,31 @@ def run_demo(args):
         full = clone(embedder).fit_transform(X)
         _info(f"embedding the crops with {args.embedding_model}")
         a2 = embedder.fit_transform(crops)
+    return cropper, crops, full, a2
+
+
+def run_demo(args):
+    """The ``demo`` subcommand; returns the results written to ``results.json``."""
+    from .datasets import make_spurious_images
+    from .plot import _matplotlib, plot_crop_grid, save_figure, save_overlays
+
+    _matplotlib()  # fail early, before the models run, when matplotlib is missing
+    start = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _info(f"generating {args.n_samples} synthetic images of {args.image_size} px")
+    data = make_spurious_images(args.n_samples, image_size=args.image_size,
+                                random_state=args.seed)
+    X, y, groups = data.images, data.target, data.groups
+    masks = _split_masks(data.split, SPLITS)
+    tr, va, te = masks["train"], masks["val"], masks["test"]
+    if len(np.unique(y[tr])) < 2:
+        raise ValueError(f"--n-samples {args.n_samples} is too small: the train split needs "
+                         "both classes")
+
+    common = dict(image_size=args.image_size, batch_size=args.batch_size, device=args.device,
+                  verbose=True)
+    cropper, crops, full, a2 = _demo_features(args, X, common)
 
     _info("fitting the heads (LR on train; DFR(Val) on val)")
     with warnings.catch_warnings():
