@@ -5,9 +5,10 @@ query's row of ``softmax(q_h · K_hᵀ / √d_k)`` over all tokens is computed f
 ``q`` and ``k``: the attention module's input (the block's normed tokens), its qkv projection
 (fused or separate, with its biases), its q/k norms and, where the block has one, its rotary
 position embedding (DINOv3). The input is captured with a forward pre-hook on the block's attention
-module, and the forward stops there: the model runs only as far as the block it needs. No model
-code is forked; timm ViTs (DINO, DINOv2 with or without registers, DINOv3, MAE) and open_clip ViTs
-are supported.
+module, and the forward stops there: the model runs only as far as the block it needs (unless the
+model's embedding of the same input is asked for too: then the pass runs to the end and gives
+both). No model code is forked; timm ViTs (DINO, DINOv2 with or without registers, DINOv3, MAE)
+and open_clip ViTs are supported.
 
 The CLS and register columns are dropped, the remaining patch attention is aggregated over heads
 and renormalised to sum to 1 over patches.
@@ -54,24 +55,31 @@ def resolve_layer(layer, num_layers: int) -> int:
     return layer % num_layers
 
 
-def _capture_attn_input(vm, x, layer):
+def _capture_attn_input(vm, x, layer, run_to_end=False):
+    """The attention module of block ``layer``, its call arguments and, with ``run_to_end``, the
+    model's embedding of ``x`` (the forward then runs to the end instead of stopping there)."""
     attn = vm.attn_modules[layer]
     captured = {}
 
     def hook(module, args, kwargs):
         captured["args"], captured["kwargs"] = args, kwargs
-        raise _StopForward
+        if not run_to_end:
+            raise _StopForward
 
     handle = attn.register_forward_pre_hook(hook, with_kwargs=True)
+    embedding = None
     try:
-        vm.forward_tokens(x)
+        if run_to_end:
+            embedding = vm.embed(x)
+        else:
+            vm.forward_tokens(x)
     except _StopForward:
         pass
     finally:
         handle.remove()
     if "args" not in captured:  # pragma: no cover - the forward never reached the block
         raise RuntimeError(f"block {layer} of {vm.name!r} was not reached by the forward pass")
-    return attn, captured["args"], captured["kwargs"]
+    return attn, captured["args"], captured["kwargs"], embedding
 
 
 def _q_cls_and_k(attn: nn.Module, args, kwargs):
@@ -135,7 +143,7 @@ def _q_cls_and_k(attn: nn.Module, args, kwargs):
 
 
 @torch.no_grad()
-def cls_attention(vm, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
+def cls_attention(vm, x: torch.Tensor, layer: int = -1, *, return_embedding=False):
     """Per-head CLS attention over all tokens at block ``layer``.
 
     Parameters
@@ -144,24 +152,36 @@ def cls_attention(vm, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
     x : Tensor of shape (B, 3, S, S)
         Normalised model input.
     layer : int, default=-1
+    return_embedding : bool, default=False
+        Also return ``vm.embed(x)`` from the same forward pass, which then runs to the end
+        instead of stopping at block ``layer``.
 
     Returns
     -------
     Tensor of shape (B, H, N), float32
         Row ``softmax(q_cls · Kᵀ · scale)`` of every head, over all N tokens (prefix tokens first).
+    Tensor of shape (B, d), float32
+        The embedding, only with ``return_embedding=True``.
     """
     layer = resolve_layer(layer, vm.num_layers)
-    attn, args, kwargs = _capture_attn_input(vm, x, layer)
+    attn, args, kwargs, embedding = _capture_attn_input(vm, x, layer, return_embedding)
     q, k, scale = _q_cls_and_k(attn, args, kwargs)
     # an elementwise product and a reduction over d (not a batched matmul): each image's row is
     # then computed the same way whatever else is in the batch, so cached and fresh maps agree
     logits = (q.float() * k.float()).sum(-1) * scale
-    return logits.softmax(dim=-1)
+    rows = logits.softmax(dim=-1)
+    return (rows, embedding.float()) if return_embedding else rows
 
 
-def patch_attention(vm, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
-    """Per-head CLS-to-patch attention, prefix (CLS, register) columns dropped: (B, H, P)."""
-    return cls_attention(vm, x, layer)[..., vm.num_prefix_tokens:]
+def patch_attention(vm, x: torch.Tensor, layer: int = -1, *, return_embedding=False):
+    """Per-head CLS-to-patch attention, prefix (CLS, register) columns dropped: (B, H, P).
+
+    With ``return_embedding``, also ``vm.embed(x)`` from the same forward pass (B, d).
+    """
+    out = cls_attention(vm, x, layer, return_embedding=return_embedding)
+    if return_embedding:
+        return out[0][..., vm.num_prefix_tokens:], out[1]
+    return out[..., vm.num_prefix_tokens:]
 
 
 def _normalized_entropy(a: torch.Tensor) -> torch.Tensor:
