@@ -175,12 +175,9 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         Keep embeddings keyed by (image content, box, model, image size, precision): refits
         with more crops embed only the new boxes. See :mod:`sk_a2.cache`.
     engine : None or "ray", default=None
-        ``"ray"``: run the model work on a Ray cluster with Ray Data (see :mod:`sk_a2.ray_engine`
-        and ``docs/ray.md``); the result equals the in-process one.
+        ``"ray"``: the embedding forwards run on a Ray cluster (``docs/ray.md``).
     engine_options : dict, default=None
-        Options of the Ray engine: ``num_actors``, ``batch_size``, ``num_gpus``, ``num_cpus``,
-        ``max_restarts``, ``max_task_retries``, ``address`` (see
-        :data:`sk_a2.ray_engine.ENGINE_OPTIONS`).
+        Ray engine settings for the embedding forwards (:data:`sk_a2.ray_engine.ENGINE_OPTIONS`).
     output_dir : None or path, default=None
         Write the output of ``transform`` to a new ``.npy`` file in this directory and return it
         as a :class:`numpy.memmap` (an ndarray, so scikit-learn heads take it), filled in blocks

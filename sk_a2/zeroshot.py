@@ -89,12 +89,9 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         Keep image embeddings keyed by (image content, box, model, image size, precision),
         shared with :class:`~sk_a2.CropEmbedder` for the same model. See :mod:`sk_a2.cache`.
     engine : None or "ray", default=None
-        ``"ray"``: run the model work on a Ray cluster with Ray Data (see :mod:`sk_a2.ray_engine`
-        and ``docs/ray.md``); the result equals the in-process one.
+        ``"ray"``: the image-tower forwards run on a Ray cluster (``docs/ray.md``).
     engine_options : dict, default=None
-        Options of the Ray engine: ``num_actors``, ``batch_size``, ``num_gpus``, ``num_cpus``,
-        ``max_restarts``, ``max_task_retries``, ``address`` (see
-        :data:`sk_a2.ray_engine.ENGINE_OPTIONS`).
+        Ray engine settings for the image-tower forwards (:data:`sk_a2.ray_engine.ENGINE_OPTIONS`).
     verbose : bool, default=False
         Show a progress bar over images.
 

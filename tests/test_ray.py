@@ -67,7 +67,7 @@ def test_crops_equal_in_process(images, vit):
     assert got.full_embedding_source == ref.full_embedding_source
 
 
-def test_embeddings_and_memmap_equal_in_process(images, vit, tmp_path):
+def test_embeddings_and_memmap_equal_in_process(images, vit, tmp_path, capsys):
     paths, _ = images
     crops = cropper(vit).fit().transform(paths)
     embedder = CropEmbedder(vit, include_full_image=True, **COMMON)
@@ -75,8 +75,10 @@ def test_embeddings_and_memmap_equal_in_process(images, vit, tmp_path):
     got = clone(embedder).set_params(**RAY).fit(crops).transform(crops)
     assert type(got) is np.ndarray and got.dtype == np.float32
     np.testing.assert_array_equal(got, ref)
-    mapped = clone(embedder).set_params(**RAY, output_dir=tmp_path / "out").fit(crops)
-    mapped = mapped.transform(crops)
+    mapped = clone(embedder).set_params(**RAY, output_dir=tmp_path / "out", verbose=True)
+    mapped = mapped.fit(crops).transform(crops)
+    report = capsys.readouterr().out  # verbose: per-actor throughput
+    assert f"{len(paths)} images on" in report and "images/s" in report
     assert isinstance(mapped, np.memmap)
     np.testing.assert_array_equal(mapped, ref)
     (saved,) = (tmp_path / "out").glob("*.npy")
@@ -158,14 +160,6 @@ def test_killed_actor_batches_are_retried(images, vit, tmp_path):
     got = CropEmbedder(dying, **COMMON, **RAY).fit(paths).transform(paths)
     assert not armed.exists() and (tmp_path / "armed.fired").exists()  # an actor did die
     np.testing.assert_array_equal(got, ref)
-
-
-def test_verbose_reports_per_actor_throughput(images, vit, capsys):
-    paths, _ = images
-    CropEmbedder(vit, verbose=True, **COMMON, **RAY).fit(paths).transform(paths)
-    out = capsys.readouterr().out
-    assert f"{len(paths)} images on" in out
-    assert "images/s" in out
 
 
 def test_engine_parameters_clone_and_check(vit):
