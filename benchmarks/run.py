@@ -154,7 +154,7 @@ def naive_loop(module, mean, std, paths, device):
     std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
 
     def tensor(img):
-        t = torch.from_numpy(np.asarray(img)).to(device).permute(2, 0, 1)[None].float() / 255
+        t = torch.from_numpy(np.array(img)).to(device).permute(2, 0, 1)[None].float() / 255
         return (t - mean_t) / std_t
 
     all_boxes = []
