@@ -35,7 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["HEAD_AGGREGATIONS", "aggregate_heads", "cls_attention", "patch_attention"]
+__all__ = [
+    "HEAD_AGGREGATIONS",
+    "aggregate_heads",
+    "cls_attention",
+    "cls_query_keys",
+    "cls_softmax",
+    "patch_attention",
+]
 
 HEAD_AGGREGATIONS = ("mean", "max", "entropy_weighted", "lowest_entropy_mean")
 
@@ -74,8 +81,12 @@ def _capture_attn_input(vm, x, layer):
     return attn, captured["args"], captured["kwargs"]
 
 
-def _q_cls_and_k(attn: nn.Module, args, kwargs):
-    """The CLS query and all keys, as (B, H, 1, d) and (B, H, N, d)."""
+def cls_query_keys(attn: nn.Module, args, kwargs):
+    """The CLS query and all keys, as (B, H, 1, d) and (B, H, N, d), and the logit scale.
+
+    ``args`` and ``kwargs`` are the inputs of the attention module ``attn`` (as a forward
+    pre-hook registered ``with_kwargs=True`` receives them).
+    """
     if isinstance(attn, nn.MultiheadAttention):
         query = args[0] if args else kwargs["query"]
         key = args[1] if len(args) > 1 else kwargs.get("key", query)
@@ -134,6 +145,9 @@ def _q_cls_and_k(attn: nn.Module, args, kwargs):
     return q[:, :, :1], k, float(scale)
 
 
+_q_cls_and_k = cls_query_keys
+
+
 @torch.no_grad()
 def cls_attention(vm, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
     """Per-head CLS attention over all tokens at block ``layer``.
@@ -152,7 +166,12 @@ def cls_attention(vm, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
     """
     layer = resolve_layer(layer, vm.num_layers)
     attn, args, kwargs = _capture_attn_input(vm, x, layer)
-    q, k, scale = _q_cls_and_k(attn, args, kwargs)
+    return cls_softmax(attn, args, kwargs)
+
+
+def cls_softmax(attn: nn.Module, args, kwargs) -> torch.Tensor:
+    """The CLS query's softmax row of every head, (B, H, N) float32, from the module's inputs."""
+    q, k, scale = cls_query_keys(attn, args, kwargs)
     # an elementwise product and a reduction over d (not a batched matmul): each image's row is
     # then computed the same way whatever else is in the batch, so cached and fresh maps agree
     logits = (q.float() * k.float()).sum(-1) * scale
