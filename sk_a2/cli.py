@@ -11,6 +11,9 @@ Subcommands:
 ``sk-a2 evaluate --dataset NAME --root DIR``
     One benchmark of the paper (Waterbirds, CelebA, Spawrious, MetaShift), with a logistic
     regression, DFR or zero-shot CLIP head.
+``sk-a2 localize``
+    How much attention falls inside object boxes, per model and block (the paper's Section 2),
+    with its figures.
 
 Run ``sk-a2 <subcommand> --help`` for the options. Bad options, paths or models end with one
 line ``sk-a2: error: <message>`` on stderr and exit status 2.
@@ -264,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, metavar="DIR",
                     help="folder where evaluate_<dataset>_<head>.json is written (default: "
                          "print only)")
+
+    # ---- localize (sk_a2/cli_localize.py)
+    from .cli_localize import add_parser as add_localize_parser
+
+    add_localize_parser(sub)
     return parser
 
 
@@ -619,7 +627,15 @@ def run_evaluate(args):
 # Entry point
 # --------------------------------------------------------------------------------------------
 
-_COMMANDS = {"demo": run_demo, "crops": run_crops, "evaluate": run_evaluate}
+def run_localize(args):
+    """The ``localize`` subcommand (:mod:`sk_a2.cli_localize`)."""
+    from .cli_localize import run
+
+    return run(args)
+
+
+_COMMANDS = {"demo": run_demo, "crops": run_crops, "evaluate": run_evaluate,
+             "localize": run_localize}
 
 
 def main(argv=None) -> int:

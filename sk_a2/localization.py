@@ -60,6 +60,7 @@ __all__ = [
     "localization_report",
     "mass_in_boxes",
     "normalized_entropy",
+    "report_columns",
     "select_attention",
     "summarize_report",
     "top_mass",
@@ -466,9 +467,10 @@ def _table(columns):
     return pd.DataFrame(columns)
 
 
-def _columns(report):
+def report_columns(report):
+    """The columns of a report or summary (DataFrame, Bunch or a list of them) as NumPy arrays."""
     if isinstance(report, (list, tuple)):
-        parts = [_columns(r) for r in report]
+        parts = [report_columns(r) for r in report]
         if not parts:
             raise ValueError("no report to summarise")
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -552,7 +554,7 @@ def summarize_report(report):
         ``n_params``, ``n_images`` and ``<metric>_mean`` / ``<metric>_std`` (sample standard
         deviation, ``ddof=1``; 0 for one image) for the metrics and token shares.
     """
-    cols = _columns(report)
+    cols = report_columns(report)
     names = (*METRICS, *TOKEN_SHARES)
     missing = [k for k in ("model", "head_aggregation", "layer", *names) if k not in cols]
     if missing:
@@ -651,7 +653,7 @@ def select_attention(candidates, X, boxes, *, base=None, return_ranking=False):
     scores = np.empty((len(croppers), 2))
     for members in groups.values():
         first = clone(croppers[members[0]]).fit()
-        report = _columns(localization_report(
+        report = report_columns(localization_report(
             first, sources, box_list, layers=[croppers[i].layer for i in members]))
         num_layers = load_model(first.model, weights=first.weights, image_size=first.image_size,
                                 device=resolve_device(first.device)).num_layers
