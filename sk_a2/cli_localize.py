@@ -39,7 +39,7 @@ def _layers(text):
         return [int(p) for p in text.split(",") if p.strip()] or None
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--layers must be 'all', 'last' or comma-separated block indices, got {text!r}"
+            f"expected 'all', 'last' or comma-separated block indices, got {text!r}"
         ) from None
 
 

@@ -479,8 +479,9 @@ def report_columns(report):
     return {k: np.asarray(v) for k, v in dict(report).items()}
 
 
-def _model_name(model):
-    return model if isinstance(model, str) else type(model).__name__
+def _model_name(model, weights=None):
+    name = model if isinstance(model, str) else type(model).__name__
+    return name if weights is None else f"{name}@{os.path.basename(os.fspath(weights))}"
 
 
 def _n_params(vm):
@@ -507,7 +508,8 @@ def localization_report(cropper, X, boxes, *, layers=None):
     Returns
     -------
     pandas.DataFrame or sklearn.utils.Bunch
-        One row per (layer, image), layers in the given order: ``model``, ``head_aggregation``,
+        One row per (layer, image), layers in the given order: ``model`` (the model's name, with
+        ``@<weights file name>`` when ``weights`` is set), ``head_aggregation``,
         ``n_params``, ``layer`` (block index from 0), ``image`` (position in ``X``), the
         :data:`METRICS` and the :data:`TOKEN_SHARES`. A Bunch of equal-length arrays when pandas
         is not installed.
@@ -530,7 +532,7 @@ def localization_report(cropper, X, boxes, *, layers=None):
             cols[name].append(values)
     L = len(layer_idx)
     head = {
-        "model": np.full(L * n, _model_name(cropper.model), dtype=object),
+        "model": np.full(L * n, _model_name(cropper.model, cropper.weights), dtype=object),
         "head_aggregation": np.full(L * n, cropper.head_aggregation, dtype=object),
         "n_params": np.full(L * n, _n_params(vm), dtype=np.int64),
         "layer": np.repeat(np.asarray(layer_idx, dtype=np.int64), n),
@@ -666,7 +668,8 @@ def select_attention(candidates, X, boxes, *, base=None, return_ranking=False):
         return best
     ranking = _table({
         "candidate": np.asarray(order, dtype=np.int64),
-        "model": np.asarray([_model_name(croppers[i].model) for i in order], dtype=object),
+        "model": np.asarray([_model_name(croppers[i].model, croppers[i].weights) for i in order],
+                            dtype=object),
         "layer": np.asarray([croppers[i].layer for i in order], dtype=np.int64),
         "head_aggregation": np.asarray([croppers[i].head_aggregation for i in order],
                                        dtype=object),
