@@ -107,39 +107,41 @@ def cls_query_keys(attn: nn.Module, args, kwargs):
     x = args[0] if args else kwargs["x"]
     B, N, _ = x.shape
     heads = attn.num_heads
+    rope = kwargs.get("rope")
+    # only the CLS query is needed (all queries when rotary embeddings rotate token 0 as well)
+    xq = x if rope is not None and attn.num_prefix_tokens == 0 else x[:, :1]
     qkv_linear = getattr(attn, "qkv", None)
     if qkv_linear is not None:
+        weight, bias = qkv_linear.weight, qkv_linear.bias
         q_bias = getattr(attn, "q_bias", None)
         if q_bias is not None:
-            bias = torch.cat((q_bias, attn.k_bias, attn.v_bias))
-            if getattr(attn, "qkv_bias_separate", False) and qkv_linear.bias is not None:
-                qkv = qkv_linear(x) + bias
-            else:
-                qkv = F.linear(x, qkv_linear.weight, bias)
-        else:
-            qkv = qkv_linear(x)
-        qkv = qkv.reshape(B, N, 3, heads, -1).permute(2, 0, 3, 1, 4)
-        q, k = qkv[0], qkv[1]
+            extra = torch.cat((q_bias, attn.k_bias, attn.v_bias))
+            separate = getattr(attn, "qkv_bias_separate", False) and bias is not None
+            bias = bias + extra if separate else extra
+        d = weight.shape[0] // 3
+        q = F.linear(xq, weight[:d], None if bias is None else bias[:d])
+        k = F.linear(x, weight[d:2 * d], None if bias is None else bias[d:2 * d])
     elif getattr(attn, "q_proj", None) is not None and getattr(attn, "k_proj", None) is not None:
-        q = attn.q_proj(x).reshape(B, N, heads, -1).transpose(1, 2)
-        k = attn.k_proj(x).reshape(B, N, heads, -1).transpose(1, 2)
+        q, k = attn.q_proj(xq), attn.k_proj(x)
     else:
         raise TypeError(
             f"attention module {type(attn).__name__} is not supported: expected a timm attention "
             "with qkv or q_proj/k_proj, or torch.nn.MultiheadAttention"
         )
+    q = q.reshape(B, xq.shape[1], heads, -1).transpose(1, 2)
+    k = k.reshape(B, N, heads, -1).transpose(1, 2)
     q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
     if q_norm is not None:
         q = q_norm(q)
     if k_norm is not None:
         k = k_norm(k)
-    rope = kwargs.get("rope")
     if rope is not None:
         from timm.layers import apply_rot_embed_cat
 
         npt = attn.num_prefix_tokens
         half = getattr(attn, "rotate_half", False)
-        q = torch.cat([q[:, :, :npt], apply_rot_embed_cat(q[:, :, npt:], rope, half=half)], 2)
+        if npt == 0:
+            q = apply_rot_embed_cat(q, rope, half=half)
         k = torch.cat([k[:, :, :npt], apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], 2)
     scale = getattr(attn, "scale", None) or q.shape[-1] ** -0.5
     return q[:, :, :1], k, float(scale)
