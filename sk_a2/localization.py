@@ -432,20 +432,18 @@ def _layer_maps(cropper, vm, sources, layers):
     if not len(todo):
         return maps, shares, hws
     npt = vm.num_prefix_tokens
-    batches = iter_image_batches(
-        take(sources, todo), cropper.image_size, batch_size=cropper.batch_size,
-        num_workers=cropper.num_workers, device=vm.device, verbose=cropper.verbose,
-        desc="localization",
-    )
-    for start, pixels, hw in batches:
+    params = dict(batch_size=cropper.batch_size, num_workers=cropper.num_workers,
+                  device=vm.device, verbose=cropper.verbose, desc="localization")
+    for start, pixels, hw in iter_image_batches(take(sources, todo), cropper.image_size,
+                                                **params):
         rows = todo[start:start + len(hw)]
+        hws[rows] = hw
         with autocast(vm.device):
             per_layer = layer_cls_attention(vm, vm.normalize(pixels), layers)
         for li, a in enumerate(per_layer):
             m = aggregate_heads(a[..., npt:].float(), cropper.head_aggregation)
             maps[li, rows] = m.reshape(-1, gh, gw).cpu().numpy()
             shares[li, rows] = _token_shares(a, npt)
-        hws[rows] = hw
         for r in rows if cache is not None else ():
             for li, (km, ks) in enumerate(keys[r]):
                 cache.put(km, np.concatenate([hws[r].astype(np.float32), maps[li, r].ravel()]))
@@ -485,7 +483,7 @@ def _model_name(model, weights=None):
 
 
 def _n_params(vm):
-    module = vm.module.visual if vm.library == "open_clip" else vm.module
+    module = getattr(vm.module, "visual", vm.module)  # CLIP: the image tower only
     return int(sum(p.numel() for p in module.parameters()))
 
 

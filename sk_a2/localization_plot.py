@@ -37,53 +37,56 @@ def _label(model, aggregation, several_aggregations):
     return f"{model} ({aggregation})" if several_aggregations else str(model)
 
 
-def plot_mass_hit_vs_size(summary):
-    """Mass in box and hit rate of each model's last reported block against its parameters."""
+def _two_panels(summary, draw, xlabel, suffix, *, xscale="linear"):
+    """Mass in box (left) and hit rate (right), ``draw(ax, cols, series, metric, several)``."""
     cols, series = _series(summary)
     several = len({agg for _, agg in series}) > 1
     fig, axes = _figure(2)
     for ax, metric, title in zip(axes, ("mass_in_box", "hit"), ("mass in box", "hit rate")):
-        by_agg = {}
-        for (model, agg), rows in series.items():
-            last = rows[-1]
-            by_agg.setdefault(agg, []).append(
-                (cols["n_params"][last], cols[f"{metric}_mean"][last],
-                 cols[f"{metric}_std"][last], model))
-        for agg, points in by_agg.items():
-            points.sort(key=lambda p: p[0])
-            x, y, err = (np.asarray([p[k] for p in points], dtype=float) for k in range(3))
-            ax.errorbar(x / 1e6, y, yerr=err if metric == "mass_in_box" else None, marker="o",
-                        capsize=3, label=agg if several else None)
-            for xi, yi, name in zip(x, y, (p[3] for p in points)):
-                ax.annotate(str(name), (xi / 1e6, yi), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
-        ax.set_xscale("log")
-        ax.set_xlabel("parameters (millions)")
-        ax.set_title(f"{title} vs. model size")
+        draw(ax, cols, series, metric, several)
+        ax.set_xscale(xscale)
+        ax.set_xlabel(xlabel)
+        ax.set_title(f"{title} {suffix}")
         ax.grid(alpha=0.3)
-        if several:
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
+def _draw_vs_size(ax, cols, series, metric, several):
+    by_agg = {}
+    for (model, agg), rows in series.items():
+        last = rows[-1]
+        by_agg.setdefault(agg, []).append((cols["n_params"][last], cols[f"{metric}_mean"][last],
+                                           cols[f"{metric}_std"][last], model))
+    for agg, points in by_agg.items():
+        points.sort(key=lambda p: p[0])
+        x, y, err = (np.asarray([p[k] for p in points], dtype=float) for k in range(3))
+        ax.errorbar(x / 1e6, y, yerr=err if metric == "mass_in_box" else None, marker="o",
+                    capsize=3, label=agg if several else None)
+        for xi, yi, point in zip(x, y, points):
+            ax.annotate(str(point[3]), (xi / 1e6, yi), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+
+
+def _draw_per_layer(ax, cols, series, metric, several):
+    for (model, agg), rows in series.items():
+        layers = cols["layer"][rows].astype(int)
+        y = cols[f"{metric}_mean"][rows].astype(float)
+        line, = ax.plot(layers, y, marker=".", label=_label(model, agg, several))
+        ax.plot(layers[-1:], y[-1:], marker="*", markersize=12, color=line.get_color())
+
+
+def plot_mass_hit_vs_size(summary):
+    """Mass in box (± std) and hit rate of each model's last reported block against its size."""
+    return _two_panels(summary, _draw_vs_size, "parameters (millions)", "vs. model size",
+                       xscale="log")
+
+
 def plot_per_layer(summary):
     """Mass in box and hit rate per block, one line per model (stars: the last block)."""
-    cols, series = _series(summary)
-    several = len({agg for _, agg in series}) > 1
-    fig, axes = _figure(2)
-    for ax, metric, title in zip(axes, ("mass_in_box", "hit"), ("mass in box", "hit rate")):
-        for (model, agg), rows in series.items():
-            layers = cols["layer"][rows].astype(int)
-            y = cols[f"{metric}_mean"][rows].astype(float)
-            line, = ax.plot(layers, y, marker=".", label=_label(model, agg, several))
-            ax.plot(layers[-1:], y[-1:], marker="*", markersize=12, color=line.get_color())
-        ax.set_xlabel("block")
-        ax.set_title(f"{title} per block")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return _two_panels(summary, _draw_per_layer, "block", "per block")
 
 
 def plot_token_shares(summary):

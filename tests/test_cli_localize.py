@@ -93,3 +93,16 @@ def test_localize_errors_are_one_line(two_weights, tmp_path, capsys, extra, matc
         argv += ["--weights", two_weights[0]]
     assert main(argv + extra) == 2
     assert match in _error_line(capsys.readouterr().err)
+
+
+def test_localize_help_lists_every_option(capsys):
+    from sk_a2.cli import build_parser
+
+    assert main(["localize", "--help"]) == 0
+    out = capsys.readouterr().out
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["localize"]
+    for action in sub._actions:
+        for option in action.option_strings:
+            assert option in out, option
+    assert main(["--help"]) == 0
+    assert "localize" in capsys.readouterr().out
