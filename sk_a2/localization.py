@@ -378,7 +378,8 @@ def _source_size(source, index):
                 w, h = img.size
                 orientation = img.getexif().get(0x0112, 1)
         except OSError as exc:
-            raise ValueError(f"X[{index}]: cannot read image file {str(source)!r} ({exc})") from None
+            raise ValueError(
+                f"X[{index}]: cannot read image file {str(source)!r} ({exc})") from None
     elif isinstance(source, Image.Image):
         (w, h), orientation = source.size, source.getexif().get(0x0112, 1)
     else:
