@@ -81,6 +81,14 @@ def _capture_attn_input(vm, x, layer):
     return attn, captured["args"], captured["kwargs"]
 
 
+def _per_image(project, xq):
+    """``project(xq)``; a lone CLS row is projected image by image, so that its value does not
+    depend on the batch size (a matrix product over few rows may take another kernel)."""
+    if xq.shape[1] != 1:
+        return project(xq)
+    return torch.cat([project(xq[i:i + 1].clone()) for i in range(xq.shape[0])])
+
+
 def cls_query_keys(attn: nn.Module, args, kwargs):
     """The CLS query and all keys, as (B, H, 1, d) and (B, H, N, d), and the logit scale.
 
@@ -119,10 +127,10 @@ def cls_query_keys(attn: nn.Module, args, kwargs):
             separate = getattr(attn, "qkv_bias_separate", False) and bias is not None
             bias = bias + extra if separate else extra
         d = weight.shape[0] // 3
-        q = F.linear(xq, weight[:d], None if bias is None else bias[:d])
+        q = _per_image(lambda t: F.linear(t, weight[:d], None if bias is None else bias[:d]), xq)
         k = F.linear(x, weight[d:2 * d], None if bias is None else bias[d:2 * d])
     elif getattr(attn, "q_proj", None) is not None and getattr(attn, "k_proj", None) is not None:
-        q, k = attn.q_proj(xq), attn.k_proj(x)
+        q, k = _per_image(attn.q_proj, xq), attn.k_proj(x)
     else:
         raise TypeError(
             f"attention module {type(attn).__name__} is not supported: expected a timm attention "
