@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from conftest import make_reg_vit, make_timm
+from conftest import make_clip, make_dinov3, make_reg_vit, make_timm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -223,6 +223,24 @@ def test_all_layers_report_equals_one_cropper_per_layer(aggregation):
         for name, values in want.items():
             np.testing.assert_allclose(rows[name].to_numpy(dtype=float), values, atol=1e-6,
                                        err_msg=f"{name}, layer {layer}")
+
+
+@pytest.mark.parametrize("factory,size", [(make_clip, 64), (make_dinov3, 64)],
+                         ids=["open_clip", "dinov3_rope"])
+def test_one_pass_report_for_clip_and_rope_models(factory, size):
+    model = factory().eval()
+    X = _images(2, seed=7)
+    boxes = _boxes(X)
+    hws = np.array([x.shape[:2] for x in X])
+    report = localization_report(AttentionCropper(model, image_size=size, crop_sizes=(16,)).fit(),
+                                 X, boxes, layers="all")
+    for layer in sorted(set(report["layer"])):
+        maps = AttentionCropper(model, image_size=size, crop_sizes=(16,),
+                                layer=int(layer)).fit().attention_maps(X)
+        rows = report[report["layer"] == layer]
+        np.testing.assert_allclose(rows["mass_in_box"], mass_in_boxes(maps, boxes, hws, size),
+                                   atol=1e-6)
+        np.testing.assert_allclose(rows["entropy"], normalized_entropy(maps), atol=1e-6)
 
 
 def test_token_shares_equal_cls_attention_split(reg_model):
