@@ -1,8 +1,9 @@
 """``sk-a2 localize``: where attention models look, measured against object boxes.
 
 For each attention model (and head aggregation), :func:`sk_a2.localization.localization_report`
-on the annotated images, then the per-image table (``localization.csv``), the summary
-(``summary.json``: mean ± std per model, aggregation and block) and the paper's figures:
+on the annotated images, then the per-image table (``localization.csv``, with the image file of
+each row when images are files), the summary (``summary.json``: mean ± std per model, aggregation
+and block) and the paper's figures:
 ``mass_hit_vs_size.png`` (Figs. 2 and 11), ``per_layer.png`` (Figs. 9, 12–14) and
 ``token_shares.png`` (Fig. 10). With no option it runs on the embedded synthetic set with
 ``imgfocus_vits14`` (offline DINOv2 ViT-S/14 weights).
@@ -218,6 +219,8 @@ def run(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = report_columns(reports)
+    if images.dtype == object:  # image files: name each row's file
+        table["path"] = np.asarray([str(p) for p in images], dtype=object)[table["image"]]
     _write_csv(out / "localization.csv", table)
     summary = report_columns(summarize_report(reports))
     payload = {"dataset": args.dataset, "n_images": int(len(images)),
