@@ -46,15 +46,46 @@ from torch.utils.data import DataLoader, Dataset
 from .images import load_rgb, resize_rgb
 
 __all__ = [
+    "CROP_SOURCES",
     "OriginalCrops",
+    "check_crop_source",
     "clip_boxes",
     "cut_resize",
     "draft_scale",
     "iter_original_crop_batches",
     "load_original_crops",
+    "original_boxes",
 ]
 
+#: Where :class:`~sk_a2.CropEmbedder` cuts crops: the paper's ``image_size`` resize, or the
+#: decoded original.
+CROP_SOURCES = ("resized", "original")
+
 _DRAFT_SCALES = (8, 4, 2)
+
+
+def check_crop_source(value):
+    """``value`` if it is one of :data:`CROP_SOURCES`, else a ``ValueError``."""
+    if not isinstance(value, str) or value not in CROP_SOURCES:
+        raise ValueError(
+            f"crop_source must be one of {', '.join(map(repr, CROP_SOURCES))}, got {value!r}"
+        )
+    return value
+
+
+def original_boxes(X, include_full_image):
+    """A :class:`~sk_a2.CropSet`'s boxes in original pixels, full image last when asked.
+
+    Returns ``boxes`` (n, m, 4) float64 and ``full`` (n, m) bool, the full-image boxes.
+    """
+    boxes = X.boxes.astype(np.float64)
+    full = np.zeros(boxes.shape[:2], dtype=bool)
+    if include_full_image:
+        h, w = X.image_sizes[:, 0].astype(np.float64), X.image_sizes[:, 1].astype(np.float64)
+        whole = np.stack([np.zeros_like(w), np.zeros_like(h), w, h], axis=-1)[:, None]
+        boxes = np.concatenate([boxes, whole], axis=1)
+        full = np.concatenate([full, np.ones((len(X), 1), dtype=bool)], axis=1)
+    return boxes, full
 
 
 def clip_boxes(boxes, hw, *, where="image"):
@@ -213,13 +244,25 @@ def _concat(items):
     return torch.cat(items), [len(t) for t in items]
 
 
-def iter_original_crop_batches(dataset, *, batch_size, num_workers, device):
+def iter_original_crop_batches(dataset, *, batch_size, num_workers, device, verbose=False,
+                               desc=""):
     """Yield ``(start, crops, counts)``: the crops of ``batch_size`` images, concatenated on
-    ``device``, and how many belong to each image. Workers (``num_workers`` resolved already)
-    decode, cut and resize."""
+    ``device``, and how many belong to each image. ``num_workers`` worker processes (a resolved
+    int) decode, cut and resize while the model runs."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=_concat, pin_memory=device.type == "cuda")
+    progress = None
+    if verbose:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=len(dataset), desc=desc, unit="img")
     start = 0
-    for crops, counts in loader:
-        yield start, crops.to(device, non_blocking=True), counts
-        start += len(counts)
+    try:
+        for crops, counts in loader:
+            yield start, crops.to(device, non_blocking=True), counts
+            start += len(counts)
+            if progress is not None:
+                progress.update(len(counts))
+    finally:
+        if progress is not None:
+            progress.close()
