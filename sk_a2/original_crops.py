@@ -48,7 +48,6 @@ from .images import load_rgb, resize_rgb
 __all__ = [
     "CROP_SOURCES",
     "OriginalCrops",
-    "check_crop_source",
     "clip_boxes",
     "cut_resize",
     "draft_scale",
@@ -62,15 +61,6 @@ __all__ = [
 CROP_SOURCES = ("resized", "original")
 
 _DRAFT_SCALES = (8, 4, 2)
-
-
-def check_crop_source(value):
-    """``value`` if it is one of :data:`CROP_SOURCES`, else a ``ValueError``."""
-    if not isinstance(value, str) or value not in CROP_SOURCES:
-        raise ValueError(
-            f"crop_source must be one of {', '.join(map(repr, CROP_SOURCES))}, got {value!r}"
-        )
-    return value
 
 
 def original_boxes(X, include_full_image):
