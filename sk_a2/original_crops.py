@@ -241,18 +241,11 @@ def iter_original_crop_batches(dataset, *, batch_size, num_workers, device, verb
     int) decode, cut and resize while the model runs."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=_concat, pin_memory=device.type == "cuda")
-    progress = None
-    if verbose:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        progress = tqdm(total=len(dataset), desc=desc, unit="img")
     start = 0
-    try:
+    with tqdm(total=len(dataset), desc=desc, unit="img", disable=not verbose) as progress:
         for crops, counts in loader:
             yield start, crops.to(device, non_blocking=True), counts
             start += len(counts)
-            if progress is not None:
-                progress.update(len(counts))
-    finally:
-        if progress is not None:
-            progress.close()
+            progress.update(len(counts))
