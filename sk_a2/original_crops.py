@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .images import load_rgb, resize_rgb
+from .images import exif_orientation, load_rgb, resize_rgb
 
 __all__ = [
     "CROP_SOURCES",
@@ -144,10 +144,7 @@ def draft_scale(boxes, size) -> int:
 
 def _transposed(img) -> bool:
     """Whether EXIF orientation swaps the axes of ``img`` (orientations 5 to 8)."""
-    try:
-        return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-    except Exception:
-        return False
+    return exif_orientation(img) in (5, 6, 7, 8)
 
 
 def _decode(source, boxes, size, draft, index):

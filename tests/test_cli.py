@@ -4,6 +4,7 @@ import csv
 import importlib.util
 import json
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -281,6 +282,22 @@ def test_demo_end_to_end(tmp_path, tiny_weights, capsys):
     assert sorted(results["overlays"]) == sorted(
         ["overlays.png"] + [f"overlays/{p.name}" for p in singles]
     )
+    _assert_like_readme_sample(stdout)
+
+
+def _assert_like_readme_sample(stdout):
+    """The README's sample output has the lines the demo prints, in the same order."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("sk-a2 demo --out demo_out", 1)[1].split("```\n", 2)[2]
+    sample = block.split("```", 1)[0].strip().splitlines()
+    printed = stdout.strip().splitlines()
+    assert len(sample) == len(printed)
+    assert [line.split()[0] for line in sample] == [line.split()[0] for line in printed]
+    assert [s[:25] for s in sample[1:7]] == [p[:25] for p in printed[1:7]]
+    pattern = r"Wrote \S+results\.json and \d+ overlay PNGs in \d+ s\."
+    assert re.fullmatch(pattern, sample[-1]) and re.fullmatch(pattern, printed[-1])
 
 
 # ------------------------------------------------------------------ inputs: folders and globs
@@ -390,6 +407,8 @@ EARLY = [
      "CUDA is not available"),
     (["evaluate", "--dataset", "waterbirds", "--root", "{dir}", "--classnames", "a", "b"],
      "--head zs only"),
+    (["evaluate", "--dataset", "waterbirds", "--root", "{dir}", "--head", "zs",
+      "--embedding-model", "dinov2_vits14"], "needs a CLIP model with a text encoder"),
 ]
 
 
@@ -523,3 +542,4 @@ def test_evaluate_datasets_come_from_the_library():
     action = next(a for a in subparsers["evaluate"]._actions if a.dest == "dataset")
     assert list(action.choices) == list_benchmarks()
     assert get_benchmark("spawrious_m2m_hard").loader.keywords == {"benchmark": "m2m_hard"}
+
