@@ -27,8 +27,9 @@ dominates: when every box of the image (a full-image box too) stays at least ``2
 a side after the reduction, i.e. the decoded cut is still shrunk at least 2× by the final resize.
 Then crops differ from full decoding by 1 to 3 grey levels of 255 on average on high-frequency
 content (less the more the final resize shrinks; measured, and bounded in the tests, against a
-JPEG quality 95 encoding error of about 2.6 levels on the same content), and box edges, rounded to whole draft pixels, move by at most ``r / 2`` original pixels: less than a
-quarter of an output pixel. For typical A² crops (a 64 px box in a 224 px frame, so 29 % of the
+JPEG quality 95 encoding error of about 2.6 levels on the same content), and box edges, rounded
+to whole draft pixels, move by at most ``r / 2`` original pixels: less than a quarter of an
+output pixel. For typical A² crops (a 64 px box in a 224 px frame, so 29 % of the
 side) that needs originals above about 3,100 px, i.e. multi-megapixel photographs. Pass
 ``draft=False`` to :func:`load_original_crops` to rule it out.
 """
