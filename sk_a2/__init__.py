@@ -7,7 +7,8 @@ embeddings.
 
 from .adapter import AttentionAdapter
 from .baselines import CenterCropper, RandomCropper
-from .cropper import AttentionCropper, CropSet
+from .cropper import AttentionCropper
+from .cropset import CropSet
 from .dfr import DFRClassifier
 from .embedder import CropEmbedder
 from .metrics import (
