@@ -25,7 +25,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from .attention import HEAD_AGGREGATIONS
 from .cache import MemoryCache
-from .cropper import AttentionCropper, CropSet
+from .cropper import AttentionCropper
+from .cropset import CropSet, to_original
 from .dps import box_mass_matrix, candidate_bank, hard_topk, perturbed_topk
 from .embedder import CropEmbedder
 from .images import as_sources
@@ -130,7 +131,8 @@ class AttentionAdapter(TransformerMixin, BaseEstimator):
     outer_batch_size : int, default=512
         Images per outer step, from each of the two parts.
     sigma : float, default=2.0
-        Noise scale of perturbed top-k, in units of the log mass.
+        Noise scale of perturbed top-k, in units of each image's standard deviation of the
+        candidates' log mass (see :func:`selection_scores`).
     n_samples : int, default=32
         Noise draws per image and step.
     validation_fraction : float, default=0.3
@@ -155,6 +157,8 @@ class AttentionAdapter(TransformerMixin, BaseEstimator):
         The attention model's patch grid.
     candidate_boxes_ : ndarray of shape (58, 4)
         The bank in the ``image_size`` frame.
+    crop_sizes_ : list of int
+        The sides of the bank's candidates, largest first (each chosen crop has one of them).
     classes_ : ndarray
         Labels seen in ``fit``.
     loss_curve_ : list of float
@@ -310,8 +314,8 @@ class AttentionAdapter(TransformerMixin, BaseEstimator):
 
     def _embed_bank(self, sources, hws, bank):
         """Every candidate of every image embedded once: (n, 58, d) float32."""
-        scale = np.stack([hws[:, 1], hws[:, 0]] * 2, axis=-1)[:, None, :] / self.image_size
-        boxes = bank[None].astype(np.float64) * scale
+        boxes = to_original(np.broadcast_to(bank, (len(sources), *bank.shape)), hws,
+                            self.image_size)
         cs = CropSet(sources, boxes, np.full(boxes.shape[:2], np.nan), hws)
         embedder = CropEmbedder(
             self.embedding_model, weights=self.embedding_weights, image_size=self.image_size,
@@ -354,6 +358,7 @@ class AttentionAdapter(TransformerMixin, BaseEstimator):
         self.intercepts_ = [params[1], params[3]]
         self.grid_size_ = tuple(grid)
         self.candidate_boxes_ = bank
+        self.crop_sizes_ = sorted({int(v) for v in bank[:, 2] - bank[:, 0]}, reverse=True)
         self.classes_ = classes
         self.loss_curve_ = curve
         self.n_iter_ = len(curve)
@@ -455,6 +460,5 @@ class AttentionAdapter(TransformerMixin, BaseEstimator):
         mass = adapted @ box_mass_matrix(self.grid_size_, self.image_size, self.candidate_boxes_)
         frac = mass[:, :-1] / mass[:, -1:]
         idx = hard_topk(torch.as_tensor(frac), self.n_crops).numpy()
-        boxes = self.candidate_boxes_[idx]
-        scale = np.stack([hws[:, 1], hws[:, 0]] * 2, axis=-1)[:, None, :] / self.image_size
-        return CropSet(sources, boxes * scale, np.take_along_axis(frac, idx, 1), hws)
+        boxes = to_original(self.candidate_boxes_[idx], hws, self.image_size)
+        return CropSet(sources, boxes, np.take_along_axis(frac, idx, 1), hws)
