@@ -375,12 +375,14 @@ class AttentionAdapter(TransformerMixin, BaseEstimator):
         gen = torch.Generator().manual_seed(int(rng.randint(2**31 - 1)))
         f = emb[fit_idx]
         mean, std = f.mean((0, 1)), f.std((0, 1)) + 1e-6
-        scale = np.sqrt(emb.shape[-1])
+        del f
+        emb -= mean  # in place: the (n, 58, d) array is the one large allocation of fit
+        emb /= std * np.sqrt(emb.shape[-1])
 
         def tensor(a):
             return torch.as_tensor(np.asarray(a, dtype=np.float32), device=device)
 
-        data = {"maps": tensor(maps), "emb": tensor((emb - mean) / std / scale),
+        data = {"maps": tensor(maps), "emb": tensor(emb),
                 "onehot": tensor(np.eye(n_classes)[codes]), "mass": tensor(mass)}
         params = [tensor(p).requires_grad_() for p in self._init_params(maps.shape[1], rng)]
         opt = torch.optim.Adam(params, lr=self.outer_lr)
