@@ -47,11 +47,10 @@ def adapt_maps(maps, coefs, intercepts):
     x = maps * maps.shape[-1] - 1.0
     delta = lib.tanh(x @ coefs[0] + intercepts[0]) @ coefs[1] + intercepts[1]
     logits = lib.log(lib.clip(maps, _LOG_FLOOR, None)) + delta
-    logits = logits - logits.max(-1, keepdims=True) if lib is np else logits
-    if lib is np:
-        e = np.exp(logits)
-        return e / e.sum(-1, keepdims=True)
-    return logits.softmax(-1)
+    if lib is torch:
+        return logits.softmax(-1)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
 
 
 def selection_scores(maps, mass_matrix):

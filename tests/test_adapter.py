@@ -4,7 +4,6 @@ import pickle
 
 import numpy as np
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 from conftest import blob_images, make_timm
