@@ -19,10 +19,11 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
+from ._base import MODEL_CONSTRAINTS
+from ._param_validation import RANDOM_STATE, Interval, StrOptions, validate_params
 from .attention import HEAD_AGGREGATIONS
 from .cache import MemoryCache
 from .cropper import AttentionCropper
@@ -30,7 +31,7 @@ from .cropset import CropSet, to_original
 from .dps import box_mass_matrix, candidate_bank, hard_topk, perturbed_topk
 from .embedder import CropEmbedder
 from .images import as_sources
-from .models import resolve_device
+from .device import cpu_fallback, resolve_device
 
 __all__ = ["AttentionAdapter", "adapt_maps", "selection_scores"]
 
@@ -165,13 +166,13 @@ class AttentionAdapter(TransformerMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "attention_model": "no_validation",
-        "embedding_model": "no_validation",
-        "attention_weights": "no_validation",
-        "embedding_weights": "no_validation",
+        "attention_model": MODEL_CONSTRAINTS["model"],
+        "embedding_model": MODEL_CONSTRAINTS["model"],
+        "attention_weights": MODEL_CONSTRAINTS["weights"],
+        "embedding_weights": MODEL_CONSTRAINTS["weights"],
         "n_crops": [Interval(Integral, 1, None, closed="left")],
-        "image_size": [Interval(Integral, 1, None, closed="left")],
-        "head_aggregation": [StrOptions(set(HEAD_AGGREGATIONS))],
+        "image_size": MODEL_CONSTRAINTS["image_size"],
+        "head_aggregation": [StrOptions(HEAD_AGGREGATIONS)],
         "hidden_size": [Interval(Integral, 1, None, closed="left")],
         "inner_steps": [Interval(Integral, 1, None, closed="left")],
         "inner_lr": [Interval(Real, 0, None, closed="neither")],
@@ -182,11 +183,11 @@ class AttentionAdapter(TransformerMixin, BaseEstimator):
         "sigma": [Interval(Real, 0, None, closed="neither")],
         "n_samples": [Interval(Integral, 1, None, closed="left")],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "device": [str],
-        "cache": "no_validation",
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
+        "batch_size": MODEL_CONSTRAINTS["batch_size"],
+        "device": MODEL_CONSTRAINTS["device"],
+        "cache": MODEL_CONSTRAINTS["cache"],
+        "random_state": [RANDOM_STATE],
+        "verbose": MODEL_CONSTRAINTS["verbose"],
     }
 
     def __init__(
@@ -248,8 +249,13 @@ class AttentionAdapter(TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ validation
 
+    def __setstate__(self, state):
+        if "device" in state:  # pickled where CUDA was available: run on the CPU here
+            state = {**state, "device": cpu_fallback(state["device"], type(self).__name__)}
+        super().__setstate__(state)
+
     def _check_params(self):
-        self._validate_params()
+        validate_params(self)
         bank = candidate_bank(self.image_size)
         if self.n_crops > len(bank):
             raise ValueError(

@@ -1,6 +1,7 @@
 """AttentionAdapter: learning where to look when attention prefers a distractor."""
 
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from sklearn.pipeline import Pipeline
 from timm.models.vision_transformer import VisionTransformer
 
 from sk_a2 import AttentionAdapter, AttentionCropper, CropEmbedder, CropSet, worst_group_accuracy
+from sk_a2._param_validation import validate_params
 from sk_a2.dps import candidate_bank
 
 SIZE = 64
@@ -208,3 +210,29 @@ def test_bad_input(models):
     np.testing.assert_array_equal(y, y_before)
     with pytest.raises(ValueError, match="smaller than the 18-pixel"):
         ad.transform(X[:2, :8, :8])
+
+
+BAD_PARAMS = {
+    "attention_model": [3, None], "embedding_model": [["timm:test_vit"]],
+    "attention_weights": [3], "embedding_weights": [["w.safetensors"]],
+    "n_crops": [0, 1.5, "2", None], "image_size": [0, 64.0], "head_aggregation": ["median"],
+    "hidden_size": [0], "inner_steps": [0, 2.5], "inner_lr": [0, -1.0],
+    "inner_alpha": [-0.1], "outer_epochs": [-1, 1.5], "outer_lr": [0.0],
+    "outer_batch_size": [0], "sigma": [0, -1.0, "big"], "n_samples": [0],
+    "validation_fraction": [0, 1, 1.5], "batch_size": [0], "device": ["meta", None],
+    "cache": [3], "random_state": ["0", 1.5], "verbose": ["yes"],
+}
+PARAM_CASES = [(n, v) for n, values in BAD_PARAMS.items() for v in values]
+
+
+@pytest.mark.parametrize("name, value", PARAM_CASES, ids=[f"{n}-{v!r}" for n, v in PARAM_CASES])
+def test_bad_parameter_named_before_any_work(name, value):
+    X, y = blob_images(4, size=SIZE, seed=0)
+    est = AttentionAdapter("no-such-model", "no-such-model", image_size=SIZE, device="cpu")
+    with pytest.raises(ValueError, match=rf"^{name} must be .+, got {re.escape(repr(value))}$"):
+        est.set_params(**{name: value}).fit(X, y)
+
+
+def test_every_parameter_has_a_rule_and_defaults_pass():
+    assert set(AttentionAdapter._parameter_constraints) == set(AttentionAdapter().get_params())
+    validate_params(AttentionAdapter())
