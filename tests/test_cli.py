@@ -388,6 +388,8 @@ EARLY = [
      "CUDA is not available"),
     (["evaluate", "--dataset", "waterbirds", "--root", "{dir}", "--classnames", "a", "b"],
      "--head zs only"),
+    (["evaluate", "--dataset", "waterbirds", "--root", "{dir}", "--head", "zs",
+      "--embedding-model", "dinov2_vits14"], "needs a CLIP model with a text encoder"),
 ]
 
 

@@ -29,7 +29,9 @@ DESCRIPTION = (
 CROPPERS = ("attention", "adapter", "center", "random", "none")
 HEADS = {"lr": "LR", "dfr": "DFR", "zs": "zero-shot CLIP"}
 ZS_CROP_SIZES = (128,)
-DEFAULT_EMBEDDING = {"zs": "openclip_vitl14", None: "dinov2_vitg14"}
+#: The paper's embedding model: DINOv2 ViT-g/14, or OpenCLIP ViT-L/14 for the zero-shot head.
+DEFAULT_EMBEDDING = "dinov2_vitg14"
+ZS_EMBEDDING = "openclip_vitl14"
 
 
 def add_parser(subparsers):
@@ -46,8 +48,8 @@ def add_parser(subparsers):
     common.add_model_options(parser, "attention", "dinov2_vits14",
                              "whose CLS attention picks the crops")
     common.add_model_options(parser, "embedding", None, "embedding the crops",
-                             "dinov2_vitg14; openclip_vitl14 for --head zs, which needs an "
-                             "open_clip CLIP model")
+                             f"{DEFAULT_EMBEDDING}; {ZS_EMBEDDING} for --head zs, which needs "
+                             "an open_clip CLIP model")
     parser.add_argument("--cropper", choices=CROPPERS, default="attention",
                         help="how crops are chosen: attention (A²), adapter (A² with an "
                              "attention adapter learned on the fit split, Appendix G), center or "
@@ -78,7 +80,7 @@ def plan(args):
     return SimpleNamespace(
         benchmark=benchmark,
         crop_sizes=args.crop_sizes or (ZS_CROP_SIZES if zs else benchmark.crop_sizes),
-        embedding_model=args.embedding_model or DEFAULT_EMBEDDING["zs" if zs else None],
+        embedding_model=args.embedding_model or (ZS_EMBEDDING if zs else DEFAULT_EMBEDDING),
     )
 
 
@@ -101,6 +103,17 @@ def check(args, settings):
         raise CLIError("--classnames applies to --head zs only")
     if args.head == "zs":
         zero_shot_class()
+        check_text_tower(settings.embedding_model)
+
+
+def check_text_tower(model):
+    """``--head zs`` needs an embedding model that also encodes text (a CLIP model)."""
+    from ..backends import get_backend
+    from ..models import resolve_model_spec
+
+    if not get_backend(resolve_model_spec(model).library).has_text_tower:
+        raise CLIError(f"--head zs needs a CLIP model with a text encoder as --embedding-model "
+                       f"(e.g. {ZS_EMBEDDING} or 'open_clip:<arch>:<tag>'), got {model!r}")
 
 
 def zero_shot_class():
