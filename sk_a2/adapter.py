@@ -22,7 +22,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import MODEL_CONSTRAINTS
+from ._base import MODEL_CONSTRAINTS, ImageModelMixin
 from ._param_validation import RANDOM_STATE, Interval, StrOptions, validate_params
 from .attention import HEAD_AGGREGATIONS
 from .cache import MemoryCache
@@ -31,7 +31,7 @@ from .cropset import CropSet, to_original
 from .dps import box_mass_matrix, candidate_bank, hard_topk, perturbed_topk
 from .embedder import CropEmbedder
 from .images import as_sources
-from .device import cpu_fallback, resolve_device
+from .device import resolve_device
 
 __all__ = ["AttentionAdapter", "adapt_maps", "selection_scores"]
 
@@ -81,7 +81,7 @@ def _inner_fit(z, onehot, steps, lr, alpha):
     return W, b
 
 
-class AttentionAdapter(TransformerMixin, BaseEstimator):
+class AttentionAdapter(ImageModelMixin, TransformerMixin, BaseEstimator):
     """Learned attention adapter with differentiable patch selection (A² + adapter).
 
     Stands where :class:`AttentionCropper` stands: ``fit(X, y)`` learns an MLP that turns the
@@ -241,18 +241,11 @@ class AttentionAdapter(TransformerMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.string = True
         tags.target_tags.required = True
         tags.transformer_tags.preserves_dtype = []
         return tags
 
     # ------------------------------------------------------------------ validation
-
-    def __setstate__(self, state):
-        if "device" in state:  # pickled where CUDA was available: run on the CPU here
-            state = {**state, "device": cpu_fallback(state["device"], type(self).__name__)}
-        super().__setstate__(state)
 
     def _check_params(self):
         validate_params(self)
