@@ -96,18 +96,9 @@ class _BaselineCropper(TransformerMixin, BaseEstimator):
                                                      self.image_size)
 
     def fit(self, X=None, y=None):
-        """Check the parameters.
+        """Check the parameters; return ``self``.
 
-        Nothing is learned from ``X``.
-
-        Parameters
-        ----------
-        X : ignored
-        y : ignored
-
-        Returns
-        -------
-        self
+        Nothing is learned from ``X`` and ``y`` (both ignored).
         """
         _, self.crop_sizes_ = self._validate()
         return self
@@ -116,11 +107,12 @@ class _BaselineCropper(TransformerMixin, BaseEstimator):
         raise NotImplementedError
 
     def transform(self, X):
-        """Choose the crops of each image.
+        """Place the crops of each image; only the image sizes are read.
 
         Parameters
         ----------
         X : sequence of image sources, or (n, H, W, 3) uint8 array
+            Files are opened for their header only.
 
         Returns
         -------
@@ -208,7 +200,7 @@ class RandomCropper(_BaselineCropper):
         Crop sides in pixels of the ``image_size`` frame; used largest first.
     n_crops : int, default=None
         ``None``: one crop per size. ``k``: the first ``k`` sizes, the last size repeating when
-        ``k`` exceeds them (as :class:`~sk_a2.AttentionCropper`).
+        ``k`` exceeds them (as :class:`~sk_a2.AttentionCropper`); each repeat is a new box.
     image_size : int, default=224
         Side of the square frame the crop sizes refer to (the embedding model's input).
     random_state : int, RandomState instance or None, default=None
@@ -241,18 +233,9 @@ class RandomCropper(_BaselineCropper):
         self.random_state = random_state
 
     def fit(self, X=None, y=None):
-        """Check the parameters and draw ``seed_`` from ``random_state``.
+        """Check the parameters and draw ``seed_`` from ``random_state``; return ``self``.
 
-        Nothing is learned from ``X``.
-
-        Parameters
-        ----------
-        X : ignored
-        y : ignored
-
-        Returns
-        -------
-        self
+        Nothing is learned from ``X`` and ``y`` (both ignored).
         """
         super().fit(X, y)
         self.seed_ = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))

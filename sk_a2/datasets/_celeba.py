@@ -167,14 +167,8 @@ def load_celeba(root):
         )
     base = str(image_dir)
     return make_bunch(
-        images=[os.path.join(base, name) for name in filenames],
-        target=target,
-        groups=2 * target + spurious,
-        split=[partition[name] for name in filenames],
-        spurious=spurious,
-        target_names=TARGET_NAMES,
-        group_names=GROUP_NAMES,
-        spurious_names=SPURIOUS_NAMES,
-        descr=DESCR,
-        root=root,
+        [os.path.join(base, name) for name in filenames], target, 2 * target + spurious,
+        [partition[name] for name in filenames], spurious,
+        target_names=TARGET_NAMES, group_names=GROUP_NAMES, spurious_names=SPURIOUS_NAMES,
+        descr=DESCR, root=root,
     )

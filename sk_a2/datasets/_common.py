@@ -216,22 +216,13 @@ def hold_out_val(split, groups, val_size, random_state):
     return split
 
 
-def make_bunch(
-    *,
-    images,
-    target,
-    groups,
-    split,
-    target_names,
-    group_names,
-    spurious,
-    spurious_names,
-    descr,
-    root,
-    boxes=None,
-    **extra,
-):
-    """Assemble the :class:`~sklearn.utils.Bunch` returned by every loader."""
+def make_bunch(images, target, groups, split, spurious, *, target_names, group_names,
+               spurious_names, descr, root, boxes=None, **extra):
+    """Assemble the :class:`~sklearn.utils.Bunch` returned by every loader.
+
+    The five per-image fields (``images``, ``target``, ``groups``, ``split``, ``spurious``) may
+    be passed by position, in that order.
+    """
     bunch = Bunch(
         images=np.asarray(images, dtype=object),
         target=np.asarray(target, dtype=np.int64),

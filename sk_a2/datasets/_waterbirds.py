@@ -159,16 +159,7 @@ def load_waterbirds(root, *, cub_root=None):
     target = np.asarray(target)
     place = np.asarray(place)
     return make_bunch(
-        images=images,
-        target=target,
-        groups=2 * target + place,
-        split=split,
-        spurious=place,
-        target_names=TARGET_NAMES,
-        group_names=GROUP_NAMES,
-        spurious_names=PLACE_NAMES,
-        descr=DESCR,
-        root=folder,
-        boxes=boxes,
-        img_id=np.asarray(img_id, dtype=np.int64),
+        images, target, 2 * target + place, split, place,
+        target_names=TARGET_NAMES, group_names=GROUP_NAMES, spurious_names=PLACE_NAMES,
+        descr=DESCR, root=folder, boxes=boxes, img_id=np.asarray(img_id, dtype=np.int64),
     )
