@@ -524,3 +524,37 @@ def test_evaluate_datasets_come_from_the_library():
     assert list(action.choices) == list_benchmarks()
     assert get_benchmark("spawrious_m2m_hard").loader.keywords == {"benchmark": "m2m_hard"}
 
+
+
+def test_evaluate_scores_match_the_library_pipeline(waterbirds_root, tiny_weights, tmp_path,
+                                                    capsys):
+    from sklearn.linear_model import LogisticRegression
+
+    from sk_a2 import CenterCropper, CropEmbedder
+    from sk_a2.datasets import load_waterbirds
+    from sk_a2.metrics import worst_group_accuracy
+
+    argv = ["evaluate", "--dataset", "waterbirds", "--root", str(waterbirds_root),
+            *_tiny_model_args(tiny_weights, "embedding"), "--cropper", "center",
+            "--crop-sizes", "32,16", "--image-size", "64", "--device", "cpu",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "evaluate_waterbirds_lr.json").read_text())
+
+    data = load_waterbirds(str(waterbirds_root))
+    split, y, groups = np.asarray(data.split), np.asarray(data.target), np.asarray(data.groups)
+    images = np.asarray(data.images, dtype=object)
+    pipeline = [CenterCropper(crop_sizes=(32, 16), image_size=64),
+                CropEmbedder("timm:test_vit", weights=tiny_weights, image_size=64,
+                             device="cpu")]
+
+    def embed(part):
+        crops = pipeline[0].fit_transform(images[split == part].tolist())
+        return pipeline[1].fit_transform(crops)
+
+    head = LogisticRegression(max_iter=5000).fit(embed("train"), y[split == "train"])
+    pred = head.predict(embed("test"))
+    test = split == "test"
+    assert result["accuracy"] == pytest.approx(np.mean(pred == y[test]))
+    assert result["worst_group_accuracy"] == pytest.approx(
+        worst_group_accuracy(y[test], pred, groups=groups[test]))

@@ -194,14 +194,13 @@ def head_label(args, data):
     return HEADS[args.head]
 
 
-def fit_head(args, data, features):
-    """Fit LR or DFR on the fit split of ``features`` (rows of all images)."""
+def fit_head(args, data, X_fit):
+    """Fit LR or DFR on ``X_fit``, the features of the fit split's images."""
     fit = data.masks[data.fit_split]
     info(f"fitting {head_label(args, data)} on the {data.fit_split} split")
     if args.head == "lr":
-        return fit_lr(features[fit], data.y[fit])
-    mode = data.fit_split
-    return fit_dfr(features[fit], data.y[fit], data.groups[fit], mode, args.seed)
+        return fit_lr(X_fit, data.y[fit])
+    return fit_dfr(X_fit, data.y[fit], data.groups[fit], data.fit_split, args.seed)
 
 
 def predict_linear(args, settings, data, cropper):
@@ -211,10 +210,10 @@ def predict_linear(args, settings, data, cropper):
     inputs = crop_inputs(args, cropper, data.images[rows], (data.images[fit], data.y[fit]))
     info(f"embedding with {settings.embedding_model}")
     with common.model_errors("--embedding-model", "--embedding-weights"):
-        embedded = build_embedder(args, settings.embedding_model).fit_transform(inputs)
-    features = np.zeros((len(data.images), embedded.shape[1]), dtype=embedded.dtype)
-    features[rows] = embedded
-    return fit_head(args, data, features).predict(features[te])
+        features = build_embedder(args, settings.embedding_model).fit_transform(inputs)
+    row_of = np.full(len(data.images), -1, dtype=np.int64)  # image index -> row of features
+    row_of[rows] = np.arange(len(rows))
+    return fit_head(args, data, features[row_of[fit]]).predict(features[row_of[te]])
 
 
 def predict_zero_shot(args, settings, data, cropper):
