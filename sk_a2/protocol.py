@@ -69,6 +69,11 @@ class ModelRef:
     def __str__(self):
         return self.name if self.weights is None else f"{self.name}={self.weights}"
 
+    @property
+    def label(self) -> str:
+        """The name, with the weights file's name when one is given."""
+        return self.name if self.weights is None else f"{self.name} ({Path(self.weights).name})"
+
 
 def parse_model_list(text, option="--models") -> list[ModelRef]:
     """``"a,b=FILE,..."`` → :class:`ModelRef` list, every name and file checked up front.
@@ -165,8 +170,8 @@ class RowSpec:
     def label(self) -> str:
         what = _METHOD_LABELS[self.method]
         if self.method == "a2":
-            what += f" ({self.attention.name} attention)"
-        return f"{what} -> {self.embedding.name} + {_HEAD_LABELS[self.head]}"
+            what += f" ({self.attention.label} attention)"
+        return f"{what} -> {self.embedding.label} + {_HEAD_LABELS[self.head]}"
 
     def config(self) -> dict:
         return {"method": self.method, "head": self.head,
@@ -260,14 +265,14 @@ class CrossModelMatrix:
     def format(self, metric) -> str:
         """The matrix as text, in percent (mean ± std over seeds)."""
         means, stds = self.values(metric), self.values(metric, "std")
-        width = max(12, *(len(r.name) for r in self.attentions))
-        cols = [r.name for r in self.embeddings]
+        width = max(12, *(len(r.label) for r in self.attentions))
+        cols = [r.label for r in self.embeddings]
         cw = max(14, *(len(c) for c in cols))
         corner = "attn \\ emb"
         lines = [f"{corner:<{width}}  " + "  ".join(f"{c:>{cw}}" for c in cols)]
         for i, a in enumerate(self.attentions):
             cells = [f"{100 * m:>{cw - 6}.1f} ± {100 * s:>3.1f}" for m, s in zip(means[i], stds[i])]
-            lines.append(f"{a.name:<{width}}  " + "  ".join(cells))
+            lines.append(f"{a.label:<{width}}  " + "  ".join(cells))
         return "\n".join(lines)
 
     def to_csv(self, path, metrics=METRICS) -> Path:
@@ -284,6 +289,13 @@ class CrossModelMatrix:
                 writer.writerow([str(self.attentions[i]), str(self.embeddings[j]),
                                  *[cell[s][m] for m in metrics for s in ("mean", "std")]])
         return path
+
+    def plot(self, metric, title=""):
+        """A heat map of ``metric`` (means over seeds), see :func:`sk_a2.plot.plot_matrix`."""
+        from .plot import plot_matrix
+
+        return plot_matrix(self.values(metric), [a.label for a in self.attentions],
+                           [e.label for e in self.embeddings], title=title)
 
     def to_dict(self) -> dict:
         return {"attention_models": [str(a) for a in self.attentions],
@@ -468,7 +480,7 @@ class Protocol:
         import sklearn
         from sklearn.model_selection import GridSearchCV
 
-        self.data.require("val", "--tune", _VAL_HINT)
+        self.data.require("val", "tuning", _VAL_HINT)
         grid = grid or default_tune_grid(spec.crop_sizes, self.image_size)
         X, y, fit_params, cv = self._search_inputs()
         with sklearn.config_context(enable_metadata_routing=True):
@@ -510,8 +522,7 @@ class Protocol:
 
 
 _VAL_HINT = ("Datasets without an official validation split (Spawrious, MetaShift) hold one out "
-             "of train with the loader's val_size (e.g. load_spawrious(root, val_size=0.2); "
-             "'sk-a2 evaluate --val-size 0.2').")
+             "of train with the loader's val_size, e.g. load_spawrious(root, val_size=0.2).")
 
 
 def apply_tuned(spec, best_params) -> RowSpec:
