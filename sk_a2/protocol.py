@@ -191,15 +191,24 @@ def compare_specs(attention, embedding, *, crop_sizes, center_crop_sizes=(128,),
 
 
 def default_tune_grid(crop_sizes, image_size, *, max_crops=3, layers=(-1, -2),
-                      C=(0.1, 1.0, 10.0)) -> dict:
-    """The search of ``tune``: crop count 1..``max_crops``, the sizes and twice them (when they
-    fit ``image_size``), the last two attention layers, and C."""
-    sizes = [tuple(crop_sizes)]
+                      C=(0.1, 1.0, 10.0)) -> list:
+    """The search of ``tune`` (Appendix D): crop count 1..``max_crops``, the sizes and twice
+    them (when they fit ``image_size``), the last two attention layers, and C.
+
+    A list of grids, one per crop-size candidate, each with only the crop counts that fit the
+    frame side by side (three 64 px crops fit a 224 px image, two 128 px crops do not).
+    """
+    candidates = [tuple(crop_sizes)]
     doubled = tuple(2 * s for s in crop_sizes)
-    if doubled[0] <= image_size and doubled not in sizes:
-        sizes.append(doubled)
-    return {"crop__crop_sizes": sizes, "crop__n_crops": list(range(1, max_crops + 1)),
-            "crop__layer": list(layers), "lr__C": list(C)}
+    if doubled[0] <= image_size and doubled not in candidates:
+        candidates.append(doubled)
+    grids = []
+    for sizes in candidates:
+        fit = (image_size // sizes[0]) * (image_size // sizes[-1])
+        grids.append({"crop__crop_sizes": [sizes],
+                      "crop__n_crops": list(range(1, max(1, min(max_crops, fit)) + 1)),
+                      "crop__layer": list(layers), "lr__C": list(C)})
+    return grids
 
 
 # --------------------------------------------------------------------------------------------

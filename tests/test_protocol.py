@@ -20,6 +20,7 @@ from sk_a2.protocol import (
     Protocol,
     RowSpec,
     compare_specs,
+    default_tune_grid,
     parse_model_list,
     score_predictions,
 )
@@ -267,6 +268,14 @@ def test_tune_picks_what_an_explicit_grid_search_picks(data, files, tmp_path):
     assert [r["score"] for r in tuned.table] == list(search.cv_results_["mean_test_score"])
     assert len(tuned.table) == 16
     json.dumps(tuned.to_dict())
+
+
+def test_default_tune_grid_keeps_crop_counts_that_fit():
+    grids = default_tune_grid((64,), 224)
+    assert [(g["crop__crop_sizes"], g["crop__n_crops"]) for g in grids] == [
+        ([(64,)], [1, 2, 3]), ([(128,)], [1])]
+    assert all(g["crop__layer"] == [-1, -2] and g["lr__C"] == [0.1, 1.0, 10.0] for g in grids)
+    assert [g["crop__crop_sizes"] for g in default_tune_grid((128,), 224)] == [[(128,)]]
 
 
 def test_tune_needs_a_val_split(data, files, tmp_path):

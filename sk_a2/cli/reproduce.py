@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
+from sklearn.model_selection import ParameterGrid
 
 from ..presets import paper_preset
 from ..protocol import (
@@ -240,7 +240,7 @@ def run_tuning(args, proto, settings, attention, embedding):
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     grid = default_tune_grid(spec.crop_sizes, v["image_size"])
-    info(f"tuning on the val split: {int(np.prod([len(g) for g in grid.values()]))} settings")
+    info(f"tuning on the val split: {len(ParameterGrid(grid))} settings")
     with common.model_errors("--attention-model", "--attention-weights"):
         tuned = proto.tune(spec, grid)
     best = {k.split("__")[1]: v for k, v in tuned.best_params.items()}
