@@ -272,20 +272,28 @@ class CrossModelMatrix:
         return out
 
     def format(self, metric) -> str:
-        """The matrix as text, in percent (mean ± std over seeds)."""
-        means, stds = self.values(metric), self.values(metric, "std")
+        """The matrix as text, in percent: mean ± std over seeds, and ``[T<n>: value]``, the
+        paper's value, where a reported row matches the cell."""
+        texts = {}
+        for (i, j), cell in self.cells.items():
+            text = f"{100 * cell['mean'][metric]:.1f} ± {100 * cell['std'][metric]:.1f}"
+            reported = cell["reported"].get(metric)
+            if reported:
+                text += f" [T{reported[0]['table']}: {reported[0]['value']:.1f}]"
+            texts[(i, j)] = text
         width = max(12, *(len(r.label) for r in self.attentions))
         cols = [r.label for r in self.embeddings]
-        cw = max(14, *(len(c) for c in cols))
+        cw = max(*(len(c) for c in cols), *(len(t) for t in texts.values()))
         corner = "attn \\ emb"
         lines = [f"{corner:<{width}}  " + "  ".join(f"{c:>{cw}}" for c in cols)]
         for i, a in enumerate(self.attentions):
-            cells = [f"{100 * m:>{cw - 6}.1f} ± {100 * s:>3.1f}" for m, s in zip(means[i], stds[i])]
+            cells = [f"{texts[(i, j)]:>{cw}}" for j in range(len(cols))]
             lines.append(f"{a.label:<{width}}  " + "  ".join(cells))
         return "\n".join(lines)
 
     def to_csv(self, path, metrics=METRICS) -> Path:
-        """One line per cell: attention, embedding, then mean and std of each metric."""
+        """One line per cell: attention, embedding, then the mean, std and the paper's value
+        (empty when no reported row matches) of each metric, as fractions."""
         import csv
 
         path = Path(path)
@@ -293,10 +301,12 @@ class CrossModelMatrix:
         with open(path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["attention_model", "embedding_model",
-                             *[f"{m}_{s}" for m in metrics for s in ("mean", "std")]])
+                             *[f"{m}_{s}" for m in metrics for s in ("mean", "std", "paper")]])
             for (i, j), cell in sorted(self.cells.items()):
+                paper = {m: r[0]["value"] / 100 for m, r in cell["reported"].items()}
                 writer.writerow([str(self.attentions[i]), str(self.embeddings[j]),
-                                 *[cell[s][m] for m in metrics for s in ("mean", "std")]])
+                                 *[cell[s][m] if s != "paper" else paper.get(m, "")
+                                   for m in metrics for s in ("mean", "std", "paper")]])
         return path
 
     def plot(self, metric, title=""):

@@ -162,3 +162,23 @@ def test_bad_input(extra, needle, files, capsys):
               "--embedding-model", "timm:test_vit", "--image-size", SIZE, "--device", "cpu"]
     assert main(["evaluate", "--root", str(root), *models, *extra]) == 2
     assert needle in _error_line(capsys)
+
+
+def test_zero_shot_where_to_look_matrix(files, tmp_path, capsys):
+    """Table 30's shape: several attention models, one CLIP model embedding and classifying."""
+    from conftest import make_clip
+    from safetensors.torch import save_file
+
+    clip = tmp_path / "clip.safetensors"
+    save_file(make_clip(seed=3).state_dict(), str(clip))
+    out = tmp_path / "out"
+    argv = ["evaluate", "--dataset", "waterbirds", "--root", str(files["wb"]), "--head", "zs",
+            "--attention-models", f"timm:test_vit={files['a']},timm:test_vit={files['e']}",
+            "--embedding-model", "open_clip:SkA2-Tiny:", "--embedding-weights", str(clip),
+            "--image-size", SIZE, "--crop-sizes", "32", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    result = json.loads((out / "evaluate_waterbirds_zs.json").read_text())
+    cells = result["matrix"]["cells"]
+    assert [c["head"] for c in cells] == ["zs", "zs"] and result["rows"] == []
+    assert [c["attention_model"] for c in cells] == [f"timm:test_vit={files[k]}" for k in "ae"]
+    assert "Cross-model matrix" in capsys.readouterr().out

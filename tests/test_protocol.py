@@ -1,5 +1,6 @@
 """The paper's protocol: presets, reported values, seeds, tuning, cross-model matrices."""
 
+import csv
 import json
 import warnings
 
@@ -15,6 +16,7 @@ from sk_a2 import AttentionCropper, CropEmbedder, worst_group_scorer
 from sk_a2.datasets import load_waterbirds
 from sk_a2.presets import PAPER_DATASETS, PresetError, paper_preset
 from sk_a2.protocol import (
+    CrossModelMatrix,
     EvalData,
     ModelRef,
     Protocol,
@@ -214,6 +216,29 @@ def test_cross_model_matrix_runs_each_model_once(data, files, tmp_path):
     assert "attn \\ emb" in matrix.format("accuracy")
     lines = matrix.to_csv(tmp_path / "m.csv").read_text().splitlines()
     assert len(lines) == 5 and lines[0].startswith("attention_model,embedding_model,accuracy_mean")
+
+
+def test_matrix_shows_the_reported_value_beside_the_measured_one(tmp_path):
+    models = [ModelRef("dinov2_vits14"), ModelRef("dinov2_vitg14")]
+    cells = {}
+    for i, a in enumerate(models):
+        for j, e in enumerate(models):
+            found = match_reported(dataset="waterbirds", method="a2", head="lr",
+                                   attention_model=a.name, embedding_model=e.name,
+                                   crop_sizes=(64,))
+            value = 0.5 + 0.1 * i + 0.01 * j
+            cells[(i, j)] = {"mean": {"worst_group_accuracy": value},
+                             "std": {"worst_group_accuracy": 0.02},
+                             "reported": {m: [r.to_dict() for r in rs] for m, rs in found.items()}}
+    matrix = CrossModelMatrix(models, models, cells)
+    lines = matrix.format("worst_group_accuracy").splitlines()
+    assert lines[1].split() == ["dinov2_vits14", "50.0", "±", "2.0", "[T1:", "80.4]", "51.0",
+                                "±", "2.0", "[T1:", "94.4]"]
+    assert lines[2].split()[-3:] == ["2.0", "[T8:", "89.9]"]  # ViT-G x ViT-G: Tables 8, 13
+    rows = list(csv.DictReader(open(matrix.to_csv(tmp_path / "m.csv",
+                                                  metrics=("worst_group_accuracy",)))))
+    assert [float(r["worst_group_accuracy_paper"]) for r in rows] == pytest.approx(
+        [0.804, 0.944, 0.717, 0.899])
 
 
 def test_seeds_vary_only_the_stochastic_rows(data, files, tmp_path):
