@@ -343,13 +343,16 @@ class Protocol:
         DFR's ``tune_fraction`` (None: its default for the mode).
     metric : str, default="worst_group_accuracy"
         What tuning maximises (``worst_group_accuracy`` or ``worst_class_accuracy``).
+    classnames : sequence of str or None, default=None
+        Class names for the zero-shot head, one per class of the train split in label order
+        (None: the dataset's target names).
     log : callable or None
         Called with progress messages.
     """
 
     def __init__(self, data, *, cache="memory", image_size=224, batch_size=32, device="auto",
                  num_workers=0, dfr_mode=None, dfr_tune_fraction=None,
-                 metric="worst_group_accuracy", verbose=False, log=None):
+                 metric="worst_group_accuracy", classnames=None, verbose=False, log=None):
         self.data = data
         self.cache = cache
         self.image_size = image_size
@@ -359,6 +362,7 @@ class Protocol:
         self.dfr_mode = dfr_mode or ("val" if data.mask("val").any() else "train")
         self.dfr_tune_fraction = dfr_tune_fraction
         self.metric = metric
+        self.classnames = classnames
         self.verbose = verbose
         self.log = log or (lambda message: None)
         self._crops: dict = {}
@@ -448,8 +452,8 @@ class Protocol:
 
         d, train = self.data, self.data.mask("train")
         _, inputs = self.crops(spec)
-        classes = np.unique(d.y[train])
-        names = [d.target_names[c] if d.target_names else str(c) for c in classes]
+        names = self.classnames or [d.target_names[c] if d.target_names else str(c)
+                                    for c in np.unique(d.y[train])]
         model = ZeroShotCLIPClassifier(spec.embedding.name, weights=spec.embedding.weights,
                                        classnames=names, **self._runtime())
         model.fit(d.images[train].tolist(), d.y[train])
@@ -499,6 +503,9 @@ class Protocol:
         import sklearn
         from sklearn.model_selection import GridSearchCV
 
+        if spec.attention is None or not spec.crop_sizes:
+            raise ValueError("tune searches A²'s crops: the spec needs an attention model and "
+                             "crop sizes")
         self.data.require("val", "tuning", _VAL_HINT)
         grid = grid or default_tune_grid(spec.crop_sizes, self.image_size)
         X, y, fit_params, cv = self._search_inputs()

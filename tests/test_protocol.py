@@ -9,7 +9,7 @@ import pytest
 import sklearn
 from repro_layouts import count_forwards, tiny_vit_weights, write_waterbirds
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, PredefinedSplit
+from sklearn.model_selection import GridSearchCV, ParameterGrid, PredefinedSplit
 from sklearn.pipeline import Pipeline
 
 from sk_a2 import AttentionCropper, CropEmbedder, worst_group_scorer
@@ -273,10 +273,21 @@ def test_tune_picks_what_an_explicit_grid_search_picks(data, files, tmp_path):
     spec = RowSpec("a2", "lr", _ref(files, "e"), _ref(files, "a"), (32, 16))
     grid = {"crop__crop_sizes": [(32, 16), (16,)], "crop__n_crops": [1, 2],
             "crop__layer": [-1, -2], "lr__C": [0.01, 1.0]}
+    rows = np.flatnonzero(data.split != "test")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tuned = proto.tune(spec, grid)
-        rows = np.flatnonzero(data.split != "test")
+        with count_forwards([files["a"], files["e"]], SIZE) as counts:
+            tuned = proto.tune(spec, grid)
+        # cost: one attention pass per layer, one embedding per distinct (image, box)
+        boxes = set()
+        for params in ParameterGrid(grid):
+            crop = AttentionCropper("timm:test_vit", weights=files["a"], image_size=SIZE,
+                                    device="cpu", cache=cache,
+                                    **{k.split("__")[1]: v for k, v in params.items()
+                                       if k.startswith("crop__")})
+            boxes |= _distinct_boxes(crop.fit().transform(data.images[rows].tolist()))
+        assert sum(counts[files["a"]]) == 2 * len(rows)
+        assert sum(counts[files["e"]]) == len(boxes)
         pipe = Pipeline([
             ("crop", AttentionCropper("timm:test_vit", weights=files["a"], image_size=SIZE,
                                       device="cpu", cache=cache)),
@@ -285,9 +296,11 @@ def test_tune_picks_what_an_explicit_grid_search_picks(data, files, tmp_path):
             ("lr", LogisticRegression(max_iter=5000)),
         ])
         folds = PredefinedSplit(np.where(data.split[rows] == "val", 0, -1))
-        with sklearn.config_context(enable_metadata_routing=True):
+        with (sklearn.config_context(enable_metadata_routing=True),
+              count_forwards([files["a"], files["e"]], SIZE) as again):
             search = GridSearchCV(pipe, grid, scoring=worst_group_scorer, cv=folds, refit=False)
             search.fit(data.images[rows].tolist(), data.y[rows], groups=data.groups[rows])
+        assert again == {files["a"]: [], files["e"]: []}  # all read back from the cache
     assert tuned.best_params == search.best_params_
     assert tuned.best_score == search.best_score_
     assert [r["score"] for r in tuned.table] == list(search.cv_results_["mean_test_score"])

@@ -11,6 +11,7 @@ cache, ``--cache``), whatever the number of seeds, rows or tuning candidates.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -165,13 +166,16 @@ def check(args, settings, attention, embedding):
         raise CLIError(f"--root {args.root!r} does not exist or is not a folder")
     if args.val_size is not None and not 0 < args.val_size < 1:
         raise CLIError(f"--val-size must be in (0, 1), got {args.val_size}")
+    if args.classnames is not None and args.head != "zs":
+        raise CLIError("--classnames applies to --head zs only")
     if args.head == "zs" and (args.tune or args.compare):
         raise CLIError("--tune and --compare fit LR and DFR heads; use them with --head lr "
                        "or dfr")
     common.check_device(args.device)
     image_size = settings.values["image_size"]
-    models = {f"model {r.name}": r.name for r in attention + embedding}
-    common.check_image_size(image_size, models)
+    for option, refs in (("attention model", attention), ("embedding model", embedding)):
+        for ref in refs:
+            common.check_image_size(image_size, {option: ref.name})
     common.check_crop_sizes(settings.values["crop_sizes"], image_size)
     center = settings.values["center_crop_sizes"][0]
     if (args.compare or args.cropper == "center") and center > image_size:
@@ -212,7 +216,8 @@ def make_protocol(args, settings, data):
     return Protocol(
         data, cache=cache, image_size=v["image_size"], batch_size=args.batch_size,
         device=args.device, num_workers=args.num_workers, dfr_mode=v["dfr_mode"],
-        dfr_tune_fraction=v["dfr_tune_fraction"], metric=v["metric"], log=info)
+        dfr_tune_fraction=v["dfr_tune_fraction"], metric=v["metric"],
+        classnames=args.classnames, log=info)
 
 
 def row_specs(args, settings, attention, embedding):
@@ -220,9 +225,10 @@ def row_specs(args, settings, attention, embedding):
     v = settings.values
     a, e = attention[0], embedding[0]
     if args.compare:
-        return compare_specs(a, e, crop_sizes=tuple(v["crop_sizes"]),
-                             center_crop_sizes=tuple(v["center_crop_sizes"]),
-                             random_crop_sizes=tuple(v["random_crop_sizes"]))
+        specs = compare_specs(a, e, crop_sizes=tuple(v["crop_sizes"]),
+                              center_crop_sizes=tuple(v["center_crop_sizes"]),
+                              random_crop_sizes=tuple(v["random_crop_sizes"]))
+        return [replace(s, n_crops=args.n_crops) if s.method == "a2" else s for s in specs]
     method = _METHOD_OF_CROPPER[args.cropper]
     sizes = {"full": None, "center": v["center_crop_sizes"], "random": v["random_crop_sizes"],
              "a2": v["crop_sizes"]}[method]
