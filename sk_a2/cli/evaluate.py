@@ -32,7 +32,8 @@ ZS_CROP_SIZES = (128,)
 #: Appendix H: the center-crop baseline is one 128 x 128 crop.
 CENTER_CROP_SIZES = (128,)
 #: The paper's embedding model per head (Table 1: A²_LR ViT-S x ViT-G, DFR + A² ViT-S x ViT-S).
-DEFAULT_EMBEDDING = {"zs": "openclip_vitl14", "dfr": "dinov2_vits14", "lr": "dinov2_vitg14"}
+ZS_EMBEDDING = "openclip_vitl14"
+DEFAULT_EMBEDDING = {"zs": ZS_EMBEDDING, "dfr": "dinov2_vits14", "lr": "dinov2_vitg14"}
 
 
 def add_parser(subparsers):
@@ -107,6 +108,17 @@ def check(args, settings):
         raise CLIError("--classnames applies to --head zs only")
     if args.head == "zs":
         zero_shot_class()
+        check_text_tower(settings.embedding_model)
+
+
+def check_text_tower(model):
+    """``--head zs`` needs an embedding model that also encodes text (a CLIP model)."""
+    from ..backends import get_backend
+    from ..models import resolve_model_spec
+
+    if not get_backend(resolve_model_spec(model).library).has_text_tower:
+        raise CLIError(f"--head zs needs a CLIP model with a text encoder as --embedding-model "
+                       f"(e.g. {ZS_EMBEDDING} or 'open_clip:<arch>:<tag>'), got {model!r}")
 
 
 def zero_shot_class():
@@ -176,14 +188,13 @@ def head_label(args, data):
     return HEADS[args.head]
 
 
-def fit_head(args, data, features):
-    """Fit LR or DFR on the fit split of ``features`` (rows of all images)."""
+def fit_head(args, data, X_fit):
+    """Fit LR or DFR on ``X_fit``, the features of the fit split's images."""
     fit = data.masks[data.fit_split]
     info(f"fitting {head_label(args, data)} on the {data.fit_split} split")
     if args.head == "lr":
-        return fit_lr(features[fit], data.y[fit])
-    mode = data.fit_split
-    return fit_dfr(features[fit], data.y[fit], data.groups[fit], mode, args.seed)
+        return fit_lr(X_fit, data.y[fit])
+    return fit_dfr(X_fit, data.y[fit], data.groups[fit], data.fit_split, args.seed)
 
 
 def predict_linear(args, settings, data, cropper):
@@ -193,10 +204,10 @@ def predict_linear(args, settings, data, cropper):
     inputs = crop_inputs(args, cropper, data.images[rows])
     info(f"embedding with {settings.embedding_model}")
     with common.model_errors("--embedding-model", "--embedding-weights"):
-        embedded = build_embedder(args, settings.embedding_model).fit_transform(inputs)
-    features = np.zeros((len(data.images), embedded.shape[1]), dtype=embedded.dtype)
-    features[rows] = embedded
-    return fit_head(args, data, features).predict(features[te])
+        features = build_embedder(args, settings.embedding_model).fit_transform(inputs)
+    row_of = np.full(len(data.images), -1, dtype=np.int64)  # image index -> row of features
+    row_of[rows] = np.arange(len(rows))
+    return fit_head(args, data, features[row_of[fit]]).predict(features[row_of[te]])
 
 
 def predict_zero_shot(args, settings, data, cropper):
