@@ -25,6 +25,7 @@ __all__ = [
     "fade_outside",
     "plot_crop_grid",
     "plot_crops",
+    "plot_matrix",
     "require_matplotlib",
     "save_figure",
     "save_overlays",
@@ -324,7 +325,7 @@ def plot_matrix(values, row_labels, col_labels, *, title="", xlabel="embedding m
     -------
     matplotlib.figure.Figure
     """
-    _, Figure, _, _ = _matplotlib()
+    _, Figure, _, _ = require_matplotlib()
     values = np.asarray(values, dtype=np.float64)
     if values.shape != (len(row_labels), len(col_labels)):
         raise ValueError(f"values has shape {values.shape}, labels give "
