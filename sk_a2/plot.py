@@ -18,17 +18,26 @@ from pathlib import Path
 
 import numpy as np
 
-from .cropper import CropSet
+from .cropset import CropSet
 from .images import as_sources, load_rgb
 
-__all__ = ["fade_outside", "plot_crop_grid", "plot_crops", "save_figure", "save_overlays"]
+__all__ = [
+    "fade_outside",
+    "plot_crop_grid",
+    "plot_crops",
+    "plot_matrix",
+    "require_matplotlib",
+    "save_figure",
+    "save_overlays",
+]
 
 _INSTALL_HINT = 'pip install "sk-a2[plot]"'
 #: Outline colours of the 1st, 2nd, ... crop (cycled).
 BOX_COLORS = ("#00ff66", "#00d0ff", "#ffdd00", "#ff3df5", "#ff7a00", "#ffffff")
 
 
-def _matplotlib():
+def require_matplotlib():
+    """matplotlib's modules used here, or an ImportError saying how to install them."""
     try:
         import matplotlib
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -37,6 +46,9 @@ def _matplotlib():
     except ImportError as exc:
         raise ImportError(f"plotting needs matplotlib: {_INSTALL_HINT}") from exc
     return matplotlib, Figure, FigureCanvasAgg, Rectangle
+
+
+_matplotlib = require_matplotlib  # former name, kept for existing callers
 
 
 def _check_boxes(boxes):
@@ -117,7 +129,7 @@ def plot_crops(image, boxes, attention=None, ax=None, *, fade=0.6, heatmap_alpha
     -------
     matplotlib.axes.Axes
     """
-    _, Figure, _, Rectangle = _matplotlib()
+    _, Figure, _, Rectangle = require_matplotlib()
     rgb = fade_outside(image, boxes, fade)
     boxes = _check_boxes(boxes)
     h, w = rgb.shape[:2]
@@ -173,7 +185,7 @@ def plot_crop_grid(images, cropset, attention_maps=None, ncols=4, titles=None, *
     -------
     matplotlib.figure.Figure
     """
-    _, Figure, _, _ = _matplotlib()
+    _, Figure, _, _ = require_matplotlib()
     if not isinstance(cropset, CropSet):
         raise ValueError(f"cropset must be a CropSet, got {type(cropset).__name__}")
     sources = cropset.images if images is None else as_sources(images, name="images")
@@ -209,7 +221,7 @@ def plot_crop_grid(images, cropset, attention_maps=None, ncols=4, titles=None, *
 
 def save_figure(fig, path, *, dpi=100):
     """Write a figure to ``path`` with the Agg backend (PNG unless the suffix says otherwise)."""
-    _, _, FigureCanvasAgg, _ = _matplotlib()
+    _, _, FigureCanvasAgg, _ = require_matplotlib()
     FigureCanvasAgg(fig)
     path = Path(path)
     fig.savefig(path, dpi=dpi)
@@ -265,7 +277,7 @@ def save_overlays(cropper, X, out_dir, *, cropset=None, attention_maps=None, hea
     from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted
 
-    _matplotlib()
+    require_matplotlib()
     sources = as_sources(X)
     n = len(sources)
     if names is None:
@@ -296,3 +308,41 @@ def save_overlays(cropper, X, out_dir, *, cropset=None, attention_maps=None, hea
         ax = plot_crops(sources[i], cropset.boxes[i], attention, fade=fade)
         paths.append(save_figure(ax.figure, out_dir / f"{names[i]}_crops.png", dpi=dpi))
     return paths
+
+
+def plot_matrix(values, row_labels, col_labels, *, title="", xlabel="embedding model",
+                ylabel="attention model", percent=True):
+    """A heat map of a matrix (e.g. attention model × embedding model), each cell annotated.
+
+    Parameters
+    ----------
+    values : array-like of shape (n_rows, n_cols)
+        Fractions in [0, 1] with ``percent=True`` (shown as percentages), else any numbers.
+    row_labels, col_labels : sequence of str
+    title, xlabel, ylabel : str
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    _, Figure, _, _ = require_matplotlib()
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(f"values has shape {values.shape}, labels give "
+                         f"({len(row_labels)}, {len(col_labels)})")
+    shown = 100 * values if percent else values
+    fig = Figure(figsize=(1.6 + 1.3 * len(col_labels), 1.2 + 0.7 * len(row_labels)))
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(shown, cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=ax)
+    ax.set_xticks(range(len(col_labels)), labels=list(col_labels), rotation=30, ha="right")
+    ax.set_yticks(range(len(row_labels)), labels=list(row_labels))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    middle = np.nanmean(shown) if np.isfinite(shown).any() else 0.0
+    for (i, j), v in np.ndenumerate(shown):
+        ax.text(j, i, f"{v:.1f}", ha="center", va="center",
+                color="black" if v > middle else "white")
+    fig.tight_layout()
+    return fig

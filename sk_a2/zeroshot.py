@@ -10,12 +10,15 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from ._base import ImageModelMixin, check_positive_int, check_workers
+from ._base import MODEL_CONSTRAINTS, ImageModelMixin
 from ._data import autocast
-from .cropper import CropSet
-from .embedder import embed_boxes, embedding_boxes
+from ._param_validation import SequenceOf, StrOptions, validate_params
+from .backends import get_backend
+from .cropset import CropSet
+from .embedder import crop_inputs, embed_boxes
 from .images import as_sources
-from .models import WeightsUnavailableError, resolve_model_spec
+from .models import resolve_model_spec
+from .original_crops import CROP_SOURCES
 
 __all__ = ["CROP_AGGREGATIONS", "ZeroShotCLIPClassifier"]
 
@@ -39,8 +42,9 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
 
     **Image side**: each crop is cut from the image resized to ``image_size × image_size`` and
     resized bilinearly to ``image_size``, exactly as :class:`~sk_a2.CropEmbedder` does, normalised
-    with the model's mean and std, encoded by the image tower and L2-normalised. Plain images
-    (not a ``CropSet``) are classified whole, as one crop per image.
+    with the model's mean and std, encoded by the image tower and L2-normalised
+    (``crop_source="original"``: cut from the original pixels, as in ``CropEmbedder``). Plain
+    images (not a ``CropSet``) are classified whole, as one crop per image.
 
     **Logits** of a crop are its cosine similarities with the class embeddings times the model's
     logit scale (``logit_scale.exp()``); their softmax gives the class probabilities of the crop.
@@ -72,6 +76,9 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         How the crops of one image combine (see above).
     image_size : int, default=224
         Side of the square model input, and of every resized crop.
+    crop_source : {"resized", "original"}, default="resized"
+        Cut crops from the image resized to ``image_size`` or from the original pixels (see
+        :class:`~sk_a2.CropEmbedder`).
     batch_size : int, default=32
         Model inputs (crops, or prompts) per forward pass.
     num_workers : int or "auto", default="auto"
@@ -80,8 +87,8 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     cache : None, "memory" or path, default=None
-        Keep image embeddings keyed by (image content, box, model, image size), shared with
-        :class:`~sk_a2.CropEmbedder` for the same model. See :mod:`sk_a2.cache`.
+        Keep image embeddings keyed by (image content, box, model, image size, crop source),
+        shared with :class:`~sk_a2.CropEmbedder` for the same model. See :mod:`sk_a2.cache`.
     verbose : bool, default=False
         Show a progress bar over images.
 
@@ -121,6 +128,7 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         templates=("a photo of a {}.",),
         crop_aggregation="mean",
         image_size=224,
+        crop_source="resized",
         batch_size=32,
         num_workers="auto",
         device="auto",
@@ -133,6 +141,7 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         self.templates = templates
         self.crop_aggregation = crop_aggregation
         self.image_size = image_size
+        self.crop_source = crop_source
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.device = device
@@ -146,17 +155,21 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ validation and loading
 
+    _parameter_constraints = {
+        **MODEL_CONSTRAINTS,
+        "classnames": [SequenceOf(lambda c: isinstance(c, str), "a sequence of str (one per class)",
+                                  allow_empty=True), None],
+        "templates": [str, SequenceOf(lambda t: isinstance(t, str), "a sequence of str",
+                                      allow_empty=True)],
+        "crop_aggregation": [StrOptions(CROP_AGGREGATIONS)],
+        "crop_source": [StrOptions(CROP_SOURCES)],
+    }
+
     def _validate(self):
-        if self.crop_aggregation not in CROP_AGGREGATIONS:
-            raise ValueError(
-                f"crop_aggregation must be one of {', '.join(map(repr, CROP_AGGREGATIONS))}, "
-                f"got {self.crop_aggregation!r}"
-            )
-        check_positive_int(self.batch_size, "batch_size")
-        check_workers(self.num_workers)
+        validate_params(self)
 
     def _load(self):
-        if isinstance(self.model, str) and resolve_model_spec(self.model).library != "open_clip":
+        if isinstance(self.model, str) and not _has_text_tower(self.model):
             raise ValueError(
                 f"ZeroShotCLIPClassifier needs an open_clip CLIP model (image and text towers); "
                 f"{self.model!r} is a vision-only model. Use e.g. 'openclip_vitl14' or "
@@ -164,7 +177,7 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
             )
         vm = super()._load()
         module = vm.module
-        if vm.library != "open_clip" or not all(
+        if not vm.backend.has_text_tower or not all(
             hasattr(module, a) for a in ("encode_text", "encode_image", "logit_scale")
         ):
             raise ValueError(
@@ -175,22 +188,9 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ text side
 
-    def _tokenizer(self, vm):
-        import open_clip
-
-        if vm.arch is None:
-            context_length = getattr(vm.module, "context_length", None)
-            return open_clip.get_tokenizer(context_length=context_length)
-        try:
-            return open_clip.get_tokenizer(vm.arch)
-        except OSError as exc:
-            raise WeightsUnavailableError(
-                f"the tokenizer of model {vm.name!r} ({vm.arch}) is not available offline: {exc}"
-            ) from exc
-
     @torch.no_grad()
     def _encode_text(self, vm, classnames, templates):
-        tokenizer = self._tokenizer(vm)
+        tokenizer = vm.backend.tokenizer(vm)
         texts = [t.format(c) for c in classnames for t in templates]
         chunks = []
         for i in range(0, len(texts), self.batch_size):
@@ -257,10 +257,11 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
             X = sources = as_sources(X)
         vm = self._load()
         text = self._text_embeddings(vm).cpu()
+        boxes, originals = crop_inputs(X, self.image_size, False, self.crop_source)
         emb = embed_boxes(
-            vm, sources, embedding_boxes(X, self.image_size, include_full_image=False),
-            size=self.image_size, batch_size=self.batch_size, num_workers=self.num_workers,
-            verbose=self.verbose, desc="zero-shot", **self._cache_args(),
+            vm, sources, boxes, size=self.image_size, batch_size=self.batch_size,
+            num_workers=self.num_workers, verbose=self.verbose, desc="zero-shot",
+            originals=originals, **self._cache_args(),
         )
         emb = F.normalize(torch.from_numpy(emb), dim=-1)
         return (vm.module.logit_scale.exp().float().cpu() * emb @ text.T).numpy()
@@ -334,6 +335,10 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         """
         log_proba = self.predict_log_proba(X)
         return self.classes_[np.argmax(log_proba, axis=1)]
+
+
+def _has_text_tower(model: str) -> bool:
+    return get_backend(resolve_model_spec(model).library).has_text_tower
 
 
 def _check_classnames(classnames, classes) -> list[str]:

@@ -11,12 +11,18 @@ layout and the label/group encoding.
 
 from ._boxes import load_image_folder, load_imagenet_val
 from ._celeba import load_celeba
+from ._common import SPLIT_NAMES
 from ._metashift import load_metashift_animals, load_metashift_cvd
+from ._registry import Benchmark, get_benchmark, list_benchmarks
 from ._spawrious import load_spawrious, spawrious_plan
 from ._synthetic import make_spurious_images
 from ._waterbirds import load_waterbirds
 
 __all__ = [
+    "SPLIT_NAMES",
+    "Benchmark",
+    "get_benchmark",
+    "list_benchmarks",
     "load_celeba",
     "load_image_folder",
     "load_imagenet_val",
