@@ -167,9 +167,9 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         if args["cache"] is None:
             return None
         layer = resolve_layer(self.layer, self._load().num_layers)
-        return [digest("attention-map", args["model_id"], self.image_size, layer,
-                       self.head_aggregation, self._precision("attention"), embed,
-                       image_key(src)) for src in sources]
+        return [attention_map_key(args["model_id"], self.image_size, layer,
+                                  self.head_aggregation, self._precision("attention"),
+                                  image_key(src), embed) for src in sources]
 
     def _compute_maps(self, sources, keys=None, embed=False):
         """Aggregated patch maps ``"map"`` (n, grid_h, grid_w) float32, original sizes
@@ -266,6 +266,14 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         up = up / up.sum((-2, -1), keepdim=True).clamp_min(1e-30)
         boxes, scores = greedy_boxes(up, sizes, return_scores=True)
         return to_original(boxes.cpu().numpy(), hws, self.image_size), scores.cpu().numpy()
+
+
+def attention_map_key(model_id, image_size, layer, head_aggregation, precision, image_id,
+                      embed=False) -> str:
+    """Cache key of one image's attention map (``embed``: stored with its full-image
+    embedding)."""
+    return digest("attention-map", model_id, image_size, layer, head_aggregation, precision,
+                  embed, image_id)
 
 
 def map_entry(grid_size, embed_dim=0) -> EntryLayout:
