@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-from ._common import SPLIT_NAMES, make_bunch, missing_file_error
+from ._common import SPLIT_NAMES, decoding, make_bunch, member_path, missing_file_error
 
 CELEBA_SOURCE = (
     "CelebA (Liu et al., 2015, 'Deep Learning Face Attributes in the Wild') can be downloaded "
@@ -56,7 +55,7 @@ def _find(root, candidates, what):
 
 def _read_attributes(path):
     """File names and the target and spurious columns (0/1) of ``list_attr_celeba.txt``."""
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8") as handle, decoding(path, "CelebA attribute file"):
         lines = handle.read().splitlines()
     if len(lines) < 2:
         raise ValueError(
@@ -109,7 +108,7 @@ def _read_attributes(path):
 
 def _read_partition(path):
     partition = {}
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8") as handle, decoding(path, "CelebA partition file"):
         for line_number, line in enumerate(handle, start=1):
             fields = line.split()
             if not fields:
@@ -178,9 +177,12 @@ def load_celeba(root):
             f"CelebA partition file {str(partition_path)!r} has no split for {len(missing)} "
             f"image(s), e.g. {missing[0]!r}. {CELEBA_SOURCE}"
         )
-    base = str(image_dir)
+    images = [
+        member_path(image_dir, name, attr_path, row, column="file name")
+        for row, name in enumerate(filenames, start=1)
+    ]
     return make_bunch(
-        images=[os.path.join(base, name) for name in filenames],
+        images=images,
         target=target,
         groups=2 * target + spurious,
         split=[partition[name] for name in filenames],
