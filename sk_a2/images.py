@@ -15,8 +15,13 @@ Conversions, applied per image:
   ``round(v / 257)`` after clipping to ``[0, 65535]``;
 * CMYK, YCbCr and other PIL modes are converted with PIL's ``convert("RGB")``.
 
-Anything else (float or bool arrays, wrong shapes, unreadable files) raises ``ValueError`` naming
-the offending index.
+Anything else (float, bool or signed-integer arrays, wrong shapes, unreadable files) raises
+``ValueError`` naming the offending index (and the path of a file).
+
+Largest image: files are opened by PIL, which refuses an image of more than twice
+``PIL.Image.MAX_IMAGE_PIXELS`` pixels (about 179 million by default) as a possible decompression
+bomb; this is reported like any unreadable file. Raise ``PIL.Image.MAX_IMAGE_PIXELS`` only for
+files you trust.
 """
 
 from __future__ import annotations
@@ -82,10 +87,18 @@ def as_sources(X, *, name="X"):
 def _check_array_dtype(arr, where):
     if arr.dtype == np.uint8 or arr.dtype == np.uint16:
         return
-    raise ValueError(
-        f"{where} has dtype {arr.dtype}: expected uint8 (or uint16) pixels; convert float images "
-        "in [0, 1] with (img * 255).round().astype(np.uint8)"
-    )
+    if arr.dtype.kind == "f":
+        hint = "; convert float images in [0, 1] with (img * 255).round().astype(np.uint8)"
+    elif arr.dtype.kind == "b":
+        hint = "; convert a mask with img.astype(np.uint8) * 255"
+    elif arr.dtype.kind in "iu":
+        hint = (
+            "; convert it to uint8 yourself, e.g. img.astype(np.uint8) when every value lies in "
+            "0-255 (A² does not guess the range of wider integers)"
+        )
+    else:
+        hint = ""
+    raise ValueError(f"{where} has dtype {arr.dtype}: expected uint8 (or uint16) pixels{hint}")
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -150,6 +163,12 @@ def load_rgb(source, index=None) -> np.ndarray:
                 return _pil_rgb(img, f"{where} ({str(path)!r})")
         except FileNotFoundError:
             raise ValueError(f"{where}: image file {str(path)!r} does not exist") from None
+        except Image.DecompressionBombError as exc:
+            raise ValueError(
+                f"{where}: image file {str(path)!r} is refused as a possible decompression bomb "
+                f"({exc}). If you trust the file, raise the limit before loading it: "
+                "PIL.Image.MAX_IMAGE_PIXELS = <pixels> (None removes it)"
+            ) from None
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise ValueError(
                 f"{where}: cannot read image file {str(path)!r} ({type(exc).__name__}: {exc})"

@@ -37,6 +37,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from .weights import check_weights_file
+
 __all__ = [
     "ModelSpec",
     "VisionModel",
@@ -279,7 +281,7 @@ def load_model(model, *, weights=None, image_size=224, device="cpu") -> VisionMo
     image_size = _check_image_size(image_size)
     device = resolve_device(device)
     if weights is not None:
-        weights = _check_weights_file(weights)
+        weights = check_weights_file(weights)
     if isinstance(model, nn.Module):
         if weights is not None:
             raise ValueError("weights= applies to a model name; a module passed in has its own")
@@ -302,17 +304,6 @@ def _check_image_size(image_size) -> int:
     if not is_int or image_size < 8:
         raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
     return int(image_size)
-
-
-def _check_weights_file(weights) -> Path:
-    path = Path(os.fspath(weights)).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
-    if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
-        raise ValueError(
-            f"weights file {str(path)!r}: expected a .safetensors, .pth, .pt or .bin state dict"
-        )
-    return path.resolve()
 
 
 def _load_named(spec: ModelSpec, weights, image_size, device) -> VisionModel:
