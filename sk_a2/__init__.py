@@ -6,7 +6,8 @@ embeddings.
 """
 
 from .baselines import CenterCropper, RandomCropper
-from .cropper import AttentionCropper, CropSet
+from .cropper import AttentionCropper
+from .cropset import CropSet
 from .dfr import DFRClassifier
 from .embedder import CropEmbedder
 from .metrics import (

@@ -14,7 +14,6 @@ is reachable. The decoder weights are ignored.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 import os
@@ -22,6 +21,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from .cache import file_digest
 
 __all__ = ["convert_imgfocus", "imgfocus_weights", "onnx_path"]
 
@@ -237,22 +238,6 @@ def convert_imgfocus(onnx_file, image_size: int = 224) -> dict[str, torch.Tensor
     return {k: v.contiguous() for k, v in sd.items()}
 
 
-_DIGESTS: dict = {}
-
-
-def _file_digest(path: Path) -> str:
-    """Short sha256 of a file, computed once per (path, size, mtime) in this process."""
-    st = os.stat(path)
-    stamp = (str(path), st.st_size, st.st_mtime_ns)
-    if stamp not in _DIGESTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        _DIGESTS[stamp] = digest.hexdigest()[:12]
-    return _DIGESTS[stamp]
-
-
 def _default_cache_dir() -> Path:
     if os.environ.get("SK_A2_CACHE"):
         return Path(os.environ["SK_A2_CACHE"])
@@ -285,7 +270,8 @@ def imgfocus_weights(image_size: int = 224, cache_dir=None) -> Path:
     source = onnx_path()
     image_size = int(image_size)
     cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
-    target = cache_dir / f"imgfocus_{TIMM_ARCH}_{image_size}px_{_file_digest(source)}.safetensors"
+    name = f"imgfocus_{TIMM_ARCH}_{image_size}px_{file_digest(source)[:12]}.safetensors"
+    target = cache_dir / name
     if target.is_file():
         return target
 

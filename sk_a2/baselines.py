@@ -26,7 +26,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import check_positive_int
-from .cropper import CropSet, _to_original, effective_crop_sizes
+from .cropset import CropSet, effective_crop_sizes, to_original
 from .crops import CropOverlapWarning
 from .images import as_sources
 
@@ -144,7 +144,7 @@ class _BaselineCropper(TransformerMixin, BaseEstimator):
         sources = as_sources(X)
         hw = image_sizes(sources)
         frame = self._frame_boxes(sources, hw, image_size, sizes)
-        boxes = _to_original(frame, hw, image_size)
+        boxes = to_original(frame, hw, image_size)
         scores = np.full(boxes.shape[:2], np.nan, dtype=np.float32)
         return CropSet(sources, boxes, scores, hw)
 

@@ -29,7 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DiskCache", "MemoryCache", "digest", "image_key", "model_key", "resolve_cache"]
+__all__ = [
+    "DiskCache",
+    "EntryLayout",
+    "MemoryCache",
+    "cached_rows",
+    "digest",
+    "file_digest",
+    "image_key",
+    "model_key",
+    "resolve_cache",
+]
 
 _MAGIC = b"SKA2CACHE1"
 
@@ -54,7 +64,7 @@ def image_key(source) -> str:
         h.update(source.tobytes())
     else:
         try:
-            return "file:" + _file_digest(source)
+            return "file:" + file_digest(source)
         except OSError:
             # unreadable: a key that is never stored, so the loader reports the real error
             return "unreadable:" + os.fspath(source)
@@ -65,7 +75,7 @@ _FILE_DIGESTS: dict = {}  # grows with the files seen: one short string each
 _MODULE_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _file_digest(path) -> str:
+def file_digest(path) -> str:
     """Digest of a file's bytes, read once per (path, inode, size, mtime) in this process."""
     st = os.stat(path)
     stamp = (os.fspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
@@ -93,7 +103,7 @@ def model_key(model, weights) -> str:
                 h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().data)
             _MODULE_DIGESTS[model] = "module:" + h.hexdigest()
         return _MODULE_DIGESTS[model]
-    weights_id = None if weights is None else _file_digest(weights)
+    weights_id = None if weights is None else file_digest(weights)
     return digest("model", str(model), weights_id)
 
 
@@ -227,6 +237,90 @@ def memory_cache() -> MemoryCache:
         if _MEMORY is None:
             _MEMORY = MemoryCache(int(os.environ.get("SK_A2_MEMORY_CACHE_BYTES", 2 * 2**30)))
         return _MEMORY
+
+
+class EntryLayout:
+    """How one row of a cached computation is packed into one flat cache entry.
+
+    Parameters
+    ----------
+    dtype : numpy dtype
+        dtype of the stored entry.
+    **fields : (shape, dtype)
+        The row's fields, in storage order: each ``name=(shape, dtype)``, where ``dtype`` is the
+        dtype the field is read back as.
+
+    Examples
+    --------
+    >>> layout = EntryLayout(np.float32, size=((2,), np.int64), value=((3,), np.float32))
+    >>> layout.pack(size=[4, 5], value=[0.5, 1, 2]).tolist()
+    [4.0, 5.0, 0.5, 1.0, 2.0]
+    """
+
+    def __init__(self, dtype, **fields):
+        self.dtype = np.dtype(dtype)
+        self.fields = {name: (tuple(shape), np.dtype(dt)) for name, (shape, dt) in fields.items()}
+        self.size = sum(int(np.prod(shape)) for shape, _ in self.fields.values())
+
+    def empty(self, n: int) -> dict:
+        """Uninitialised arrays for ``n`` rows, one per field."""
+        return {name: np.empty((n, *shape), dtype=dt) for name, (shape, dt) in self.fields.items()}
+
+    def pack(self, **values) -> np.ndarray:
+        """One row's fields (by name) as a flat entry."""
+        parts = [np.asarray(values[name]).ravel() for name in self.fields]
+        return np.concatenate(parts).astype(self.dtype)
+
+    def unpack_into(self, entry, out: dict, row: int) -> bool:
+        """Write ``entry`` into row ``row`` of ``out``; False (nothing written) if it does not fit
+        this layout."""
+        if entry is None or entry.shape != (self.size,):
+            return False
+        start = 0
+        for name, (shape, _) in self.fields.items():
+            stop = start + int(np.prod(shape))
+            out[name][row] = entry[start:stop].reshape(shape)
+            start = stop
+        return True
+
+
+def cached_rows(layout: EntryLayout, n: int, compute, cache=None, keys=None) -> dict:
+    """Rows ``0..n-1`` of a computation, read from ``cache`` where known, else computed and stored.
+
+    Parameters
+    ----------
+    layout : EntryLayout
+        The fields of one row and how an entry packs them.
+    n : int
+        Number of rows.
+    compute : callable
+        ``compute(todo)`` gets the int64 indices of the rows not found in the cache (all rows
+        without a cache) and yields ``(rows, values)`` pairs, ``values`` a dict of arrays with one
+        leading entry per index of ``rows``; each pair is stored as soon as it is yielded.
+    cache : cache object or None
+        As returned by :func:`resolve_cache`.
+    keys : sequence of str, optional
+        The cache key of each row (needed with a cache).
+
+    Returns
+    -------
+    dict
+        Each field of ``layout``, an array with ``n`` rows.
+    """
+    out = layout.empty(n)
+    todo = np.arange(n, dtype=np.int64)
+    if cache is not None:
+        found = [layout.unpack_into(cache.get(key), out, i) for i, key in enumerate(keys)]
+        todo = np.flatnonzero(~np.asarray(found, dtype=bool).reshape(n)).astype(np.int64)
+    if not len(todo):
+        return out
+    for rows, values in compute(todo):
+        for name in layout.fields:
+            out[name][rows] = values[name]
+        if cache is not None:
+            for j, r in enumerate(rows):
+                cache.put(keys[r], layout.pack(**{name: v[j] for name, v in values.items()}))
+    return out
 
 
 def resolve_cache(cache):

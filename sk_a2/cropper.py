@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
-import operator
-
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -13,140 +10,12 @@ from sklearn.utils.validation import check_is_fitted
 from ._base import ImageModelMixin, check_positive_int, check_workers
 from ._data import autocast, iter_image_batches
 from .attention import HEAD_AGGREGATIONS, aggregate_heads, patch_attention, resolve_layer
-from .cache import digest, image_key
+from .cache import EntryLayout, cached_rows, digest, image_key
 from .crops import greedy_boxes, upsample_maps
+from .cropset import CropSet, effective_crop_sizes, to_original
 from .images import as_sources, take
 
-__all__ = ["AttentionCropper", "CropSet"]
-
-
-class CropSet:
-    """Images and the square boxes chosen in each, without the crop pixels.
-
-    A ``CropSet`` is what croppers return and what :class:`~sk_a2.CropEmbedder` and
-    :class:`~sk_a2.ZeroShotCLIPClassifier` take. It holds references to the image sources (paths
-    stay paths), so it is light for any dataset size.
-
-    Parameters
-    ----------
-    images : sequence or ndarray
-        The image sources, as validated by :func:`sk_a2.images.as_sources`.
-    boxes : array-like of shape (n, k, 4)
-        ``(x0, y0, x1, y1)`` in original-image pixels, ``x1``/``y1`` exclusive.
-    scores : array-like of shape (n, k)
-        Attention mass inside each box (NaN where a cropper has no attention).
-    image_sizes : array-like of shape (n, 2)
-        Original ``(height, width)`` of each image.
-
-    Notes
-    -----
-    Indexing with an int array, a boolean mask or a slice gives the ``CropSet`` of those images,
-    so scikit-learn's cross-validation can split it. ``len`` is the number of images and
-    ``n_crops`` the number of boxes per image.
-    """
-
-    def __init__(self, images, boxes, scores, image_sizes):
-        self.images = images
-        self.boxes = np.asarray(boxes, dtype=np.float32)
-        self.scores = np.asarray(scores, dtype=np.float32)
-        self.image_sizes = np.asarray(image_sizes, dtype=np.int64)
-        n = len(images)
-        if self.boxes.ndim != 3 or self.boxes.shape[0] != n or self.boxes.shape[2] != 4:
-            raise ValueError(f"boxes must have shape ({n}, k, 4), got {self.boxes.shape}")
-        if self.scores.shape != self.boxes.shape[:2]:
-            raise ValueError(
-                f"scores must have shape {self.boxes.shape[:2]}, got {self.scores.shape}"
-            )
-        if self.image_sizes.shape != (n, 2):
-            raise ValueError(f"image_sizes must have shape ({n}, 2), got {self.image_sizes.shape}")
-
-    def __len__(self):
-        return len(self.images)
-
-    @property
-    def n_crops(self) -> int:
-        return self.boxes.shape[1]
-
-    @property
-    def shape(self):
-        return self.boxes.shape[:2]
-
-    def __repr__(self):
-        return f"CropSet(n_images={len(self)}, n_crops={self.n_crops})"
-
-    def __getitem__(self, key):
-        if isinstance(key, tuple):
-            key = key[0] if len(key) in (1, 2) and (len(key) == 1 or key[1] is Ellipsis) else key
-            if isinstance(key, tuple):
-                raise IndexError("CropSet supports indexing images only, e.g. cs[idx]")
-        if isinstance(key, numbers.Integral):
-            key = [operator.index(key)]
-        if isinstance(key, slice):
-            idx = np.arange(len(self))[key]
-        else:
-            idx = np.asarray(key)
-            if idx.dtype == bool:
-                if idx.shape != (len(self),):
-                    raise IndexError(f"boolean mask of shape {idx.shape} for {len(self)} images")
-                idx = np.flatnonzero(idx)
-            elif idx.size == 0:
-                idx = idx.astype(np.int64)
-            elif not np.issubdtype(idx.dtype, np.integer):
-                raise IndexError(f"CropSet indices must be integers, got dtype {idx.dtype}")
-        if isinstance(self.images, np.ndarray):
-            images = self.images[idx]
-        else:
-            images = [self.images[i] for i in idx]
-        return CropSet(images, self.boxes[idx], self.scores[idx], self.image_sizes[idx])
-
-    def first(self, k: int) -> CropSet:
-        """The same images with only their first ``k`` boxes."""
-        if not 1 <= k <= self.n_crops:
-            raise ValueError(f"k must be in [1, {self.n_crops}], got {k}")
-        return CropSet(self.images, self.boxes[:, :k], self.scores[:, :k], self.image_sizes)
-
-    def frame_boxes(self, size: int) -> np.ndarray:
-        """Boxes in the pixels of the image resized to ``size × size`` (float64).
-
-        Coordinates within 1e-3 of an integer are snapped to it, so integer boxes chosen in that
-        frame come back exactly.
-        """
-        h = self.image_sizes[:, 0].astype(np.float64)
-        w = self.image_sizes[:, 1].astype(np.float64)
-        scale = np.stack([size / w, size / h, size / w, size / h], axis=-1)[:, None, :]
-        boxes = self.boxes.astype(np.float64) * scale
-        rounded = np.round(boxes)
-        return np.where(np.abs(boxes - rounded) < 1e-3, rounded, boxes)
-
-
-def effective_crop_sizes(crop_sizes, n_crops, image_size=None) -> list[int]:
-    """Crop sizes largest first; ``n_crops`` takes the first k, repeating the last size.
-
-    With ``image_size``, a size larger than it is a ``ValueError``.
-    """
-    if isinstance(crop_sizes, numbers.Integral) and not isinstance(crop_sizes, bool):
-        crop_sizes = (crop_sizes,)
-    try:
-        sizes = list(crop_sizes)
-    except TypeError:
-        raise ValueError(f"crop_sizes must be a sequence of ints, got {crop_sizes!r}") from None
-    if not sizes:
-        raise ValueError("crop_sizes is empty: at least one crop size is needed")
-    for s in sizes:
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
-            raise ValueError(f"crop_sizes must hold positive ints, got {crop_sizes!r}")
-    sizes = sorted((int(s) for s in sizes), reverse=True)
-    if image_size is not None and sizes[0] > image_size:
-        raise ValueError(
-            f"crop size {sizes[0]} is larger than image_size={image_size}: crop sizes are in "
-            "pixels of the image resized to image_size x image_size"
-        )
-    if n_crops is None:
-        return sizes
-    if isinstance(n_crops, bool) or not isinstance(n_crops, numbers.Integral) or n_crops < 1:
-        raise ValueError(f"n_crops must be None or a positive int, got {n_crops!r}")
-    n_crops = int(n_crops)
-    return (sizes + [sizes[-1]] * n_crops)[:n_crops]
+__all__ = ["AttentionCropper", "CropSet"]  # CropSet re-exported from sk_a2.cropset
 
 
 class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
@@ -277,12 +146,12 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
 
     def _map_keys(self, sources):
         """Cache keys of the attention maps of ``sources`` (None without a cache)."""
-        cache, mkey = self._cache_args().values()
-        if cache is None:
+        args = self._cache_args()
+        if args["cache"] is None:
             return None
         layer = resolve_layer(self.layer, self._load().num_layers)
-        return [digest("attention-map", mkey, self.image_size, layer, self.head_aggregation,
-                       image_key(src)) for src in sources]
+        return [digest("attention-map", args["model_id"], self.image_size, layer,
+                       self.head_aggregation, image_key(src)) for src in sources]
 
     def _compute_maps(self, sources, keys=None):
         """Aggregated patch maps (n, grid_h, grid_w) float32 and original sizes (n, 2).
@@ -291,39 +160,25 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         layer and aggregation) are read back instead of recomputed.
         """
         vm = self._load()
-        n, (gh, gw) = len(sources), vm.grid_size
-        maps = np.empty((n, gh, gw), dtype=np.float32)
-        hws = np.empty((n, 2), dtype=np.int64)
         cache = self._cache_args()["cache"]
-        todo = np.arange(n)
-        if cache is not None:
-            keys = self._map_keys(sources) if keys is None else keys
-            missing = []
-            for i, key in enumerate(keys):
-                entry = cache.get(key)
-                if entry is None or entry.shape != (2 + gh * gw,):
-                    missing.append(i)
-                    continue
-                hws[i] = entry[:2]
-                maps[i] = entry[2:].reshape(gh, gw)
-            todo = np.asarray(missing, dtype=np.int64)
-        if len(todo):
+        if cache is not None and keys is None:
+            keys = self._map_keys(sources)
+
+        def compute(todo):
             batches = iter_image_batches(
                 take(sources, todo), self.image_size, batch_size=self.batch_size,
                 num_workers=self.num_workers, device=vm.device, verbose=self.verbose,
                 desc="attention",
             )
             for start, pixels, hw in batches:
-                rows = todo[start:start + len(hw)]
                 with autocast(vm.device):
                     attn = patch_attention(vm, vm.normalize(pixels), self.layer)
                 m = aggregate_heads(attn.float(), self.head_aggregation)
-                m = m.reshape(-1, gh, gw).cpu().numpy()
-                maps[rows], hws[rows] = m, hw
-                if cache is not None:
-                    for r, mr, h in zip(rows, m, hw):
-                        cache.put(keys[r], np.concatenate([h.astype(np.float32), mr.ravel()]))
-        return maps, hws
+                m = m.reshape(-1, *vm.grid_size).cpu().numpy()
+                yield todo[start:start + len(hw)], {"image_size": hw, "map": m}
+
+        rows = cached_rows(map_entry(vm.grid_size), len(sources), compute, cache, keys)
+        return rows["map"], rows["image_size"]
 
     def attention_maps(self, X):
         """Aggregated CLS-to-patch attention, one map per image.
@@ -353,49 +208,39 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         sizes = self._validate()
         sources = as_sources(X)
-        n, k = len(sources), len(sizes)
-        boxes = np.empty((n, k, 4), dtype=np.float32)
-        scores = np.empty((n, k), dtype=np.float32)
-        hws = np.empty((n, 2), dtype=np.int64)
         cache = self._cache_args()["cache"]
-        todo, map_keys = np.arange(n), self._map_keys(sources)
+        map_keys = self._map_keys(sources)
+        box_keys = None
         if cache is not None:  # boxes are kept per (map, crop sizes): refits only look them up
             box_keys = [digest("boxes", key, tuple(sizes)) for key in map_keys]
-            missing = []
-            for i, key in enumerate(box_keys):
-                entry = cache.get(key)
-                if entry is None or entry.shape != (2 + 5 * k,):
-                    missing.append(i)
-                    continue
-                hws[i] = entry[:2]
-                boxes[i] = entry[2:2 + 4 * k].reshape(k, 4)
-                scores[i] = entry[2 + 4 * k:]
-            todo = np.asarray(missing, dtype=np.int64)
-        if len(todo):
-            maps, hws[todo] = self._compute_maps(
+
+        def compute(todo):
+            maps, hws = self._compute_maps(
                 take(sources, todo), None if map_keys is None else [map_keys[i] for i in todo]
             )
-            device = self._load().device
-            step = max(self.batch_size, 256)
-            for i in range(0, len(todo), step):
-                rows = todo[i:i + step]
-                up = upsample_maps(torch.as_tensor(maps[i:i + step], device=device),
-                                   self.image_size)
-                up = up / up.sum((-2, -1), keepdim=True).clamp_min(1e-30)
-                b, sc = greedy_boxes(up, sizes, return_scores=True)
-                boxes[rows] = _to_original(b.cpu().numpy(), hws[rows], self.image_size)
-                scores[rows] = sc.cpu().numpy()
-                if cache is not None:
-                    for r in rows:
-                        cache.put(box_keys[r], np.concatenate(
-                            [hws[r], boxes[r].ravel(), scores[r]]).astype(np.float64))
-        return CropSet(sources, boxes, scores, hws)
+            for i in range(0, len(todo), max(self.batch_size, 256)):
+                part = slice(i, i + max(self.batch_size, 256))
+                boxes, scores = self._select_boxes(maps[part], hws[part], sizes)
+                yield todo[part], {"image_size": hws[part], "boxes": boxes, "scores": scores}
+
+        rows = cached_rows(box_entry(len(sizes)), len(sources), compute, cache, box_keys)
+        return CropSet(sources, rows["boxes"], rows["scores"], rows["image_size"])
+
+    def _select_boxes(self, maps, hws, sizes):
+        """Greedy boxes (original pixels, float32) and their attention mass for some maps."""
+        up = upsample_maps(torch.as_tensor(maps, device=self._load().device), self.image_size)
+        up = up / up.sum((-2, -1), keepdim=True).clamp_min(1e-30)
+        boxes, scores = greedy_boxes(up, sizes, return_scores=True)
+        return to_original(boxes.cpu().numpy(), hws, self.image_size), scores.cpu().numpy()
 
 
-def _to_original(boxes, hw, size):
-    """Boxes from the ``size × size`` frame to original-image pixels (float32)."""
-    h = hw[:, 0].astype(np.float64)
-    w = hw[:, 1].astype(np.float64)
-    scale = np.stack([w / size, h / size, w / size, h / size], axis=-1)[:, None, :]
-    return (boxes.astype(np.float64) * scale).astype(np.float32)
+def map_entry(grid_size) -> EntryLayout:
+    """Cache entry of one attention map: original (height, width), then the patch map."""
+    return EntryLayout(np.float32, image_size=((2,), np.int64),
+                       map=(tuple(grid_size), np.float32))
 
+
+def box_entry(k) -> EntryLayout:
+    """Cache entry of one image's crops: original (height, width), ``k`` boxes, ``k`` scores."""
+    return EntryLayout(np.float64, image_size=((2,), np.int64), boxes=((k, 4), np.float32),
+                       scores=((k,), np.float32))

@@ -9,8 +9,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import ImageModelMixin, check_positive_int, check_workers
 from ._data import autocast, iter_image_batches
-from .cache import digest, image_key
-from .cropper import CropSet
+from .cache import EntryLayout, cached_rows, digest, image_key
+from .cropset import CropSet
 from .crops import crop_resize
 from .images import as_sources, take
 
@@ -43,26 +43,34 @@ def embed_boxes(vm, sources, boxes, *, size, batch_size, num_workers=0, verbose=
     the missing boxes are computed.
     """
     n, m = boxes.shape[:2]
-    out = np.empty((n, m, vm.embed_dim), dtype=np.float32)
-    todo = np.ones((n, m), dtype=bool)
+    keys = None
     if cache is not None:
-        keys = []
-        for i, src in enumerate(sources):
-            ikey = image_key(src)
-            keys.append([digest("embedding", model_id, size, ikey, tuple(round(v, 4) for v in b))
-                         for b in boxes[i].tolist()])
-        for i in range(n):
-            for j in range(m):
-                entry = cache.get(keys[i][j])
-                if entry is not None and entry.shape == (vm.embed_dim,):
-                    out[i, j], todo[i, j] = entry, False
+        keys = [digest("embedding", model_id, size, image_key(src), tuple(round(v, 4) for v in b))
+                for src, image_boxes in zip(sources, boxes) for b in image_boxes.tolist()]
+
+    def compute(todo):  # todo: flat (image, box) indices
+        missing = np.zeros(n * m, dtype=bool)
+        missing[todo] = True
+        for rows, j_idx, emb in _embed_missing(vm, sources, boxes, missing.reshape(n, m), size,
+                                               batch_size, num_workers, verbose, desc):
+            yield rows * m + j_idx, {"embedding": emb}
+
+    out = cached_rows(embedding_entry(vm.embed_dim), n * m, compute, cache, keys)["embedding"]
+    return out.reshape(n, m, vm.embed_dim)
+
+
+def embedding_entry(embed_dim) -> EntryLayout:
+    """Cache entry of one box's embedding."""
+    return EntryLayout(np.float32, embedding=((embed_dim,), np.float32))
+
+
+def _embed_missing(vm, sources, boxes, todo, size, batch_size, num_workers, verbose, desc):
+    """Yield ``(image rows, box indices, embeddings)`` for the boxes where ``todo`` is set."""
     rows = np.flatnonzero(todo.any(1))
-    if not len(rows):
-        return out
     full = np.array([0, 0, size, size], dtype=np.float64)
     batches = iter_image_batches(
-        take(sources, rows), size, batch_size=max(1, batch_size // m), num_workers=num_workers,
-        device=vm.device, verbose=verbose, desc=desc,
+        take(sources, rows), size, batch_size=max(1, batch_size // boxes.shape[1]),
+        num_workers=num_workers, device=vm.device, verbose=verbose, desc=desc,
     )
     for start, pixels, _ in batches:
         batch_rows = rows[start:start + len(pixels)]
@@ -76,12 +84,7 @@ def embed_boxes(vm, sources, boxes, *, size, batch_size, num_workers=0, verbose=
             sel = torch.as_tensor(b_idx[~is_full], device=pixels.device)
             crop_boxes = torch.as_tensor(b_boxes[~is_full], device=pixels.device)[:, None]
             inputs[torch.as_tensor(~is_full)] = crop_resize(pixels[sel], crop_boxes, size)[:, 0]
-        emb = _forward_embed(vm, inputs, batch_size).cpu().numpy()
-        out[batch_rows[b_idx], j_idx] = emb
-        if cache is not None:
-            for r, j, e in zip(batch_rows[b_idx], j_idx, emb):
-                cache.put(keys[r][j], e)
-    return out
+        yield batch_rows[b_idx], j_idx, _forward_embed(vm, inputs, batch_size).cpu().numpy()
 
 
 @torch.no_grad()

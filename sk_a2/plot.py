@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cropper import CropSet
+from .cropset import CropSet
 from .images import as_sources, load_rgb
 
 __all__ = ["fade_outside", "plot_crop_grid", "plot_crops", "save_figure", "save_overlays"]

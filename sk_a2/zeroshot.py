@@ -12,7 +12,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from ._base import ImageModelMixin, check_positive_int, check_workers
 from ._data import autocast
-from .cropper import CropSet
+from .cropset import CropSet
 from .embedder import embed_boxes, embedding_boxes
 from .images import as_sources
 from .models import WeightsUnavailableError, resolve_model_spec

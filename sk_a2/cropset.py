@@ -1,0 +1,167 @@
+"""``CropSet``, the type every stage passes on, and its box geometry.
+
+Croppers return a :class:`CropSet`; :class:`~sk_a2.CropEmbedder` and
+:class:`~sk_a2.ZeroShotCLIPClassifier` take one. Boxes are stored in original-image pixels;
+:func:`to_frame` and :func:`to_original` convert between those and the pixels of the image
+resized to ``size × size`` (the *frame* in which croppers choose boxes and embedders cut them).
+:func:`effective_crop_sizes` resolves the ``crop_sizes`` / ``n_crops`` parameters shared by every
+cropper.
+"""
+
+from __future__ import annotations
+
+import numbers
+import operator
+
+import numpy as np
+
+__all__ = ["CropSet", "effective_crop_sizes", "to_frame", "to_original"]
+
+
+def _frame_scale(image_sizes, size, inverse):
+    """(n, 1, 4) factors from original pixels to the frame (or back with ``inverse``)."""
+    h = np.asarray(image_sizes)[:, 0].astype(np.float64)
+    w = np.asarray(image_sizes)[:, 1].astype(np.float64)
+    sx, sy = (w / size, h / size) if inverse else (size / w, size / h)
+    return np.stack([sx, sy, sx, sy], axis=-1)[:, None, :]
+
+
+def to_frame(boxes, image_sizes, size) -> np.ndarray:
+    """Boxes (n, k, 4) from original-image pixels to the ``size × size`` frame (float64).
+
+    Coordinates within 1e-3 of an integer are snapped to it, so integer boxes chosen in that
+    frame come back exactly.
+    """
+    out = np.asarray(boxes).astype(np.float64) * _frame_scale(image_sizes, size, inverse=False)
+    rounded = np.round(out)
+    return np.where(np.abs(out - rounded) < 1e-3, rounded, out)
+
+
+def to_original(boxes, image_sizes, size) -> np.ndarray:
+    """Boxes (n, k, 4) from the ``size × size`` frame to original-image pixels (float32)."""
+    out = np.asarray(boxes).astype(np.float64) * _frame_scale(image_sizes, size, inverse=True)
+    return out.astype(np.float32)
+
+
+class CropSet:
+    """Images and the square boxes chosen in each, without the crop pixels.
+
+    A ``CropSet`` is what croppers return and what :class:`~sk_a2.CropEmbedder` and
+    :class:`~sk_a2.ZeroShotCLIPClassifier` take. It holds references to the image sources (paths
+    stay paths), so it is light for any dataset size.
+
+    Parameters
+    ----------
+    images : sequence or ndarray
+        The image sources, as validated by :func:`sk_a2.images.as_sources`.
+    boxes : array-like of shape (n, k, 4)
+        ``(x0, y0, x1, y1)`` in original-image pixels, ``x1``/``y1`` exclusive.
+    scores : array-like of shape (n, k)
+        Attention mass inside each box (NaN where a cropper has no attention).
+    image_sizes : array-like of shape (n, 2)
+        Original ``(height, width)`` of each image.
+
+    Notes
+    -----
+    Indexing with an int array, a boolean mask or a slice gives the ``CropSet`` of those images,
+    so scikit-learn's cross-validation can split it. ``len`` is the number of images and
+    ``n_crops`` the number of boxes per image.
+    """
+
+    def __init__(self, images, boxes, scores, image_sizes):
+        self.images = images
+        self.boxes = np.asarray(boxes, dtype=np.float32)
+        self.scores = np.asarray(scores, dtype=np.float32)
+        self.image_sizes = np.asarray(image_sizes, dtype=np.int64)
+        n = len(images)
+        if self.boxes.ndim != 3 or self.boxes.shape[0] != n or self.boxes.shape[2] != 4:
+            raise ValueError(f"boxes must have shape ({n}, k, 4), got {self.boxes.shape}")
+        if self.scores.shape != self.boxes.shape[:2]:
+            raise ValueError(
+                f"scores must have shape {self.boxes.shape[:2]}, got {self.scores.shape}"
+            )
+        if self.image_sizes.shape != (n, 2):
+            raise ValueError(f"image_sizes must have shape ({n}, 2), got {self.image_sizes.shape}")
+
+    def __len__(self):
+        return len(self.images)
+
+    @property
+    def n_crops(self) -> int:
+        return self.boxes.shape[1]
+
+    @property
+    def shape(self):
+        return self.boxes.shape[:2]
+
+    def __repr__(self):
+        return f"CropSet(n_images={len(self)}, n_crops={self.n_crops})"
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            key = key[0] if len(key) in (1, 2) and (len(key) == 1 or key[1] is Ellipsis) else key
+            if isinstance(key, tuple):
+                raise IndexError("CropSet supports indexing images only, e.g. cs[idx]")
+        if isinstance(key, numbers.Integral):
+            key = [operator.index(key)]
+        if isinstance(key, slice):
+            idx = np.arange(len(self))[key]
+        else:
+            idx = np.asarray(key)
+            if idx.dtype == bool:
+                if idx.shape != (len(self),):
+                    raise IndexError(f"boolean mask of shape {idx.shape} for {len(self)} images")
+                idx = np.flatnonzero(idx)
+            elif idx.size == 0:
+                idx = idx.astype(np.int64)
+            elif not np.issubdtype(idx.dtype, np.integer):
+                raise IndexError(f"CropSet indices must be integers, got dtype {idx.dtype}")
+        if isinstance(self.images, np.ndarray):
+            images = self.images[idx]
+        else:
+            images = [self.images[i] for i in idx]
+        return CropSet(images, self.boxes[idx], self.scores[idx], self.image_sizes[idx])
+
+    def first(self, k: int) -> CropSet:
+        """The same images with only their first ``k`` boxes."""
+        if not 1 <= k <= self.n_crops:
+            raise ValueError(f"k must be in [1, {self.n_crops}], got {k}")
+        return CropSet(self.images, self.boxes[:, :k], self.scores[:, :k], self.image_sizes)
+
+    def frame_boxes(self, size: int) -> np.ndarray:
+        """Boxes in the pixels of the image resized to ``size × size`` (float64).
+
+        Coordinates within 1e-3 of an integer are snapped to it, so integer boxes chosen in that
+        frame come back exactly (see :func:`to_frame`).
+        """
+        return to_frame(self.boxes, self.image_sizes, size)
+
+
+def effective_crop_sizes(crop_sizes, n_crops, image_size=None) -> list[int]:
+    """Crop sizes largest first; ``n_crops`` takes the first k, repeating the last size.
+
+    With ``image_size``, a size larger than it is a ``ValueError``.
+    """
+    if isinstance(crop_sizes, numbers.Integral) and not isinstance(crop_sizes, bool):
+        crop_sizes = (crop_sizes,)
+    try:
+        sizes = list(crop_sizes)
+    except TypeError:
+        raise ValueError(f"crop_sizes must be a sequence of ints, got {crop_sizes!r}") from None
+    if not sizes:
+        raise ValueError("crop_sizes is empty: at least one crop size is needed")
+    for s in sizes:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
+            raise ValueError(f"crop_sizes must hold positive ints, got {crop_sizes!r}")
+    sizes = sorted((int(s) for s in sizes), reverse=True)
+    if image_size is not None and sizes[0] > image_size:
+        raise ValueError(
+            f"crop size {sizes[0]} is larger than image_size={image_size}: crop sizes are in "
+            "pixels of the image resized to image_size x image_size"
+        )
+    if n_crops is None:
+        return sizes
+    if isinstance(n_crops, bool) or not isinstance(n_crops, numbers.Integral) or n_crops < 1:
+        raise ValueError(f"n_crops must be None or a positive int, got {n_crops!r}")
+    n_crops = int(n_crops)
+    return (sizes + [sizes[-1]] * n_crops)[:n_crops]
