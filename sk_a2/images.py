@@ -27,12 +27,15 @@ files you trust.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["as_sources", "load_resized", "load_rgb", "resize_rgb", "take"]
+__all__ = [
+    "Subset", "as_sources", "load_resized", "load_rgb", "position", "resize_rgb", "take",
+]
 
 #: PIL resampling used to bring every image to the model's square input.
 RESAMPLE = Image.BICUBIC
@@ -199,8 +202,41 @@ def load_resized(source, size: int, index=None):
     return resize_rgb(rgb, size), rgb.shape[:2]
 
 
-def take(sources, idx):
-    """The sources at positions ``idx`` (an array stays an array, a list a list)."""
-    if isinstance(sources, np.ndarray):
-        return sources[np.asarray(idx, dtype=np.int64)]
-    return [sources[i] for i in idx]
+class Subset(Sequence):
+    """Some image sources of ``X`` and their positions in ``X``, so errors name the right image.
+
+    Parameters
+    ----------
+    items : list or ndarray
+        The selected sources.
+    positions : ndarray of int64
+        Position in ``X`` of each selected source.
+    """
+
+    def __init__(self, items, positions):
+        self.items = items
+        self.positions = positions
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def position(sources, i) -> int:
+    """Position in the user's ``X`` of ``sources[i]`` (``i`` unless ``sources`` is a
+    :class:`Subset`)."""
+    return int(sources.positions[i]) if isinstance(sources, Subset) else int(i)
+
+
+def take(sources, idx) -> Subset:
+    """The sources at positions ``idx`` (an array stays an array, a list a list), as a
+    :class:`Subset` remembering where each came from in ``X``."""
+    idx = np.asarray(idx, dtype=np.int64)
+    if isinstance(sources, Subset):
+        items, positions = sources.items, sources.positions[idx]
+    else:
+        items, positions = sources, idx
+    picked = items[idx] if isinstance(items, np.ndarray) else [items[i] for i in idx]
+    return Subset(picked, positions)

@@ -14,19 +14,21 @@ naming the file and what was expected, before a model library reads it. The chec
 file's header (safetensors) or memory-maps it (torch), so it is cheap, and is done once per file
 version in a process.
 
-:func:`file_digest` is the fingerprint an estimator stores at ``fit`` time, so that a pickled
-estimator notices when the file it names was replaced (see :func:`check_fingerprint`).
+:func:`weights_fingerprint` is the digest of the file's bytes that an estimator stores at
+``fit`` time (``weights_digest_``), so that a pickled estimator notices when the file it names
+was replaced: :func:`check_fingerprint` then refuses to run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["WEIGHTS_SUFFIXES", "check_fingerprint", "check_weights_file", "file_digest"]
+from .cache import file_digest
+
+__all__ = ["WEIGHTS_SUFFIXES", "check_fingerprint", "check_weights_file", "weights_fingerprint"]
 
 #: File name endings accepted for ``weights=``.
 WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -34,7 +36,6 @@ WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 _NESTED_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 _EXPECTED = "a state dict (a mapping of parameter names to tensors)"
 _CHECKED: dict = {}  # (path, inode, size, mtime) of files whose content passed the check
-_DIGESTS: dict = {}  # (path, inode, size, mtime) -> digest
 
 
 def _stamp(path: Path, st) -> tuple:
@@ -143,17 +144,11 @@ def _check_torch(path: Path, where: str) -> None:
     )
 
 
-def file_digest(path) -> str:
-    """A hex digest (BLAKE2b, 160 bits) of a file's bytes, read once per file version."""
-    path = Path(os.fspath(path))
-    stamp = _stamp(path, path.stat())
-    if stamp not in _DIGESTS:
-        h = hashlib.blake2b(digest_size=20)
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        _DIGESTS[stamp] = h.hexdigest()
-    return _DIGESTS[stamp]
+def weights_fingerprint(weights):
+    """The digest of a checked weights file's bytes (``None`` for ``weights=None``)."""
+    if weights is None:
+        return None
+    return file_digest(check_weights_file(weights))
 
 
 def check_fingerprint(weights, expected, owner) -> None:
@@ -164,7 +159,7 @@ def check_fingerprint(weights, expected, owner) -> None:
     weights : str or path-like or None
         The ``weights=`` parameter of the fitted estimator.
     expected : str or None
-        The :func:`file_digest` stored at ``fit`` (``None``: nothing to compare).
+        The :func:`weights_fingerprint` stored at ``fit`` (``None``: nothing to compare).
     owner : str
         The estimator, for the message.
 

@@ -6,17 +6,26 @@ safetensors, folders, devices, unreadable files), each built here.
 
 import builtins
 import os
+import pickle
 import re
 import struct
+import tempfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import random_images
+from safetensors.torch import load_file, save_file
+from sklearn.pipeline import Pipeline
 
+import sk_a2._base
+import sk_a2.cache
+import sk_a2.cropper
 import sk_a2.weights
-from sk_a2 import AttentionCropper
+from sk_a2 import AttentionCropper, CropEmbedder
+from sk_a2.cache import DiskCache, file_digest
 from sk_a2.images import load_rgb
 from sk_a2.models import load_model
 from sk_a2.weights import check_weights_file
@@ -179,3 +188,206 @@ def test_valid_weights_files_pass_the_check(tmp_path, tiny_vit_file):
         path = tmp_path / f"ok{i}.pth"
         torch.save(wrap(state), path)
         assert check_weights_file(path) == path.resolve()
+
+
+# --------------------------------------------------------------------------------------------
+# Weights fingerprint
+# --------------------------------------------------------------------------------------------
+
+
+def test_pickled_pipeline_refuses_a_replaced_weights_file(tmp_path, tiny_vit_file, tiny_vit_file2):
+    path = tmp_path / "attention.safetensors"
+    path.write_bytes(tiny_vit_file.read_bytes())
+    emb_path = tmp_path / "embedding.safetensors"
+    emb_path.write_bytes(tiny_vit_file2.read_bytes())
+    pipe = Pipeline([
+        ("crop", AttentionCropper("timm:test_vit", weights=path, image_size=64, crop_sizes=(32,),
+                                  device="cpu")),
+        ("emb", CropEmbedder("timm:test_vit", weights=emb_path, image_size=64, device="cpu")),
+    ])
+    X = random_images(2, 64, 64)
+    expected = pipe.fit_transform(X)
+    assert pipe["crop"].weights_digest_ == file_digest(path)
+    blob = pickle.dumps(pipe)
+    np.testing.assert_array_equal(pickle.loads(blob).transform(X), expected)  # unchanged file
+
+    path.write_bytes(tiny_vit_file2.read_bytes())  # other weights, same name
+    loaded = pickle.loads(blob)
+    with pytest.raises(ValueError, match="has changed since AttentionCropper was fitted") as info:
+        loaded.transform(X)
+    assert str(path) in str(info.value)
+    # Refitting takes the new file as the reference.
+    assert not np.array_equal(loaded.fit_transform(X), expected)
+    assert loaded["crop"].weights_digest_ == file_digest(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Cache location: checked in fit and before the first forward pass
+# --------------------------------------------------------------------------------------------
+
+
+def _no_model_work(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded or run")
+
+    monkeypatch.setattr(sk_a2._base, "load_model", fail)
+    monkeypatch.setattr(sk_a2.cropper, "patch_attention", fail)
+
+
+def _read_only(folder, monkeypatch):
+    folder.chmod(0o500)
+    if os.access(folder, os.W_OK):  # running as root: permissions are not enforced, deny here
+        real = tempfile.mkstemp
+
+        def deny(*args, dir=None, **kwargs):
+            if Path(dir) == folder:
+                raise PermissionError(13, "Permission denied", str(dir))
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(sk_a2.cache.tempfile, "mkstemp", deny)
+
+
+@pytest.mark.parametrize("kind", ["file", "read-only", "empty", "blank", "under-a-file"])
+def test_bad_cache_location_fails_in_fit(tmp_path, tiny_vit_file, monkeypatch, kind):
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "cache"
+    if kind == "file":
+        target.write_text("not a folder")
+    elif kind == "read-only":
+        target.mkdir()
+        _read_only(target, monkeypatch)
+    elif kind == "under-a-file":
+        (tmp_path / "plain").write_text("x")
+        target = tmp_path / "plain" / "cache"
+    cache = {"empty": "", "blank": "  "}.get(kind, str(target))
+    expected = {"file": "is a file, not a folder", "read-only": "cannot be written",
+                "under-a-file": "cannot be written", "empty": "names no folder",
+                "blank": "names no folder"}[kind]
+    _no_model_work(monkeypatch)
+    before = sorted(os.listdir(tmp_path))
+    for est in (AttentionCropper("timm:test_vit", weights=tiny_vit_file, image_size=64,
+                                 device="cpu", cache=cache),
+                CropEmbedder("timm:test_vit", weights=tiny_vit_file, image_size=64, device="cpu",
+                             cache=cache)):
+        with pytest.raises(ValueError, match=expected):
+            est.fit(random_images(1))
+    assert sorted(os.listdir(tmp_path)) == before  # nothing written into the working folder
+    if kind == "read-only":
+        target.chmod(0o700)
+
+
+def test_cache_made_read_only_after_fit_fails_before_the_forward_pass(tmp_path, tiny_vit_file,
+                                                                      monkeypatch):
+    target = tmp_path / "cache"
+    cropper = AttentionCropper("timm:test_vit", weights=tiny_vit_file, image_size=64,
+                               device="cpu", cache=target).fit(random_images(1))
+    _read_only(target, monkeypatch)
+    _no_model_work(monkeypatch)
+    try:
+        with pytest.raises(ValueError, match="cannot be written"):
+            cropper.transform(random_images(2))
+    finally:
+        target.chmod(0o700)
+
+
+# --------------------------------------------------------------------------------------------
+# With a cache, errors name the right image; a folder in an entry's place is a corrupt entry
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_cached_images_do_not_shift_error_positions(tmp_path, tiny_vit_file, cache):
+    cache = tmp_path / "c" if cache == "disk" else cache
+    cropper = AttentionCropper("timm:test_vit", weights=tiny_vit_file, image_size=64,
+                               crop_sizes=(32,), device="cpu", cache=cache)
+    embedder = CropEmbedder("timm:test_vit", weights=tiny_vit_file, image_size=64, device="cpu",
+                            cache=cache)
+    a, b = random_images(2, 64, 64, seed=11)
+    cropper.fit([a, b]).transform([a, b])
+    embedder.fit([a, b]).transform([a, b])
+    text = tmp_path / "text.jpg"
+    text.write_text("not an image")
+    X = [a, b, text]
+    for est in (cropper, embedder):
+        with pytest.raises(ValueError, match=r"^X\[2\]: cannot read image file .*text\.jpg"):
+            est.transform(X)
+    cropset = cropper.transform([a, b])
+    with pytest.raises(ValueError, match=r"^X\[1\]: cannot read image file"):
+        cropper.transform([a, text, b])
+    assert X[2] == text and X[0] is a and len(X) == 3  # the user's list is untouched
+    assert len(cropset) == 2
+
+
+def test_a_folder_in_an_entry_place_is_recomputed(tmp_path, tiny_vit_file):
+    folder = tmp_path / "cache"
+    X = random_images(2, 64, 64, seed=5)
+    make = lambda: CropEmbedder("timm:test_vit", weights=tiny_vit_file,  # noqa: E731
+                                image_size=64, device="cpu", cache=folder)
+    expected = make().fit(X).transform(X)
+    entries = sorted(folder.glob("*/*.npy"))
+    assert len(entries) == 2
+    entries[0].unlink()
+    (entries[0] / "junk").mkdir(parents=True)  # a folder where an entry belongs
+    sub = entries[1].parent
+    for p in sub.iterdir():
+        p.unlink()
+    sub.rmdir()
+    sub.write_text("a file where a cache sub-folder belongs")
+    np.testing.assert_array_equal(make().fit(X).transform(X), expected)
+    assert entries[0].is_file() and entries[1].is_file()  # both entries written again
+    np.testing.assert_array_equal(make().fit(X).transform(X), expected)
+
+
+def test_disk_cache_get_of_a_folder_is_a_miss(tmp_path):
+    cache = DiskCache(tmp_path)
+    key = "ab" + "0" * 38
+    cache._path(key).mkdir(parents=True)
+    assert cache.get(key) is None
+    cache.put(key, np.arange(3, dtype=np.float32))
+    np.testing.assert_array_equal(cache.get(key), [0, 1, 2])
+
+
+# --------------------------------------------------------------------------------------------
+# Non-finite model outputs
+# --------------------------------------------------------------------------------------------
+
+
+def _poisoned(tmp_path, source, keys):
+    state = load_file(str(source))
+    for key in keys:
+        state[key] = torch.full_like(state[key], float("nan"))
+    path = tmp_path / "nan.safetensors"
+    save_file(state, str(path))
+    return path
+
+
+def test_nan_weights_give_an_error_naming_images_and_model(tmp_path, tiny_vit_file):
+    path = _poisoned(tmp_path, tiny_vit_file, ["blocks.0.attn.qkv.weight"])
+    X = random_images(3, 64, 64)
+    before = X.copy()
+    cropper = AttentionCropper("timm:test_vit", weights=path, image_size=64, crop_sizes=(32,),
+                               device="cpu").fit(X)
+    with pytest.raises(ValueError, match="non-finite") as info:
+        cropper.transform(X)
+    message = str(info.value)
+    assert "'timm:test_vit'" in message and "attention maps" in message
+    assert "X[0], X[1], X[2]" in message
+    with pytest.raises(ValueError, match=r"non-finite \(NaN or inf\) attention maps for X\[0\]"):
+        cropper.attention_maps(X[:1])
+    np.testing.assert_array_equal(X, before)
+
+
+def test_nan_embeddings_are_an_error_and_never_cached(tmp_path, tiny_vit_file):
+    path = _poisoned(tmp_path, tiny_vit_file, ["norm.weight"])
+    X = random_images(2, 64, 64, seed=9)
+    cache = tmp_path / "cache"
+    healthy = CropEmbedder("timm:test_vit", weights=tiny_vit_file, image_size=64, device="cpu",
+                           cache=cache)
+    assert np.isfinite(healthy.fit(X[:1]).transform(X[:1])).all()
+    sick = CropEmbedder("timm:test_vit", weights=path, image_size=64, device="cpu", cache=cache)
+    sick.fit(X)
+    for _ in range(2):  # a rerun recomputes: no NaN entry was stored
+        with pytest.raises(ValueError, match=r"'timm:test_vit' gave non-finite \(NaN or inf\) "
+                                             r"embeddings for X\[0\], X\[1\]:"):
+            sick.transform(X)
+    assert len(list(cache.glob("*/*.npy"))) == 1  # the healthy entry only
