@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from .input_size import check_input_size, module_patch_size, named_patch_size
 from .weights import check_weights_file
 
 __all__ = [
@@ -287,6 +288,7 @@ def load_model(model, *, weights=None, image_size=224, device="cpu") -> VisionMo
             raise ValueError("weights= applies to a model name; a module passed in has its own")
         return _wrap_module(model, image_size, device)
     spec = resolve_model_spec(model)
+    check_input_size(image_size, named_patch_size(spec.library, spec.arch), spec.name)
     if spec.library == "imgfocus" and weights is None:
         from ._imgfocus import imgfocus_weights
 
@@ -438,6 +440,7 @@ def _wrap_module(module: nn.Module, image_size: int, device: torch.device) -> Vi
                 "open_clip CLIP model (or a model name)"
             )
         _check_vit(module, library, name)
+        check_input_size(image_size, module_patch_size(module, library), name)
         params = list(module.parameters())
         if not params:
             raise ValueError("model has no parameters")

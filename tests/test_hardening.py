@@ -23,6 +23,7 @@ from sklearn.pipeline import Pipeline
 import sk_a2._base
 import sk_a2.cache
 import sk_a2.cropper
+import sk_a2.models
 import sk_a2.weights
 from sk_a2 import AttentionCropper, CropEmbedder
 from sk_a2.cache import DiskCache, file_digest
@@ -391,3 +392,55 @@ def test_nan_embeddings_are_an_error_and_never_cached(tmp_path, tiny_vit_file):
                                              r"embeddings for X\[0\], X\[1\]:"):
             sick.transform(X)
     assert len(list(cache.glob("*/*.npy"))) == 1  # the healthy entry only
+
+
+# --------------------------------------------------------------------------------------------
+# image_size against the model: checked before any work
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "image_size, expected",
+    [(65, "must be a multiple of the patch size, e.g. 64 or 80"),
+     (8, "at least one patch, use >= 16"), (12, "at least one patch"),
+     (10000, "at most 2048 .128 patches per side.*fourth power")],
+)
+def test_image_size_is_checked_against_the_patch_size(tiny_vit_file, image_size, expected,
+                                                      monkeypatch):
+    def no_build(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(sk_a2.models, "_load_named", no_build)
+    for est in (AttentionCropper("timm:test_vit", weights=tiny_vit_file, image_size=image_size,
+                                 crop_sizes=(8,), device="cpu"),
+                CropEmbedder("timm:test_vit", weights=tiny_vit_file, image_size=image_size,
+                             device="cpu")):
+        with pytest.raises(ValueError, match=expected) as info:
+            est.fit(random_images(1))
+        message = str(info.value)
+        assert f"image_size={image_size}" in message and "'timm:test_vit'" in message
+        assert "weights" not in message
+
+
+def test_image_size_of_a_module_and_of_open_clip(tiny_vit_file):
+    from conftest import make_clip, make_timm
+
+    vit = make_timm("test_vit", img_size=64)
+    with pytest.raises(ValueError, match=r"image_size=72 .*patch size 16.*e\.g\. 64 or 80"):
+        AttentionCropper(vit, image_size=72, device="cpu").fit(random_images(1))
+    assert vit.patch_embed.img_size == (64, 64)  # the module passed in is untouched
+    with pytest.raises(ValueError, match=r"image_size=16 for model 'open_clip:ViT-B-32:' "
+                                         r"\(patch size 32\): the input must hold"):
+        load_model("open_clip:ViT-B-32:", weights=tiny_vit_file, image_size=16, device="cpu")
+    with pytest.raises(ValueError, match="patch size 16"):
+        CropEmbedder(make_clip(), image_size=40, device="cpu").fit(random_images(1))
+
+
+def test_largest_image_size_still_builds(tiny_vit_file):
+    """The limit itself is accepted: the check is not off by one."""
+    from sk_a2.input_size import MAX_GRID, check_input_size
+
+    assert check_input_size(MAX_GRID * 16, 16, "m") == 2048
+    assert check_input_size(16, 16, "m") == 16
+    vm = load_model("timm:test_vit", weights=tiny_vit_file, image_size=16, device="cpu")
+    assert vm.grid_size == (1, 1)
