@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
 
@@ -26,6 +27,10 @@ def check_workers(value):
     return int(value)
 
 
+def _path_of(source):
+    return f" ({os.fspath(source)!r})" if isinstance(source, (str, os.PathLike)) else ""
+
+
 def check_finite(values, what, vm, sources, rows):
     """Refuse model outputs holding NaN or inf, naming the images and the model.
 
@@ -46,9 +51,9 @@ def check_finite(values, what, vm, sources, rows):
     finite = np.isfinite(np.asarray(values).reshape(len(values), -1)).all(axis=1)
     if finite.all():
         return
-    bad = sorted({position(sources, r) for r in np.asarray(rows)[~finite]})
-    names = ", ".join(f"X[{i}]" for i in bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8
-                                                      else "")
+    bad = sorted({(position(sources, r), r) for r in np.asarray(rows)[~finite].tolist()})
+    names = ", ".join(f"X[{i}]{_path_of(sources[r])}" for i, r in bad[:8])
+    names += f" and {len(bad) - 8} more" if len(bad) > 8 else ""
     raise ValueError(
         f"model {vm.name!r} gave non-finite (NaN or inf) {what} for {names}: its weights hold "
         "non-finite values or its activations overflow; check the weights (or the model passed "

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
-    "Subset", "as_sources", "load_resized", "load_rgb", "position", "resize_rgb", "take",
+    "Subset", "as_sources", "decompression_bomb_error", "load_resized", "load_rgb", "position", "resize_rgb", "take",
 ]
 
 #: PIL resampling used to bring every image to the model's square input.
@@ -167,16 +167,23 @@ def load_rgb(source, index=None) -> np.ndarray:
         except FileNotFoundError:
             raise ValueError(f"{where}: image file {str(path)!r} does not exist") from None
         except Image.DecompressionBombError as exc:
-            raise ValueError(
-                f"{where}: image file {str(path)!r} is refused as a possible decompression bomb "
-                f"({exc}). If you trust the file, raise the limit before loading it: "
-                "PIL.Image.MAX_IMAGE_PIXELS = <pixels> (None removes it)"
-            ) from None
+            raise decompression_bomb_error(path, exc, where) from None
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise ValueError(
                 f"{where}: cannot read image file {str(path)!r} ({type(exc).__name__}: {exc})"
             ) from None
     raise ValueError(f"{where} is a {type(source).__name__}: expected a path, PIL image or array")
+
+
+def decompression_bomb_error(path, exc, where=None) -> ValueError:
+    """The error for a file PIL refuses as a possible decompression bomb (``exc``), prefixed by
+    ``where`` (e.g. ``"X[3]"``)."""
+    prefix = "" if where is None else f"{where}: "
+    return ValueError(
+        f"{prefix}image file {str(path)!r} is refused as a possible decompression bomb "
+        f"({exc}). If you trust the file, raise the limit before loading it: "
+        "PIL.Image.MAX_IMAGE_PIXELS = <pixels> (None removes it)"
+    )
 
 
 def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:

@@ -34,7 +34,7 @@ __all__ = ["WEIGHTS_SUFFIXES", "check_fingerprint", "check_weights_file", "weigh
 WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 _NESTED_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
-_EXPECTED = "a state dict (a mapping of parameter names to tensors)"
+_EXPECTED = "a state-dict file (a mapping of parameter names to tensors)"
 _CHECKED: dict = {}  # (path, inode, size, mtime) of files whose content passed the check
 
 
@@ -74,7 +74,7 @@ def check_weights_file(weights) -> Path:
     except OSError as exc:
         raise ValueError(f"{where} cannot be accessed ({exc.strerror or exc})") from None
     if stat.S_ISDIR(st.st_mode):
-        raise ValueError(f"{where} is a folder; expected {_EXPECTED} file")
+        raise ValueError(f"{where} is a folder; expected {_EXPECTED}")
     if not stat.S_ISREG(st.st_mode):
         raise ValueError(f"{where} is not a regular file (a device or pipe); expected {_EXPECTED}")
     if path.suffix not in WEIGHTS_SUFFIXES:
@@ -139,8 +139,8 @@ def _check_torch(path: Path, where: str) -> None:
         if state and all(isinstance(v, torch.Tensor) for v in state.values()):
             return
     raise ValueError(
-        f"{where} holds a {type(obj).__name__} that is not {_EXPECTED}; save one with "
-        "torch.save(model.state_dict(), path)"
+        f"{where} holds a {type(obj).__name__} that is not a state dict (a mapping of parameter "
+        "names to tensors); save one with torch.save(model.state_dict(), path)"
     )
 
 

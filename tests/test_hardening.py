@@ -444,3 +444,119 @@ def test_largest_image_size_still_builds(tiny_vit_file):
     assert check_input_size(16, 16, "m") == 16
     vm = load_model("timm:test_vit", weights=tiny_vit_file, image_size=16, device="cpu")
     assert vm.grid_size == (1, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# The command line: every hostile case it can reach is one line ``sk-a2 ...: error: ...``, exit 2
+# --------------------------------------------------------------------------------------------
+
+WB_HEADER = ["img_id", "img_filename", "y", "split", "place", "place_filename"]
+
+
+def _waterbirds(tmp_path, bad=None):
+    """A 4-image Waterbirds folder; ``bad`` = (column, value) written into the last row."""
+    from PIL import Image
+
+    root = tmp_path / "wb"
+    (root / "b").mkdir(parents=True)
+    rows = []
+    for i in range(4):
+        Image.fromarray(random_images(1, 32, 32, seed=i)[0]).save(root / "b" / f"{i}.png")
+        rows.append([i + 1, f"b/{i}.png", i % 2, i % 3, (i // 2) % 2, "/p.jpg"])
+    if bad is not None:
+        rows[-1][WB_HEADER.index(bad[0])] = bad[1]
+    text = "\n".join(",".join(map(str, row)) for row in [WB_HEADER, *rows]) + "\n"
+    (root / "metadata.csv").write_text(text)
+    return root
+
+
+def _evaluate(root, tmp_path, weights, *extra):
+    return ["evaluate", "--dataset", "waterbirds", "--root", str(root), "--attention-model",
+            "timm:test_vit", "--attention-weights", str(weights), "--embedding-model",
+            "timm:test_vit", "--embedding-weights", str(weights), "--image-size", "64",
+            "--crop-sizes", "32", "--device", "cpu", *extra]
+
+
+def _crops(image, tmp_path, weights, *extra):
+    return ["crops", str(image), "--model", "timm:test_vit", "--weights", str(weights),
+            "--image-size", "64", "--crop-sizes", "32", "--device", "cpu",
+            "--out", str(tmp_path / "out"), *extra]
+
+
+def _png(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "ok.png"
+    Image.fromarray(random_images(1, 40, 48)[0]).save(path)
+    return path
+
+
+def _bad_weights(tmp_path, name, write):
+    path = tmp_path / name
+    write(path)
+    return path
+
+
+CLI_CASES = {
+    # dataset metadata
+    "label 1.7": (lambda t, w: _evaluate(_waterbirds(t, ("y", "1.7")), t, w), "'1.7'"),
+    "label -0.9": (lambda t, w: _evaluate(_waterbirds(t, ("y", "-0.9")), t, w), "'-0.9'"),
+    "label inf": (lambda t, w: _evaluate(_waterbirds(t, ("y", "inf")), t, w), "'inf'"),
+    "path ../../etc/passwd": (
+        lambda t, w: _evaluate(_waterbirds(t, ("img_filename", "../../etc/passwd")), t, w),
+        "does not name a file inside the dataset folder"),
+    "absolute path": (lambda t, w: _evaluate(_waterbirds(t, ("img_filename", "/etc/passwd")), t,
+                                             w), "is an absolute path"),
+    "blank img_filename": (lambda t, w: _evaluate(_waterbirds(t, ("img_filename", "")), t, w),
+                           "column 'img_filename' is empty"),
+    "non-UTF-8 metadata": (
+        lambda t, w: _evaluate(_latin1(_waterbirds(t)), t, w), "metadata.csv' is not UTF-8"),
+    "--out is a file": (
+        lambda t, w: _evaluate(_waterbirds(t), t, w, "--out", str(_png(t))), "existing file"),
+    # images
+    "decompression bomb": (
+        lambda t, w: _crops(_png_header_only(t / "bomb.png", 20000, 20000), t, w),
+        "decompression bomb"),
+    # image_size against the model
+    "image size 65": (lambda t, w: _crops(_png(t), t, w)[:-6] + ["--image-size", "65", "--out",
+                                                                 str(t / "o")],
+                      "multiple of the patch size"),
+    "image size 10000": (lambda t, w: _crops(_png(t), t, w)[:-6] + ["--image-size", "10000",
+                                                                    "--out", str(t / "o")],
+                         "at most 2048"),
+    # weights files
+    "weights list": (lambda t, w: _crops(_png(t), t, _bad_weights(t, "l.pth", _torch_list)),
+                     "holds a list that is not a state dict"),
+    "weights empty safetensors": (lambda t, w: _crops(_png(t), t, _bad_weights(
+        t, "e.safetensors", _empty)), "is empty"),
+    "weights text safetensors": (lambda t, w: _crops(_png(t), t, _bad_weights(
+        t, "x.safetensors", _text)), "not a valid safetensors file"),
+    "weights folder": (lambda t, w: _crops(_png(t), t, _bad_weights(
+        t, "d.safetensors", Path.mkdir)), "is a folder"),
+    "weights /dev/null": (lambda t, w: _crops(_png(t), t, os.devnull), "not a regular file"),
+    # model outputs
+    "NaN weights": (lambda t, w: _crops(_png(t), t, _poisoned(t, w, ["blocks.0.attn.qkv.weight"])),
+                    "non-finite"),
+}
+
+
+def _latin1(root):
+    path = root / "metadata.csv"
+    path.write_bytes(path.read_bytes().replace(b"/p.jpg", b"/pl\xe4ce.jpg"))
+    return root
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES))
+def test_cli_turns_hostile_input_into_one_error_line(case, tmp_path, tiny_vit_file, capsys):
+    from sk_a2.cli import main
+
+    pytest.importorskip("matplotlib")
+    build, needle = CLI_CASES[case]
+    argv = build(tmp_path, tiny_vit_file)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert re.match(r"sk-a2( \w+)?: error: ", lines[0]), lines[0]
+    assert needle in lines[0] and "Traceback" not in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
