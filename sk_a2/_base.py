@@ -6,24 +6,34 @@ import numbers
 import os
 
 import numpy as np
+import torch
 
-from .cache import model_key, resolve_cache
+from ._param_validation import IMAGE_SIZE, PATH, Boolean, Interval, StrOptions, Text
+from .cache import DiskCache, MemoryCache, model_key, resolve_cache
+from .device import DEVICE, cpu_fallback, resolve_device
 from .images import position
-from .models import load_model, resolve_device
+from .models import load_model
 from .weights import check_fingerprint, weights_fingerprint
+
+#: Parameter rules shared by the estimators that run a model (see ``_parameter_constraints``).
+MODEL_CONSTRAINTS = {
+    "model": [Text(lambda v: isinstance(v, (str, torch.nn.Module)),
+                   "a model name (see sk_a2.list_models()) or a torch.nn.Module")],
+    "weights": [None, Text(lambda v: isinstance(v, PATH), "a path to a state-dict file")],
+    "image_size": [IMAGE_SIZE],
+    "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+    "num_workers": [StrOptions(["auto"]), Interval(numbers.Integral, 0, None, closed="left")],
+    "device": [DEVICE],
+    "cache": [None, StrOptions(["memory"]),
+              Text(lambda v: isinstance(v, (str, os.PathLike, MemoryCache, DiskCache)),
+                   "a directory path")],
+    "verbose": [Boolean()],
+}
 
 
 def check_positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def check_workers(value):
-    if isinstance(value, str) and value == "auto":
-        return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"num_workers must be 'auto' or an int >= 0, got {value!r}")
     return int(value)
 
 
@@ -70,6 +80,11 @@ class ImageModelMixin:
         tags.input_tags.two_d_array = False
         tags.input_tags.string = True
         return tags
+
+    def __setstate__(self, state):
+        if "device" in state:  # pickled where CUDA was available: run on the CPU here
+            state = {**state, "device": cpu_fallback(state["device"], type(self).__name__)}
+        super().__setstate__(state)
 
     def _load(self):
         """The loaded model (shared per process, see :func:`sk_a2.models.load_model`).

@@ -25,9 +25,9 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import check_positive_int
-from .cropset import CropSet, effective_crop_sizes, to_original
+from ._param_validation import RANDOM_STATE, validate_params
 from .crops import CropOverlapWarning
+from .cropset import CROP_CONSTRAINTS, CropSet, effective_crop_sizes, to_original
 from .images import as_sources
 
 __all__ = ["CenterCropper", "RandomCropper", "image_sizes"]
@@ -102,10 +102,12 @@ class _BaselineCropper(TransformerMixin, BaseEstimator):
         tags.transformer_tags.preserves_dtype = []
         return tags
 
+    _parameter_constraints = dict(CROP_CONSTRAINTS)
+
     def _validate(self):
-        image_size = check_positive_int(self.image_size, "image_size")
-        sizes = effective_crop_sizes(self.crop_sizes, self.n_crops, image_size)
-        return image_size, sizes
+        validate_params(self)
+        return self.image_size, effective_crop_sizes(self.crop_sizes, self.n_crops,
+                                                     self.image_size)
 
     def fit(self, X=None, y=None):
         """Check the parameters.
@@ -243,6 +245,8 @@ class RandomCropper(_BaselineCropper):
     >>> crops.boxes.shape
     (3, 2, 4)
     """
+
+    _parameter_constraints = {**CROP_CONSTRAINTS, "random_state": [RANDOM_STATE]}
 
     def __init__(self, *, crop_sizes=(64,), n_crops=None, image_size=224, random_state=None):
         self.crop_sizes = crop_sizes

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import ImageModelMixin, check_finite, check_positive_int, check_workers
+from ._base import MODEL_CONSTRAINTS, ImageModelMixin, check_finite
 from ._data import autocast, iter_image_batches
+from ._param_validation import Interval, StrOptions, validate_params
 from .attention import HEAD_AGGREGATIONS, aggregate_heads, patch_attention, resolve_layer
 from .cache import EntryLayout, cached_rows, digest, image_key
 from .crops import greedy_boxes, upsample_maps
-from .cropset import CropSet, effective_crop_sizes, to_original
+from .cropset import CROP_CONSTRAINTS, CropSet, effective_crop_sizes, to_original
 from .images import as_sources, take
 
 __all__ = ["AttentionCropper", "CropSet"]  # CropSet re-exported from sk_a2.cropset
@@ -114,17 +117,16 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         tags.transformer_tags.preserves_dtype = []
         return tags
 
+    _parameter_constraints = {
+        **MODEL_CONSTRAINTS,
+        **CROP_CONSTRAINTS,
+        "head_aggregation": [StrOptions(HEAD_AGGREGATIONS)],
+        "layer": [Interval(numbers.Integral, None, None, closed="neither")],
+    }
+
     def _validate(self):
-        image_size = check_positive_int(self.image_size, "image_size")
-        sizes = effective_crop_sizes(self.crop_sizes, self.n_crops, image_size)
-        if self.head_aggregation not in HEAD_AGGREGATIONS:
-            raise ValueError(
-                f"head_aggregation must be one of {', '.join(map(repr, HEAD_AGGREGATIONS))}, "
-                f"got {self.head_aggregation!r}"
-            )
-        check_positive_int(self.batch_size, "batch_size")
-        check_workers(self.num_workers)
-        return sizes
+        validate_params(self)
+        return effective_crop_sizes(self.crop_sizes, self.n_crops, self.image_size)
 
     def fit(self, X=None, y=None):
         """Check the parameters and load the attention model.

@@ -15,7 +15,15 @@ import operator
 
 import numpy as np
 
-__all__ = ["CropSet", "effective_crop_sizes", "to_frame", "to_original"]
+from ._param_validation import IMAGE_SIZE, Interval, SequenceOf
+
+__all__ = [
+    "CROP_CONSTRAINTS",
+    "CropSet",
+    "effective_crop_sizes",
+    "to_frame",
+    "to_original",
+]
 
 
 def _frame_scale(image_sizes, size, inverse):
@@ -165,3 +173,17 @@ def effective_crop_sizes(crop_sizes, n_crops, image_size=None) -> list[int]:
         raise ValueError(f"n_crops must be None or a positive int, got {n_crops!r}")
     n_crops = int(n_crops)
     return (sizes + [sizes[-1]] * n_crops)[:n_crops]
+
+
+def _positive_int(value) -> bool:
+    return (isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+            and value >= 1)
+
+
+#: Parameter rules shared by every cropper (see :mod:`sk_a2._param_validation`).
+CROP_CONSTRAINTS = {
+    "crop_sizes": [Interval(numbers.Integral, 1, None, closed="left"),
+                   SequenceOf(_positive_int, "a non-empty sequence of positive integers")],
+    "n_crops": [None, Interval(numbers.Integral, 1, None, closed="left")],
+    "image_size": [IMAGE_SIZE],
+}

@@ -13,7 +13,8 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .metrics import _plain, worst_group_accuracy
+from ._param_validation import RANDOM_STATE, Interval, SequenceOf, StrOptions, validate_params
+from .metrics import python_scalar, worst_group_accuracy
 
 __all__ = ["DFRClassifier"]
 
@@ -26,6 +27,11 @@ _L1 = (
     if LogisticRegression().get_params()["penalty"] == "deprecated"
     else {"penalty": "l1"}
 )
+
+
+def _positive_real(value) -> bool:
+    return (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+            and value > 0)
 
 
 class DFRClassifier(ClassifierMixin, BaseEstimator):
@@ -145,6 +151,19 @@ class DFRClassifier(ClassifierMixin, BaseEstimator):
     >>> clf.coef_.shape
     (1, 2)
     """
+
+    _parameter_constraints = {
+        "mode": [StrOptions(["val", "train"])],
+        "C_grid": [SequenceOf(_positive_real, "a non-empty sequence of C > 0")],
+        "class_weight_grid": [
+            StrOptions(["auto"]), None,
+            SequenceOf(lambda w: w is None or w == "balanced" or isinstance(w, dict),
+                       "a non-empty sequence of class weightings (None, 'balanced' or dicts)"),
+        ],
+        "n_retrains": [Interval(numbers.Integral, 1, None, closed="left")],
+        "tune_fraction": [Interval(numbers.Real, 0, 1, closed="neither"), None],
+        "random_state": [RANDOM_STATE],
+    }
 
     def __init__(
         self,
@@ -303,26 +322,11 @@ class DFRClassifier(ClassifierMixin, BaseEstimator):
 
     def _checked_params(self):
         """Validate the hyper-parameters; return the C grid and the tuning fraction."""
-        if self.mode not in _DEFAULT_TUNE_FRACTION:
-            raise ValueError(f"mode must be 'val' or 'train'; got {self.mode!r}.")
-        C_grid = np.asarray(self.C_grid, dtype=float)
-        if C_grid.ndim != 1 or C_grid.size == 0 or not np.all(C_grid > 0):
-            raise ValueError(f"C_grid must be a non-empty sequence of C > 0; got {self.C_grid!r}.")
-        grid = self.class_weight_grid
-        is_sequence = not isinstance(grid, (str, dict)) and hasattr(grid, "__len__")
-        if not (grid is None or grid == "auto" or (is_sequence and len(grid) > 0)):
-            raise ValueError(
-                "class_weight_grid must be 'auto', None or a non-empty sequence of class "
-                f"weightings (None, 'balanced' or dicts); got {grid!r}."
-            )
-        if not isinstance(self.n_retrains, numbers.Integral) or self.n_retrains < 1:
-            raise ValueError(f"n_retrains must be an integer >= 1; got {self.n_retrains!r}.")
+        validate_params(self)
         fraction = self.tune_fraction
         if fraction is None:
             fraction = _DEFAULT_TUNE_FRACTION[self.mode]
-        elif not isinstance(fraction, numbers.Real) or not 0 < fraction < 1:
-            raise ValueError(f"tune_fraction must be in (0, 1) or None; got {fraction!r}.")
-        return C_grid, float(fraction)
+        return np.asarray(self.C_grid, dtype=float), float(fraction)
 
     def _encode_groups(self, groups, n_samples, y_codes):
         """Integer group codes; sets ``groups_``. Without groups, classes act as groups."""
@@ -353,7 +357,7 @@ class DFRClassifier(ClassifierMixin, BaseEstimator):
         if isinstance(grid, str):
             if len(self.classes_) != 2:
                 return [None]
-            c0, c1 = (_plain(c) for c in self.classes_)
+            c0, c1 = (python_scalar(c) for c in self.classes_)
             return [{c0: 1.0, c1: w} for w in _AUTO_CLASS_WEIGHTS] + [
                 {c0: w, c1: 1.0} for w in _AUTO_CLASS_WEIGHTS[1:]
             ]

@@ -7,11 +7,12 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import ImageModelMixin, check_finite, check_positive_int, check_workers
+from ._base import MODEL_CONSTRAINTS, ImageModelMixin, check_finite
 from ._data import autocast, iter_image_batches
+from ._param_validation import Boolean, validate_params
 from .cache import EntryLayout, cached_rows, digest, image_key
-from .cropset import CropSet
 from .crops import crop_resize
+from .cropset import CropSet
 from .images import as_sources, take
 
 __all__ = ["CropEmbedder"]
@@ -175,10 +176,10 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         tags.transformer_tags.preserves_dtype = []
         return tags
 
+    _parameter_constraints = {**MODEL_CONSTRAINTS, "include_full_image": [Boolean()]}
+
     def _validate(self):
-        check_positive_int(self.batch_size, "batch_size")
-        check_workers(self.num_workers)
-        check_positive_int(self.image_size, "image_size")
+        validate_params(self)
 
     def fit(self, X, y=None):
         """Load the embedding model and record the layout of ``X``.

@@ -55,7 +55,7 @@ def _check_inputs(func_name, **arrays):
     return tuple(checked.values())
 
 
-def _plain(value):
+def python_scalar(value):
     """A NumPy scalar as the matching Python scalar; anything else unchanged."""
     return value.item() if isinstance(value, np.generic) else value
 
@@ -222,13 +222,13 @@ def group_accuracy_report(y_true, y_pred, *, groups):
     labels, sizes, accuracies = _per_group(correct, groups)
     worst_index = int(np.argmin(accuracies))
     return GroupAccuracyReport(
-        groups=tuple(_plain(label) for label in labels),
+        groups=tuple(python_scalar(label) for label in labels),
         sizes=tuple(int(n) for n in sizes),
         accuracies=tuple(float(a) for a in accuracies),
         mean=float(correct.mean()),
         worst=float(accuracies[worst_index]),
         balanced=float(accuracies.mean()),
-        worst_group=_plain(labels[worst_index]),
+        worst_group=python_scalar(labels[worst_index]),
     )
 
 

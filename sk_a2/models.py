@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-import numbers
 import os
 import socket
 import threading
@@ -37,6 +36,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from ._param_validation import IMAGE_SIZE
+from .device import resolve_device
 from .input_size import check_input_size, module_patch_size, named_patch_size
 from .weights import check_weights_file
 
@@ -152,21 +153,6 @@ def resolve_model_spec(model: str) -> ModelSpec:
         "any timm model as 'timm:<name>', any open_clip model as 'open_clip:<arch>:<pretrained>', "
         "or pass a torch.nn.Module."
     )
-
-
-def resolve_device(device) -> torch.device:
-    """``"auto"`` is CUDA when available, else CPU; anything else goes to :class:`torch.device`."""
-    if device is None or (isinstance(device, str) and device == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(
-            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
-        ) from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available here")
-    return dev
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,9 +288,8 @@ def load_model(model, *, weights=None, image_size=224, device="cpu") -> VisionMo
 
 
 def _check_image_size(image_size) -> int:
-    is_int = isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool)
-    if not is_int or image_size < 8:
-        raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
+    if not IMAGE_SIZE.is_satisfied_by(image_size):
+        raise ValueError(f"image_size must be {IMAGE_SIZE}, got {image_size!r}")
     return int(image_size)
 
 

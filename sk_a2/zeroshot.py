@@ -10,8 +10,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from ._base import ImageModelMixin, check_positive_int, check_workers
+from ._base import MODEL_CONSTRAINTS, ImageModelMixin
 from ._data import autocast
+from ._param_validation import SequenceOf, StrOptions, validate_params
 from .cropset import CropSet
 from .embedder import embed_boxes, embedding_boxes
 from .images import as_sources
@@ -149,14 +150,17 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ validation and loading
 
+    _parameter_constraints = {
+        **MODEL_CONSTRAINTS,
+        "classnames": [SequenceOf(lambda c: isinstance(c, str), "a sequence of str (one per class)",
+                                  allow_empty=True), None],
+        "templates": [str, SequenceOf(lambda t: isinstance(t, str), "a sequence of str",
+                                      allow_empty=True)],
+        "crop_aggregation": [StrOptions(CROP_AGGREGATIONS)],
+    }
+
     def _validate(self):
-        if self.crop_aggregation not in CROP_AGGREGATIONS:
-            raise ValueError(
-                f"crop_aggregation must be one of {', '.join(map(repr, CROP_AGGREGATIONS))}, "
-                f"got {self.crop_aggregation!r}"
-            )
-        check_positive_int(self.batch_size, "batch_size")
-        check_workers(self.num_workers)
+        validate_params(self)
 
     def _load(self):
         if isinstance(self.model, str) and resolve_model_spec(self.model).library != "open_clip":
