@@ -534,6 +534,9 @@ CLI_CASES = {
     "weights folder": (lambda t, w: _crops(_png(t), t, _bad_weights(
         t, "d.safetensors", Path.mkdir)), "is a folder"),
     "weights /dev/null": (lambda t, w: _crops(_png(t), t, os.devnull), "not a regular file"),
+    # devices
+    "device meta": (lambda t, w: _crops(_png(t), t, w, "--device", "meta"), "meta"),
+    "device mps": (lambda t, w: _crops(_png(t), t, w, "--device", "mps"), "mps"),
     # model outputs
     "NaN weights": (lambda t, w: _crops(_png(t), t, _poisoned(t, w, ["blocks.0.attn.qkv.weight"])),
                     "non-finite"),
