@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -209,10 +210,11 @@ def load_resized(source, size: int, index=None):
     return resize_rgb(rgb, size), rgb.shape[:2]
 
 
+@dataclass(frozen=True, eq=False)
 class Subset(Sequence):
     """Some image sources of ``X`` and their positions in ``X``, so errors name the right image.
 
-    Parameters
+    Attributes
     ----------
     items : list or ndarray
         The selected sources.
@@ -220,9 +222,8 @@ class Subset(Sequence):
         Position in ``X`` of each selected source.
     """
 
-    def __init__(self, items, positions):
-        self.items = items
-        self.positions = positions
+    items: object
+    positions: np.ndarray
 
     def __len__(self):
         return len(self.items)
