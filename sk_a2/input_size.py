@@ -11,78 +11,19 @@ A ViT cuts its square input into ``patch × patch`` pixel patches, so ``image_si
   and which takes minutes per image on a CPU. Larger inputs are not a sensible use of A² (the
   paper's models run at 224 px); resize the images instead.
 
-The patch size of a named model is read without building its weights: from the open_clip model
-config, or from the timm model built on PyTorch's ``meta`` device (no memory, no download).
+The patch size of a named model is read by its backend without building its weights
+(:meth:`sk_a2.backends.base.Backend.patch_size`): from the open_clip model config, or from the
+timm model built on PyTorch's ``meta`` device (no memory, no download).
 """
 
 from __future__ import annotations
 
 import numbers
 
-__all__ = ["MAX_GRID", "check_input_size", "module_patch_size", "named_patch_size"]
+__all__ = ["MAX_GRID", "check_input_size"]
 
 #: Largest number of patches per side of the model input.
 MAX_GRID = 128
-
-_PATCH_SIZES: dict = {}  # (library, arch) -> patch size
-
-
-def _side(size) -> int:
-    if isinstance(size, (tuple, list)):
-        if len(set(size)) != 1:
-            raise ValueError(f"only square patches are supported, this model has {tuple(size)}")
-        size = size[0]
-    return int(size)
-
-
-def module_patch_size(module, library):
-    """Patch side of a timm ViT or an open_clip CLIP model (``None`` if it has none)."""
-    if library == "timm":
-        size = getattr(getattr(module, "patch_embed", None), "patch_size", None)
-    else:
-        size = getattr(getattr(module, "visual", None), "patch_size", None)
-    return None if size is None else _side(size)
-
-
-def named_patch_size(library, arch):
-    """Patch side of a model by library and architecture, without loading weights.
-
-    Parameters
-    ----------
-    library : {"timm", "imgfocus", "open_clip"}
-    arch : str
-        timm model name (a pretrained tag after a dot is ignored) or open_clip architecture.
-
-    Returns
-    -------
-    int or None
-        ``None`` when the architecture is unknown (the model loader reports that).
-    """
-    key = (library, arch)
-    if key not in _PATCH_SIZES:
-        _PATCH_SIZES[key] = _lookup_patch_size(library, arch)
-    return _PATCH_SIZES[key]
-
-
-def _lookup_patch_size(library, arch):
-    if library == "open_clip":
-        import open_clip
-
-        cfg = open_clip.get_model_config(arch) or {}
-        size = cfg.get("vision_cfg", {}).get("patch_size")
-        return None if size is None else _side(size)
-    import timm
-    import torch
-
-    name = arch.split(".")[0]
-    if not timm.is_model(name):
-        return None
-    try:
-        with torch.device("meta"):
-            module = timm.create_model(name, pretrained=False, num_classes=0)
-    except Exception:  # not buildable this way: the real load reports the problem
-        return None
-    return module_patch_size(module, "timm")
 
 
 def check_input_size(image_size, patch_size, model_name) -> int:

@@ -13,10 +13,11 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 from ._base import MODEL_CONSTRAINTS, ImageModelMixin
 from ._data import autocast
 from ._param_validation import SequenceOf, StrOptions, validate_params
+from .backends import get_backend
 from .cropset import CropSet
 from .embedder import embed_boxes, embedding_boxes
 from .images import as_sources
-from .models import WeightsUnavailableError, resolve_model_spec
+from .models import resolve_model_spec
 
 __all__ = ["CROP_AGGREGATIONS", "ZeroShotCLIPClassifier"]
 
@@ -163,7 +164,7 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         validate_params(self)
 
     def _load(self):
-        if isinstance(self.model, str) and resolve_model_spec(self.model).library != "open_clip":
+        if isinstance(self.model, str) and not _has_text_tower(self.model):
             raise ValueError(
                 f"ZeroShotCLIPClassifier needs an open_clip CLIP model (image and text towers); "
                 f"{self.model!r} is a vision-only model. Use e.g. 'openclip_vitl14' or "
@@ -171,7 +172,7 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
             )
         vm = super()._load()
         module = vm.module
-        if vm.library != "open_clip" or not all(
+        if not vm.backend.has_text_tower or not all(
             hasattr(module, a) for a in ("encode_text", "encode_image", "logit_scale")
         ):
             raise ValueError(
@@ -182,22 +183,9 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ text side
 
-    def _tokenizer(self, vm):
-        import open_clip
-
-        if vm.arch is None:
-            context_length = getattr(vm.module, "context_length", None)
-            return open_clip.get_tokenizer(context_length=context_length)
-        try:
-            return open_clip.get_tokenizer(vm.arch)
-        except OSError as exc:
-            raise WeightsUnavailableError(
-                f"the tokenizer of model {vm.name!r} ({vm.arch}) is not available offline: {exc}"
-            ) from exc
-
     @torch.no_grad()
     def _encode_text(self, vm, classnames, templates):
-        tokenizer = self._tokenizer(vm)
+        tokenizer = vm.backend.tokenizer(vm)
         texts = [t.format(c) for c in classnames for t in templates]
         chunks = []
         for i in range(0, len(texts), self.batch_size):
@@ -341,6 +329,10 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         """
         log_proba = self.predict_log_proba(X)
         return self.classes_[np.argmax(log_proba, axis=1)]
+
+
+def _has_text_tower(model: str) -> bool:
+    return get_backend(resolve_model_spec(model).library).has_text_tower
 
 
 def _check_classnames(classnames, classes) -> list[str]:

@@ -23,9 +23,9 @@ from sklearn.pipeline import Pipeline
 import sk_a2._base
 import sk_a2.cache
 import sk_a2.cropper
-import sk_a2.models
 import sk_a2.weights
 from sk_a2 import AttentionCropper, CropEmbedder
+from sk_a2.backends import get_backend
 from sk_a2.cache import DiskCache, file_digest
 from sk_a2.images import load_rgb
 from sk_a2.models import load_model
@@ -410,7 +410,7 @@ def test_image_size_is_checked_against_the_patch_size(tiny_vit_file, image_size,
     def no_build(*args, **kwargs):
         raise AssertionError("a model was built")
 
-    monkeypatch.setattr(sk_a2.models, "_load_named", no_build)
+    monkeypatch.setattr(type(get_backend("timm")), "load", no_build)
     for est in (AttentionCropper("timm:test_vit", weights=tiny_vit_file, image_size=image_size,
                                  crop_sizes=(8,), device="cpu"),
                 CropEmbedder("timm:test_vit", weights=tiny_vit_file, image_size=image_size,

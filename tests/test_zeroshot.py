@@ -261,9 +261,9 @@ def test_example_runs_with_tiny_models(clip):
 
 
 def test_example_explains_missing_weights(monkeypatch, capsys):
-    import sk_a2.models
+    import sk_a2.backends.hub
 
-    monkeypatch.setattr(sk_a2.models, "_hf_cached", lambda *a, **k: False)
+    monkeypatch.setattr(sk_a2.backends.hub, "hf_cached", lambda *a, **k: False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert _load_example().main(["--clip-model", "openclip_vitl14", "--device", "cpu"]) == 2
     err = capsys.readouterr().err

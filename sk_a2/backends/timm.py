@@ -1,0 +1,176 @@
+"""timm vision transformers (DINO, DINOv2, DINOv3, MAE, any ``"timm:<name>"``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from . import register_backend
+from .base import Backend, ModelSpec, square_side
+from .hub import WeightsUnavailableError, hf_reachable, host_reachable, unavailable
+
+__all__ = ["TimmBackend"]
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@register_backend
+class TimmBackend(Backend):
+    name = "timm"
+    name_hint = "any timm model as 'timm:<name>'"
+
+    def parse(self, model, rest):
+        return ModelSpec(model, self.name, rest) if rest else None
+
+    def load(self, spec, weights, image_size, device):
+        module = create_timm(spec, weights, image_size)
+        return self.finish(module, spec, image_size, device, *self.mean_std(module))
+
+    def patch_size(self, spec):
+        import timm
+
+        name = spec.arch.split(".")[0]
+        if not timm.is_model(name):
+            return None
+        try:  # on the meta device: no memory, no weights
+            with torch.device("meta"):
+                module = timm.create_model(name, pretrained=False, num_classes=0)
+        except Exception:  # not buildable this way: the real load reports the problem
+            return None
+        return self.module_patch_size(module)
+
+    def module_patch_size(self, module):
+        return square_side(getattr(getattr(module, "patch_embed", None), "patch_size", None))
+
+    def claims(self, module):
+        return hasattr(module, "blocks") and hasattr(module, "patch_embed")
+
+    def module_name(self, module):
+        return getattr(module, "default_cfg", {}).get("architecture", type(module).__name__)
+
+    def native_image_size(self, module):
+        return module.patch_embed.img_size
+
+    def set_image_size(self, module, image_size):
+        if not hasattr(module, "set_input_size"):
+            super().set_image_size(module, image_size)
+        module.set_input_size(img_size=image_size)
+
+    def mean_std(self, module, spec=None):
+        cfg = getattr(module, "pretrained_cfg", None) or {}
+        return cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+
+    def is_vit(self, module):
+        return (hasattr(module, "blocks") and hasattr(module, "patch_embed")
+                and all(hasattr(b, "attn") for b in module.blocks))
+
+    def anatomy(self, module):
+        return dict(num_prefix_tokens=getattr(module, "num_prefix_tokens", 1),
+                    grid_size=module.patch_embed.grid_size,
+                    attn_modules=[blk.attn for blk in module.blocks],
+                    embed_dim=module.num_features)
+
+    def forward_tokens(self, vm, x):
+        return vm.module.forward_features(x)
+
+    def embed(self, vm, x):
+        tokens = vm.module.forward_features(x)
+        if vm.num_prefix_tokens == 0:
+            raise ValueError(f"model {vm.name!r} has no CLS token to embed with")
+        cls = tokens[:, 0]
+        fc_norm = getattr(vm.module, "fc_norm", None)
+        if isinstance(getattr(vm.module, "norm", None), nn.Identity) and fc_norm is not None:
+            cls = fc_norm(cls)
+        return cls
+
+
+def create_timm(spec: ModelSpec, weights, image_size):
+    """``timm.create_model`` of ``spec.arch`` with its checkpoint (or ``weights``), checked."""
+    import timm
+
+    arch = spec.arch
+    if not timm.is_model(arch.split(".")[0]):
+        raise ValueError(f"timm has no model {arch!r} (model={spec.name!r})")
+    kwargs = dict(pretrained=True, num_classes=0, img_size=image_size)
+    if weights is not None:
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
+    else:
+        ensure_timm_weights_reachable(spec)
+    with CaptureLogs("timm.models._builder") as records:
+        try:
+            module = timm.create_model(arch, **kwargs)
+        except TypeError as exc:
+            if "img_size" not in str(exc):
+                raise
+            raise ValueError(f"timm model {arch!r} is not a vision transformer") from exc
+        except RuntimeError as exc:
+            if weights is None:
+                raise
+            raise ValueError(
+                f"weights file {str(weights)!r} does not fit model {spec.name!r} ({arch}): {exc}"
+            ) from exc
+    missing = [r.getMessage() for r in records if r.getMessage().startswith("Missing keys")]
+    if missing:  # the model has no classifier (num_classes=0): every missing key is a real gap
+        source = str(weights) if weights is not None else "the downloaded checkpoint"
+        raise ValueError(
+            f"weights from {source} do not fit model {spec.name!r} ({arch}): {missing[0]}"
+        )
+    return module
+
+
+class CaptureLogs:
+    """Collect the records of one logger (timm reports key mismatches only as log lines)."""
+
+    def __init__(self, name):
+        self.logger = logging.getLogger(name)
+        self.records = []
+        self.handler = logging.Handler(logging.DEBUG)
+        self.handler.emit = self.records.append
+
+    def __enter__(self):
+        self.level = self.logger.level
+        self.logger.addHandler(self.handler)
+        if self.logger.getEffectiveLevel() > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+        return self.records
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+        return False
+
+
+def ensure_timm_weights_reachable(spec: ModelSpec) -> None:
+    """Return if the pretrained checkpoint is cached or downloadable, else raise."""
+    import timm
+
+    arch, _, tag = spec.arch.partition(".")
+    cfgs = timm.models.get_arch_pretrained_cfgs(arch)
+    if tag:
+        cfg = cfgs.get(spec.arch)
+    else:  # timm lists the default tag first
+        cfg = next(iter(cfgs.values()), None)
+    if cfg is None:
+        known = ", ".join(cfgs) or "none"
+        raise WeightsUnavailableError(
+            f"timm knows no pretrained checkpoint {spec.arch!r} (model {spec.name!r}; known tags: "
+            f"{known}); pass weights='path/to/state_dict.safetensors'"
+        )
+    hf_hub_id = getattr(cfg, "hf_hub_id", None)
+    url = getattr(cfg, "url", None)
+    if hf_hub_id:
+        return hf_reachable(spec.name, hf_hub_id)
+    if url:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+        if cached.is_file() or host_reachable(url):
+            return
+        raise unavailable(spec.name, url, str(cached.parent))
+    raise WeightsUnavailableError(
+        f"timm has no download location for {spec.arch!r} (model {spec.name!r}); "
+        "pass weights='path/to/state_dict.safetensors'"
+    )
