@@ -117,10 +117,8 @@ def _position_embeddings(graph, params: dict):
 
     Parameters
     ----------
-    graph : onnx.GraphProto
-        The graph to inspect.
-    params : dict
-        Initializer name to numpy array.
+    graph, params
+        As in :func:`_linear_weights`.
 
     Returns
     -------

@@ -14,13 +14,12 @@ header of a file, the shape of an array). Their ``scores`` are NaN, since there 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
@@ -28,23 +27,18 @@ from sklearn.utils.validation import check_is_fitted
 from ._param_validation import RANDOM_STATE, validate_params
 from .crops import CropOverlapWarning
 from .cropset import CROP_CONSTRAINTS, CropSet, effective_crop_sizes, to_original
-from .images import as_sources
+from .images import as_sources, exif_orientation, image_digest, open_image
 
 __all__ = ["CenterCropper", "RandomCropper", "image_sizes"]
 
 # EXIF orientations that swap width and height once applied (transpose, rotations by 90 deg).
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
-_EXIF_ORIENTATION = 0x0112
 
 
 def _pil_size(img: Image.Image) -> tuple[int, int]:
     """``(height, width)`` of a PIL image after its EXIF orientation, as ``load_rgb`` sees it."""
     w, h = img.size
-    try:
-        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception:
-        orientation = 1
-    if orientation in _SWAPPING_ORIENTATIONS:
+    if exif_orientation(img) in _SWAPPING_ORIENTATIONS:
         h, w = w, h
     return int(h), int(w)
 
@@ -57,16 +51,8 @@ def _source_size(source, index: int) -> tuple[int, int]:
         return int(source.shape[0]), int(source.shape[1])
     if isinstance(source, Image.Image):
         return _pil_size(source)
-    path = Path(os.fspath(source))
-    try:
-        with Image.open(path) as img:
-            return _pil_size(img)
-    except FileNotFoundError:
-        raise ValueError(f"{where}: image file {str(path)!r} does not exist") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(
-            f"{where}: cannot read image file {str(path)!r} ({type(exc).__name__}: {exc})"
-        ) from None
+    with open_image(Path(os.fspath(source)), where) as img:
+        return _pil_size(img)
 
 
 def image_sizes(X) -> np.ndarray:
@@ -110,18 +96,9 @@ class _BaselineCropper(TransformerMixin, BaseEstimator):
                                                      self.image_size)
 
     def fit(self, X=None, y=None):
-        """Check the parameters.
+        """Check the parameters; return ``self``.
 
-        Nothing is learned from ``X``.
-
-        Parameters
-        ----------
-        X : ignored
-        y : ignored
-
-        Returns
-        -------
-        self
+        Nothing is learned from ``X`` and ``y`` (both ignored).
         """
         _, self.crop_sizes_ = self._validate()
         return self
@@ -130,11 +107,12 @@ class _BaselineCropper(TransformerMixin, BaseEstimator):
         raise NotImplementedError
 
     def transform(self, X):
-        """Choose the crops of each image.
+        """Place the crops of each image; only the image sizes are read.
 
         Parameters
         ----------
         X : sequence of image sources, or (n, H, W, 3) uint8 array
+            Files are opened for their header only.
 
         Returns
         -------
@@ -222,7 +200,7 @@ class RandomCropper(_BaselineCropper):
         Crop sides in pixels of the ``image_size`` frame; used largest first.
     n_crops : int, default=None
         ``None``: one crop per size. ``k``: the first ``k`` sizes, the last size repeating when
-        ``k`` exceeds them (as :class:`~sk_a2.AttentionCropper`).
+        ``k`` exceeds them (as :class:`~sk_a2.AttentionCropper`); each repeat is a new box.
     image_size : int, default=224
         Side of the square frame the crop sizes refer to (the embedding model's input).
     random_state : int, RandomState instance or None, default=None
@@ -255,18 +233,9 @@ class RandomCropper(_BaselineCropper):
         self.random_state = random_state
 
     def fit(self, X=None, y=None):
-        """Check the parameters and draw ``seed_`` from ``random_state``.
+        """Check the parameters and draw ``seed_`` from ``random_state``; return ``self``.
 
-        Nothing is learned from ``X``.
-
-        Parameters
-        ----------
-        X : ignored
-        y : ignored
-
-        Returns
-        -------
-        self
+        Nothing is learned from ``X`` and ``y`` (both ignored).
         """
         super().fit(X, y)
         self.seed_ = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
@@ -276,7 +245,9 @@ class RandomCropper(_BaselineCropper):
         boxes = np.zeros((len(hw), len(sizes), 4), dtype=np.int64)
         n_overlapping = 0
         for i in range(len(hw)):
-            rng = np.random.default_rng([self.seed_, *_digest_words(sources[i])])
+            digest = image_digest(sources[i])
+            words = [int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")]
+            rng = np.random.default_rng([self.seed_, *words])
             boxes[i], n_over = _random_boxes(rng, image_size, sizes)
             n_overlapping += n_over
         if n_overlapping:
@@ -288,21 +259,6 @@ class RandomCropper(_BaselineCropper):
                 stacklevel=3,
             )
         return boxes
-
-
-def _digest_words(source) -> list[int]:
-    """Two 64-bit words identifying an image source (see :class:`RandomCropper`)."""
-    h = hashlib.blake2b(digest_size=16)
-    if isinstance(source, np.ndarray):
-        h.update(b"array" + repr((source.shape, source.dtype.str)).encode())
-        h.update(np.ascontiguousarray(source).tobytes())
-    elif isinstance(source, Image.Image):
-        h.update(b"pil" + repr((source.mode, source.size)).encode())
-        h.update(source.tobytes())
-    else:
-        h.update(b"path" + os.path.abspath(os.fspath(source)).encode("utf-8", "surrogatepass"))
-    digest = h.digest()
-    return [int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")]
 
 
 def _random_boxes(rng, image_size, sizes):

@@ -55,25 +55,19 @@ def digest(*parts) -> str:
 
 
 def image_key(source) -> str:
-    """Digest of an image source's content (file bytes, or pixels with dtype and shape)."""
+    """Digest of an image source's content: a file's bytes, or an in-memory image's
+    :func:`~sk_a2.images.image_digest`."""
     from PIL import Image
 
-    h = hashlib.blake2b(digest_size=20)
-    if isinstance(source, np.ndarray):
-        arr = np.ascontiguousarray(source)
-        h.update(f"array:{arr.dtype.str}:{arr.shape}".encode())
-        h.update(arr.data)
-    elif isinstance(source, Image.Image):
-        orientation = source.getexif().get(0x0112, 1)
-        h.update(f"pil:{source.mode}:{source.size}:{orientation}".encode())
-        h.update(source.tobytes())
-    else:
-        try:
-            return "file:" + file_digest(source)
-        except OSError:
-            # unreadable: a key that is never stored, so the loader reports the real error
-            return "unreadable:" + os.fspath(source)
-    return h.hexdigest()
+    from .images import image_digest
+
+    if isinstance(source, (np.ndarray, Image.Image)):
+        return image_digest(source).hex()
+    try:
+        return "file:" + file_digest(source)
+    except OSError:
+        # unreadable: a key that is never stored, so the loader reports the real error
+        return "unreadable:" + os.fspath(source)
 
 
 _FILE_DIGESTS: dict = {}  # grows with the files seen: one short string each

@@ -245,7 +245,7 @@ class DFRClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            Features.
+            Features, standardised with the scaler fitted on the retraining part.
 
         Returns
         -------
@@ -281,7 +281,7 @@ class DFRClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            Features.
+            Features; their :meth:`decision_function` scores go through the sigmoids.
 
         Returns
         -------

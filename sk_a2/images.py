@@ -26,8 +26,10 @@ files you trust.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,11 +37,72 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
-    "Subset", "as_sources", "decompression_bomb_error", "load_resized", "load_rgb", "position", "resize_rgb", "take",
+    "EXIF_ORIENTATION",
+    "Subset",
+    "as_sources",
+    "decompression_bomb_error",
+    "exif_orientation",
+    "image_digest",
+    "load_resized",
+    "load_rgb",
+    "open_image",
+    "position",
+    "resize_rgb",
+    "take",
 ]
 
 #: PIL resampling used to bring every image to the model's square input.
 RESAMPLE = Image.BICUBIC
+
+#: The EXIF tag of the orientation applied when pixels are loaded.
+EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1 to 8) of a PIL image; 1 (none) when absent or unreadable."""
+    try:
+        return int(img.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:
+        return 1
+
+
+@contextmanager
+def open_image(path, where: str):
+    """``PIL.Image.open(path)`` whose failures (also inside the block) are ``ValueError`` s naming
+    ``where`` and the file."""
+    try:
+        with Image.open(path) as img:
+            yield img
+    except FileNotFoundError:
+        raise ValueError(f"{where}: image file {str(path)!r} does not exist") from None
+    except Image.DecompressionBombError as exc:
+        raise decompression_bomb_error(path, exc, where) from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(
+            f"{where}: cannot read image file {str(path)!r} ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def image_digest(source) -> bytes:
+    """16 bytes identifying an image source without reading a file.
+
+    An array by its dtype, shape and pixels; a PIL image by its mode, size, EXIF orientation
+    (when not 1) and pixels; a path by its absolute form (see :func:`sk_a2.cache.image_key` for
+    the identity of a file's content).
+    """
+    h = hashlib.blake2b(digest_size=16)
+    if isinstance(source, np.ndarray):
+        h.update(b"array" + repr((source.shape, source.dtype.str)).encode())
+        h.update(np.ascontiguousarray(source).tobytes())
+    elif isinstance(source, Image.Image):
+        h.update(b"pil" + repr((source.mode, source.size)).encode())
+        orientation = exif_orientation(source)
+        if orientation != 1:
+            h.update(b"orientation %d" % orientation)
+        h.update(source.tobytes())
+    else:
+        h.update(b"path" + os.path.abspath(os.fspath(source)).encode("utf-8", "surrogatepass"))
+    return h.digest()
 
 
 def as_sources(X, *, name="X"):
@@ -161,18 +224,9 @@ def load_rgb(source, index=None) -> np.ndarray:
         return _pil_rgb(source, where)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        try:
-            with Image.open(path) as img:
-                img.load()
-                return _pil_rgb(img, f"{where} ({str(path)!r})")
-        except FileNotFoundError:
-            raise ValueError(f"{where}: image file {str(path)!r} does not exist") from None
-        except Image.DecompressionBombError as exc:
-            raise decompression_bomb_error(path, exc, where) from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise ValueError(
-                f"{where}: cannot read image file {str(path)!r} ({type(exc).__name__}: {exc})"
-            ) from None
+        with open_image(path, where) as img:
+            img.load()
+            return _pil_rgb(img, f"{where} ({str(path)!r})")
     raise ValueError(f"{where} is a {type(source).__name__}: expected a path, PIL image or array")
 
 

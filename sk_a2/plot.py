@@ -21,14 +21,22 @@ import numpy as np
 from .cropset import CropSet
 from .images import as_sources, load_rgb
 
-__all__ = ["fade_outside", "plot_crop_grid", "plot_crops", "save_figure", "save_overlays"]
+__all__ = [
+    "fade_outside",
+    "plot_crop_grid",
+    "plot_crops",
+    "require_matplotlib",
+    "save_figure",
+    "save_overlays",
+]
 
 _INSTALL_HINT = 'pip install "sk-a2[plot]"'
 #: Outline colours of the 1st, 2nd, ... crop (cycled).
 BOX_COLORS = ("#00ff66", "#00d0ff", "#ffdd00", "#ff3df5", "#ff7a00", "#ffffff")
 
 
-def _matplotlib():
+def require_matplotlib():
+    """matplotlib's modules used here, or an ImportError saying how to install them."""
     try:
         import matplotlib
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -37,6 +45,9 @@ def _matplotlib():
     except ImportError as exc:
         raise ImportError(f"plotting needs matplotlib: {_INSTALL_HINT}") from exc
     return matplotlib, Figure, FigureCanvasAgg, Rectangle
+
+
+_matplotlib = require_matplotlib  # former name, kept for existing callers
 
 
 def _check_boxes(boxes):
@@ -117,7 +128,7 @@ def plot_crops(image, boxes, attention=None, ax=None, *, fade=0.6, heatmap_alpha
     -------
     matplotlib.axes.Axes
     """
-    _, Figure, _, Rectangle = _matplotlib()
+    _, Figure, _, Rectangle = require_matplotlib()
     rgb = fade_outside(image, boxes, fade)
     boxes = _check_boxes(boxes)
     h, w = rgb.shape[:2]
@@ -173,7 +184,7 @@ def plot_crop_grid(images, cropset, attention_maps=None, ncols=4, titles=None, *
     -------
     matplotlib.figure.Figure
     """
-    _, Figure, _, _ = _matplotlib()
+    _, Figure, _, _ = require_matplotlib()
     if not isinstance(cropset, CropSet):
         raise ValueError(f"cropset must be a CropSet, got {type(cropset).__name__}")
     sources = cropset.images if images is None else as_sources(images, name="images")
@@ -209,7 +220,7 @@ def plot_crop_grid(images, cropset, attention_maps=None, ncols=4, titles=None, *
 
 def save_figure(fig, path, *, dpi=100):
     """Write a figure to ``path`` with the Agg backend (PNG unless the suffix says otherwise)."""
-    _, _, FigureCanvasAgg, _ = _matplotlib()
+    _, _, FigureCanvasAgg, _ = require_matplotlib()
     FigureCanvasAgg(fig)
     path = Path(path)
     fig.savefig(path, dpi=dpi)
@@ -265,7 +276,7 @@ def save_overlays(cropper, X, out_dir, *, cropset=None, attention_maps=None, hea
     from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted
 
-    _matplotlib()
+    require_matplotlib()
     sources = as_sources(X)
     n = len(sources)
     if names is None:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from ._common import SPLIT_NAMES, decoding, make_bunch, member_path, missing_file_error
+from ._common import (
+    SPLIT_NAMES,
+    decoding,
+    make_bunch,
+    member_path,
+    missing_file_error,
+    read_fields,
+    resolve_root,
+)
 
 CELEBA_SOURCE = (
     "CelebA (Liu et al., 2015, 'Deep Learning Face Attributes in the Wild') can be downloaded "
@@ -108,17 +114,13 @@ def _read_attributes(path):
 
 def _read_partition(path):
     partition = {}
-    with open(path, encoding="utf-8") as handle, decoding(path, "CelebA partition file"):
-        for line_number, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
-                raise ValueError(
-                    f"CelebA partition file {str(path)!r}, line {line_number}: expected "
-                    f"'<file name> <0|1|2>', got {line.strip()!r}. {CELEBA_SOURCE}"
-                )
-            partition[fields[0]] = SPLIT_NAMES[int(fields[1])]
+    for line_number, fields, line in read_fields(path, "CelebA partition file"):
+        if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+            raise ValueError(
+                f"CelebA partition file {str(path)!r}, line {line_number}: expected "
+                f"'<file name> <0|1|2>', got {line.strip()!r}. {CELEBA_SOURCE}"
+            )
+        partition[fields[0]] = SPLIT_NAMES[int(fields[1])]
     return partition
 
 
@@ -147,16 +149,8 @@ def load_celeba(root):
     ValueError
         If a text file is malformed or an image has no partition.
     """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"Dataset root {str(root)!r} does not exist or is not a folder; expected it to "
-            f"contain list_attr_celeba.txt. {CELEBA_SOURCE}"
-        )
-    has_files = any((root / name).exists() for name in ("list_attr_celeba.txt", "Anno"))
-    if not has_files and (root / "celeba").is_dir():
-        root = root / "celeba"
-    root = root.resolve()
+    root = resolve_root(root, ("list_attr_celeba.txt", "Anno"), ("celeba",),
+                        "CelebA attribute file", CELEBA_SOURCE)
     attr_path = _find(
         root, ("list_attr_celeba.txt", "Anno/list_attr_celeba.txt"), "CelebA attribute file"
     )
@@ -182,14 +176,7 @@ def load_celeba(root):
         for row, name in enumerate(filenames, start=1)
     ]
     return make_bunch(
-        images=images,
-        target=target,
-        groups=2 * target + spurious,
-        split=[partition[name] for name in filenames],
-        spurious=spurious,
-        target_names=TARGET_NAMES,
-        group_names=GROUP_NAMES,
-        spurious_names=SPURIOUS_NAMES,
-        descr=DESCR,
-        root=root,
+        images, target, 2 * target + spurious, [partition[name] for name in filenames], spurious,
+        target_names=TARGET_NAMES, group_names=GROUP_NAMES, spurious_names=SPURIOUS_NAMES,
+        descr=DESCR, root=root,
     )

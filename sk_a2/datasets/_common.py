@@ -67,8 +67,9 @@ def resolve_root(root, marker, candidates, what, source):
     ----------
     root : path-like
         Folder passed by the user.
-    marker : str
-        Relative path of a file or folder that identifies the dataset folder.
+    marker : str or tuple of str
+        Relative path of a file or folder that identifies the dataset folder (or several, any
+        of which does; the first is named in errors).
     candidates : sequence of str
         Sub-folder names of ``root`` that are also searched (usual archive names).
     what, source : str
@@ -84,16 +85,28 @@ def resolve_root(root, marker, candidates, what, source):
     FileNotFoundError
         If ``root`` does not exist or no candidate folder contains ``marker``.
     """
+    markers = (marker,) if isinstance(marker, str) else tuple(marker)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(
             f"Dataset root {str(root)!r} does not exist or is not a folder; expected it to "
-            f"contain {marker!r}. {source}"
+            f"contain {markers[0]!r}. {source}"
         )
     for folder in (root, *(root / name for name in candidates)):
-        if (folder / marker).exists():
+        if any((folder / m).exists() for m in markers):
             return folder.resolve()
-    raise missing_file_error(what, root / marker, source)
+    raise missing_file_error(what, root / markers[0], source)
+
+
+def read_fields(path, what="text file"):
+    """Yield ``(line_number, fields, line)`` for each non-blank line of a whitespace-separated
+    text file (``fields`` from ``line.split()``); a file that is not UTF-8 is a ``ValueError``
+    naming it as ``what``."""
+    with open(path, encoding="utf-8") as handle, decoding(path, what):
+        for line_number, line in enumerate(handle, start=1):
+            fields = line.split()
+            if fields:
+                yield line_number, fields, line
 
 
 def read_csv_rows(path, required_columns, what, source):
@@ -288,22 +301,13 @@ def hold_out_val(split, groups, val_size, random_state):
     return split
 
 
-def make_bunch(
-    *,
-    images,
-    target,
-    groups,
-    split,
-    target_names,
-    group_names,
-    spurious,
-    spurious_names,
-    descr,
-    root,
-    boxes=None,
-    **extra,
-):
-    """Assemble the :class:`~sklearn.utils.Bunch` returned by every loader."""
+def make_bunch(images, target, groups, split, spurious, *, target_names, group_names,
+               spurious_names, descr, root, boxes=None, **extra):
+    """Assemble the :class:`~sklearn.utils.Bunch` returned by every loader.
+
+    The five per-image fields (``images``, ``target``, ``groups``, ``split``, ``spurious``) may
+    be passed by position, in that order.
+    """
     bunch = Bunch(
         images=np.asarray(images, dtype=object),
         target=np.asarray(target, dtype=np.int64),

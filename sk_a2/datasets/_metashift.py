@@ -176,16 +176,9 @@ def load_metashift_cvd(root, *, val_size=0.0, random_state=0):
     groups = 2 * target + context_index
     split = hold_out_val(np.asarray(split, dtype="<U5"), groups, val_size, random_state)
     return make_bunch(
-        images=images,
-        target=target,
-        groups=groups,
-        split=split,
-        spurious=context_index,
-        target_names=CVD_TARGET_NAMES,
-        group_names=CVD_GROUP_NAMES,
-        spurious_names=CVD_CONTEXT_NAMES,
-        descr=CVD_DESCR,
-        root=base,
+        images, target, groups, split, context_index,
+        target_names=CVD_TARGET_NAMES, group_names=CVD_GROUP_NAMES,
+        spurious_names=CVD_CONTEXT_NAMES, descr=CVD_DESCR, root=base,
     )
 
 
@@ -256,15 +249,9 @@ def load_metashift_animals(root, *, metadata="metadata.csv", val_size=0.0, rando
     groups = np.asarray([pair_index[pair] for pair in zip(target.tolist(), contexts)])
     split = hold_out_val(np.asarray(split, dtype="<U5"), groups, val_size, random_state)
     return make_bunch(
-        images=images,
-        target=target,
-        groups=groups,
-        split=split,
-        spurious=context_index,
+        images, target, groups, split, context_index,
         target_names=ANIMAL_CLASSES,
         group_names=[f"{ANIMAL_CLASSES[label]}({context})" for label, context in pairs],
-        spurious_names=context_names,
-        descr=ANIMALS_DESCR,
-        root=folder,
+        spurious_names=context_names, descr=ANIMALS_DESCR, root=folder,
         context=np.asarray(contexts, dtype=object),
     )

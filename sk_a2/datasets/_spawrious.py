@@ -22,36 +22,15 @@ BENCHMARKS = ("o2o_easy", "o2o_medium", "o2o_hard", "m2m_easy", "m2m_medium", "m
 # For each benchmark: training location of bulldog, dachshund, labrador, corgi; their test
 # locations; and, for O2O, the location of the filler images shared by every class.
 _COMBINATIONS = {
-    "o2o_easy": (
-        ("desert", "jungle", "dirt", "snow"),
-        ("dirt", "snow", "desert", "jungle"),
-        "beach",
-    ),
-    "o2o_medium": (
-        ("mountain", "beach", "dirt", "jungle"),
-        ("jungle", "dirt", "beach", "snow"),
-        "desert",
-    ),
-    "o2o_hard": (
-        ("jungle", "mountain", "snow", "desert"),
-        ("mountain", "snow", "desert", "jungle"),
-        "beach",
-    ),
-    "m2m_easy": (
-        ("desert", "mountain", "dirt", "jungle"),
-        ("dirt", "jungle", "mountain", "desert"),
-        None,
-    ),
-    "m2m_medium": (
-        ("beach", "snow", "mountain", "desert"),
-        ("desert", "mountain", "beach", "snow"),
-        None,
-    ),
-    "m2m_hard": (
-        ("dirt", "jungle", "snow", "beach"),
-        ("snow", "beach", "dirt", "jungle"),
-        None,
-    ),
+    name: (tuple(train.split()), tuple(test.split()), filler)
+    for name, train, test, filler in (
+        ("o2o_easy", "desert jungle dirt snow", "dirt snow desert jungle", "beach"),
+        ("o2o_medium", "mountain beach dirt jungle", "jungle dirt beach snow", "desert"),
+        ("o2o_hard", "jungle mountain snow desert", "mountain snow desert jungle", "beach"),
+        ("m2m_easy", "desert mountain dirt jungle", "dirt jungle mountain desert", None),
+        ("m2m_medium", "beach snow mountain desert", "desert mountain beach snow", None),
+        ("m2m_hard", "dirt jungle snow beach", "snow beach dirt jungle", None),
+    )
 }
 _ORDER = ("bulldog", "dachshund", "labrador", "corgi")
 _IMAGES_PER_ENVIRONMENT = 3168
@@ -220,16 +199,8 @@ def load_spawrious(root, benchmark="o2o_hard", *, val_size=0.0, random_state=0):
     groups = len(LOCATION_NAMES) * target + location_index
     split = hold_out_val(np.asarray(split, dtype="<U5"), groups, val_size, random_state)
     return make_bunch(
-        images=images,
-        target=target,
-        groups=groups,
-        split=split,
-        spurious=location_index,
-        target_names=CLASS_NAMES,
-        group_names=GROUP_NAMES,
-        spurious_names=LOCATION_NAMES,
-        descr=DESCR,
-        root=base,
-        environment=np.asarray(environment, dtype=np.int64),
+        images, target, groups, split, location_index,
+        target_names=CLASS_NAMES, group_names=GROUP_NAMES, spurious_names=LOCATION_NAMES,
+        descr=DESCR, root=base, environment=np.asarray(environment, dtype=np.int64),
         benchmark=str(benchmark).lower(),
     )

@@ -15,6 +15,7 @@ from ._common import (
     parse_int,
     parse_split,
     read_csv_rows,
+    read_fields,
     resolve_root,
 )
 
@@ -79,18 +80,14 @@ def _read_cub_boxes(cub_root):
     )
     boxes_path = folder / "bounding_boxes.txt"
     by_id = {}
-    with open(boxes_path, encoding="utf-8") as handle, decoding(boxes_path, "CUB box file"):
-        for line_number, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 5 or not _is_box(fields):
-                raise ValueError(
-                    f"{str(boxes_path)!r}, line {line_number}: expected '<image_id> <x> <y> "
-                    f"<width> <height>', got {line.strip()!r}. {CUB_SOURCE}"
-                )
-            x, y, width, height = (float(value) for value in fields[1:])
-            by_id[int(fields[0])] = (x, y, x + width, y + height)
+    for line_number, fields, line in read_fields(boxes_path, "CUB box file"):
+        if len(fields) != 5 or not _is_box(fields):
+            raise ValueError(
+                f"{str(boxes_path)!r}, line {line_number}: expected '<image_id> <x> <y> "
+                f"<width> <height>', got {line.strip()!r}. {CUB_SOURCE}"
+            )
+        x, y, width, height = (float(value) for value in fields[1:])
+        by_id[int(fields[0])] = (x, y, x + width, y + height)
     by_name = {}
     images_path = folder / "images.txt"
     if images_path.is_file():
@@ -176,16 +173,7 @@ def load_waterbirds(root, *, cub_root=None):
     target = np.asarray(target)
     place = np.asarray(place)
     return make_bunch(
-        images=images,
-        target=target,
-        groups=2 * target + place,
-        split=split,
-        spurious=place,
-        target_names=TARGET_NAMES,
-        group_names=GROUP_NAMES,
-        spurious_names=PLACE_NAMES,
-        descr=DESCR,
-        root=folder,
-        boxes=boxes,
-        img_id=np.asarray(img_id, dtype=np.int64),
+        images, target, 2 * target + place, split, place,
+        target_names=TARGET_NAMES, group_names=GROUP_NAMES, spurious_names=PLACE_NAMES,
+        descr=DESCR, root=folder, boxes=boxes, img_id=np.asarray(img_id, dtype=np.int64),
     )
