@@ -4,6 +4,7 @@ import csv
 import importlib.util
 import json
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -261,6 +262,22 @@ def test_demo_end_to_end(tmp_path, tiny_weights, capsys):
     assert sorted(results["overlays"]) == sorted(
         ["overlays.png"] + [f"overlays/{p.name}" for p in singles]
     )
+    _assert_like_readme_sample(stdout)
+
+
+def _assert_like_readme_sample(stdout):
+    """The README's sample output has the lines the demo prints, in the same order."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("sk-a2 demo --out demo_out", 1)[1].split("```\n", 2)[2]
+    sample = block.split("```", 1)[0].strip().splitlines()
+    printed = stdout.strip().splitlines()
+    assert len(sample) == len(printed)
+    assert [line.split()[0] for line in sample] == [line.split()[0] for line in printed]
+    assert [s[:25] for s in sample[1:7]] == [p[:25] for p in printed[1:7]]
+    pattern = r"Wrote \S+results\.json and \d+ overlay PNGs in \d+ s\."
+    assert re.fullmatch(pattern, sample[-1]) and re.fullmatch(pattern, printed[-1])
 
 
 # ------------------------------------------------------------------ inputs: folders and globs
@@ -370,6 +387,8 @@ EARLY = [
      "CUDA is not available"),
     (["evaluate", "--dataset", "waterbirds", "--root", "{dir}", "--classnames", "a", "b"],
      "--head zs only"),
+    (["evaluate", "--dataset", "waterbirds", "--root", "{dir}", "--head", "zs",
+      "--embedding-model", "dinov2_vits14"], "needs a CLIP model with a text encoder"),
 ]
 
 
@@ -503,3 +522,38 @@ def test_evaluate_datasets_come_from_the_library():
     action = next(a for a in subparsers["evaluate"]._actions if a.dest == "dataset")
     assert list(action.choices) == list_benchmarks()
     assert get_benchmark("spawrious_m2m_hard").loader.keywords == {"benchmark": "m2m_hard"}
+
+
+
+def test_evaluate_scores_match_the_library_pipeline(waterbirds_root, tiny_weights, tmp_path,
+                                                    capsys):
+    from sklearn.linear_model import LogisticRegression
+
+    from sk_a2 import CenterCropper, CropEmbedder
+    from sk_a2.datasets import load_waterbirds
+    from sk_a2.metrics import worst_group_accuracy
+
+    argv = ["evaluate", "--dataset", "waterbirds", "--root", str(waterbirds_root),
+            *_tiny_model_args(tiny_weights, "embedding"), "--cropper", "center",
+            "--crop-sizes", "32,16", "--image-size", "64", "--device", "cpu",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "evaluate_waterbirds_lr.json").read_text())
+
+    data = load_waterbirds(str(waterbirds_root))
+    split, y, groups = np.asarray(data.split), np.asarray(data.target), np.asarray(data.groups)
+    images = np.asarray(data.images, dtype=object)
+    pipeline = [CenterCropper(crop_sizes=(32, 16), image_size=64),
+                CropEmbedder("timm:test_vit", weights=tiny_weights, image_size=64,
+                             device="cpu")]
+
+    def embed(part):
+        crops = pipeline[0].fit_transform(images[split == part].tolist())
+        return pipeline[1].fit_transform(crops)
+
+    head = LogisticRegression(max_iter=5000).fit(embed("train"), y[split == "train"])
+    pred = head.predict(embed("test"))
+    test = split == "test"
+    assert result["accuracy"] == pytest.approx(np.mean(pred == y[test]))
+    assert result["worst_group_accuracy"] == pytest.approx(
+        worst_group_accuracy(y[test], pred, groups=groups[test]))

@@ -202,23 +202,14 @@ def check_extras(command, extras, hint=""):
 
 
 def check_device(device):
-    """``--device``: a torch device name whose CUDA, if named, is present."""
-    import torch
+    """``--device``: one that :func:`sk_a2.device.resolve_device` accepts on this machine."""
+    from ..device import resolve_device
 
-    if device == "auto":
-        return
     try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise CLIError(
-            f"--device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"--device {device}: CUDA is not available on this machine; use "
-                       "--device cpu (or auto)")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise CLIError(f"--device {device}: this machine has {torch.cuda.device_count()} "
-                       "CUDA device(s)")
+        resolve_device(device)
+    except ValueError as exc:
+        message = re.sub(r"^device |\bdevice=", "--device ", " ".join(str(exc).split()))
+        raise CLIError(f"{message}; use --device cpu (or auto)") from None
 
 
 def check_image_size(image_size, models):

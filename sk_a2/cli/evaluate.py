@@ -29,7 +29,9 @@ DESCRIPTION = (
 CROPPERS = ("attention", "center", "random", "none")
 HEADS = {"lr": "LR", "dfr": "DFR", "zs": "zero-shot CLIP"}
 ZS_CROP_SIZES = (128,)
-DEFAULT_EMBEDDING = {"zs": "openclip_vitl14", None: "dinov2_vitg14"}
+#: The paper's embedding model: DINOv2 ViT-g/14, or OpenCLIP ViT-L/14 for the zero-shot head.
+DEFAULT_EMBEDDING = "dinov2_vitg14"
+ZS_EMBEDDING = "openclip_vitl14"
 
 
 def add_parser(subparsers):
@@ -46,8 +48,8 @@ def add_parser(subparsers):
     common.add_model_options(parser, "attention", "dinov2_vits14",
                              "whose CLS attention picks the crops")
     common.add_model_options(parser, "embedding", None, "embedding the crops",
-                             "dinov2_vitg14; openclip_vitl14 for --head zs, which needs an "
-                             "open_clip CLIP model")
+                             f"{DEFAULT_EMBEDDING}; {ZS_EMBEDDING} for --head zs, which needs "
+                             "an open_clip CLIP model")
     parser.add_argument("--cropper", choices=CROPPERS, default="attention",
                         help="how crops are chosen: attention (A²), center or random (the "
                              "paper's baselines), none (full image only) (default: attention)")
@@ -76,7 +78,7 @@ def plan(args):
     return SimpleNamespace(
         benchmark=benchmark,
         crop_sizes=args.crop_sizes or (ZS_CROP_SIZES if zs else benchmark.crop_sizes),
-        embedding_model=args.embedding_model or DEFAULT_EMBEDDING["zs" if zs else None],
+        embedding_model=args.embedding_model or (ZS_EMBEDDING if zs else DEFAULT_EMBEDDING),
     )
 
 
@@ -97,6 +99,17 @@ def check(args, settings):
         raise CLIError("--classnames applies to --head zs only")
     if args.head == "zs":
         zero_shot_class()
+        check_text_tower(settings.embedding_model)
+
+
+def check_text_tower(model):
+    """``--head zs`` needs an embedding model that also encodes text (a CLIP model)."""
+    from ..backends import get_backend
+    from ..models import resolve_model_spec
+
+    if not get_backend(resolve_model_spec(model).library).has_text_tower:
+        raise CLIError(f"--head zs needs a CLIP model with a text encoder as --embedding-model "
+                       f"(e.g. {ZS_EMBEDDING} or 'open_clip:<arch>:<tag>'), got {model!r}")
 
 
 def zero_shot_class():
@@ -166,14 +179,13 @@ def head_label(args, data):
     return HEADS[args.head]
 
 
-def fit_head(args, data, features):
-    """Fit LR or DFR on the fit split of ``features`` (rows of all images)."""
+def fit_head(args, data, X_fit):
+    """Fit LR or DFR on ``X_fit``, the features of the fit split's images."""
     fit = data.masks[data.fit_split]
     info(f"fitting {head_label(args, data)} on the {data.fit_split} split")
     if args.head == "lr":
-        return fit_lr(features[fit], data.y[fit])
-    mode = data.fit_split
-    return fit_dfr(features[fit], data.y[fit], data.groups[fit], mode, args.seed)
+        return fit_lr(X_fit, data.y[fit])
+    return fit_dfr(X_fit, data.y[fit], data.groups[fit], data.fit_split, args.seed)
 
 
 def predict_linear(args, settings, data, cropper):
@@ -183,10 +195,10 @@ def predict_linear(args, settings, data, cropper):
     inputs = crop_inputs(args, cropper, data.images[rows])
     info(f"embedding with {settings.embedding_model}")
     with common.model_errors("--embedding-model", "--embedding-weights"):
-        embedded = build_embedder(args, settings.embedding_model).fit_transform(inputs)
-    features = np.zeros((len(data.images), embedded.shape[1]), dtype=embedded.dtype)
-    features[rows] = embedded
-    return fit_head(args, data, features).predict(features[te])
+        features = build_embedder(args, settings.embedding_model).fit_transform(inputs)
+    row_of = np.full(len(data.images), -1, dtype=np.int64)  # image index -> row of features
+    row_of[rows] = np.arange(len(rows))
+    return fit_head(args, data, features[row_of[fit]]).predict(features[row_of[te]])
 
 
 def predict_zero_shot(args, settings, data, cropper):
