@@ -564,3 +564,15 @@ def test_cli_turns_hostile_input_into_one_error_line(case, tmp_path, tiny_vit_fi
     assert re.match(r"sk-a2( \w+)?: error: ", lines[0]), lines[0]
     assert needle in lines[0] and "Traceback" not in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_nan_embeddings_of_crops_cut_from_the_originals(tmp_path, tiny_vit_file):
+    path = _poisoned(tmp_path, tiny_vit_file, ["norm.weight"])
+    X = random_images(2, 64, 64, seed=3)
+    crops = AttentionCropper("timm:test_vit", weights=tiny_vit_file, image_size=64,
+                             crop_sizes=(32,), device="cpu").fit_transform(X)
+    for source in ("resized", "original"):
+        sick = CropEmbedder("timm:test_vit", weights=path, image_size=64, device="cpu",
+                            crop_source=source).fit(crops)
+        with pytest.raises(ValueError, match=r"non-finite .* embeddings for X\[0\], X\[1\]"):
+            sick.transform(crops)
