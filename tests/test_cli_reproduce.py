@@ -205,6 +205,8 @@ def test_defaults_follow_the_paper():
      "Did you mean 'openclip_vitl14'"),
     (["--dataset", "waterbirds", "--val-size", "0.2", "--seeds", "2"],
      "--val-size: waterbirds has its own val split"),
+    (["--dataset", "waterbirds", "--cropper", "adapter", "--seeds", "2"],
+     "--cropper adapter does not combine with --preset, --seeds"),
     (["--dataset", "waterbirds", "--compare", "--center-crop-size", "128"],
      "center crop (128 px) is larger than --image-size 64"),
 ])
@@ -234,3 +236,19 @@ def test_zero_shot_where_to_look_matrix(files, tmp_path, capsys):
     assert [c["head"] for c in cells] == ["zs", "zs"] and result["rows"] == []
     assert [c["attention_model"] for c in cells] == [f"timm:test_vit={files[k]}" for k in "ae"]
     assert "Cross-model matrix" in capsys.readouterr().out
+
+
+def test_crop_source_original_reaches_the_protocol_rows(files, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["evaluate", "--dataset", "waterbirds", "--root", str(files["wb"]), "--seeds", "2",
+            *_models(files), "--crop-sizes", "32", "--crop-source", "original", "--out",
+            str(out)]
+    assert main(argv) == 0
+    result = json.loads((out / "evaluate_waterbirds_lr.json").read_text())
+    [row] = result["rows"]
+    assert row["key"] == "a2_original_lr" and row["crop_source"] == "original"
+    assert result["settings"]["crop_source"] == "original"
+    accuracy, worst = _original_a2_oracle(files, row)
+    assert [s["accuracy"] for s in row["per_seed"]] == [accuracy] * 2
+    assert [s["worst_group_accuracy"] for s in row["per_seed"]] == [worst] * 2
+    capsys.readouterr()

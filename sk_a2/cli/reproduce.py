@@ -169,6 +169,9 @@ def check(args, settings, attention, embedding):
         raise CLIError(f"--val-size must be in (0, 1), got {args.val_size}")
     if args.classnames is not None and args.head != "zs":
         raise CLIError("--classnames applies to --head zs only")
+    if args.cropper not in _METHOD_OF_CROPPER:
+        raise CLIError(f"--cropper {args.cropper} does not combine with --preset, --seeds, "
+                       "--tune, --compare or the model lists; run it without them")
     if args.head == "zs" and (args.tune or args.compare):
         raise CLIError("--tune and --compare fit LR and DFR heads; use them with --head lr "
                        "or dfr")
