@@ -9,7 +9,7 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import MODEL_CONSTRAINTS, ImageModelMixin
+from ._base import MODEL_CONSTRAINTS, ImageModelMixin, check_finite
 from ._data import iter_image_batches
 from ._param_validation import Boolean, Interval, StrOptions, validate_params
 from .attention import HEAD_AGGREGATIONS, aggregate_heads, patch_attention, resolve_layer
@@ -78,6 +78,9 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         The sizes of the crops, in order.
     grid_size_ : tuple of int
         The attention model's patch grid ``(grid_h, grid_w)``.
+    weights_digest_ : str or None
+        Digest of the ``weights`` file's bytes at ``fit`` time (``None`` without a file). A
+        fitted (or unpickled) estimator refuses to run once the file's content differs.
 
     Examples
     --------
@@ -155,7 +158,7 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         self
         """
         sizes = self._validate()
-        vm = self._load()
+        vm = self._fit_model()
         resolve_layer(self.layer, vm.num_layers)
         self.crop_sizes_ = sizes
         self.grid_size_ = vm.grid_size
@@ -198,7 +201,9 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
                 attn, values = (out[0], {"embedding": out[1].cpu().numpy()}) if embed else (out, {})
                 m = aggregate_heads(attn.float(), self.head_aggregation)
                 values["map"] = m.reshape(-1, *vm.grid_size).cpu().numpy()
-                yield todo[start:start + len(hw)], {"image_size": hw, **values}
+                rows = todo[start:start + len(hw)]
+                check_finite(values["map"], "attention maps", vm, sources, rows)
+                yield rows, {"image_size": hw, **values}
 
         layout = map_entry(vm.grid_size, vm.embed_dim if embed else 0)
         return cached_rows(layout, len(sources), compute, cache, keys)

@@ -59,6 +59,7 @@ __all__ = [
     "TOKEN_SHARES",
     "check_boxes",
     "hits",
+    "layer_attention_maps",
     "layer_cls_attention",
     "localization_report",
     "mass_in_boxes",
@@ -384,25 +385,30 @@ def _cache_keys(cropper, sources, layers, precision):
     return keys
 
 
-def _read_cached(cache, keys, maps, shares, hws):
+def _read_cached(cache, keys, maps, shares, hws, need_shares=True):
     """Fill what the cache holds (maps in the cropper's own entry layout); return the rows still
-    to compute."""
+    to compute. Without ``need_shares``, token shares are not looked up (left unset)."""
     todo = []
     layout = map_entry(maps.shape[2:])
     for i, per_layer in enumerate(keys):
         found = layout.empty(len(per_layer))
-        entries = [(cache.get(km), cache.get(ks)) for km, ks in per_layer]
-        if not all(layout.unpack_into(m, found, li) and s is not None and s.shape == (3,)
+        entries = [(cache.get(km), cache.get(ks) if need_shares else None) for km, ks in per_layer]
+        if not all(layout.unpack_into(m, found, li)
+                   and (not need_shares or (s is not None and s.shape == (3,)))
                    for li, (m, s) in enumerate(entries)):
             todo.append(i)
             continue
         maps[:, i], hws[i] = found["map"], found["image_size"][0]
-        shares[:, i] = [s for _, s in entries]
+        if need_shares:
+            shares[:, i] = [s for _, s in entries]
     return np.asarray(todo, dtype=np.int64)
 
 
-def _layer_maps(cropper, vm, sources, layers):
-    """Maps (L, n, gh, gw), token shares (L, n, 3) and original sizes (n, 2) of all layers."""
+def _layer_maps(cropper, vm, sources, layers, need_shares=True):
+    """Maps (L, n, gh, gw), token shares (L, n, 3) and original sizes (n, 2) of all layers.
+
+    Without ``need_shares``, images whose maps are all cached are not recomputed, and their
+    token shares are left unset."""
     L, n, (gh, gw) = len(layers), len(sources), vm.grid_size
     maps = np.empty((L, n, gh, gw), dtype=np.float32)
     shares = np.empty((L, n, 3), dtype=np.float64)
@@ -412,7 +418,7 @@ def _layer_maps(cropper, vm, sources, layers):
     todo, keys = np.arange(n), None
     if cache is not None:
         keys = _cache_keys(cropper, sources, layers, precision)
-        todo = _read_cached(cache, keys, maps, shares, hws)
+        todo = _read_cached(cache, keys, maps, shares, hws, need_shares)
     if not len(todo):
         return maps, shares, hws
     npt = vm.num_prefix_tokens
@@ -434,6 +440,41 @@ def _layer_maps(cropper, vm, sources, layers):
                 cache.put(km, layout.pack(image_size=hws[r], map=maps[li, r]))
                 cache.put(ks, shares[li, r])
     return maps, shares, hws
+
+
+def layer_attention_maps(cropper, X, layers):
+    """The attention maps of several blocks, all from one forward pass per batch.
+
+    With the cropper's ``cache``, the maps are read from and stored under the keys and in the
+    entry layout the cropper itself uses (:meth:`AttentionCropper.attention_maps`), so that
+    afterwards a clone of ``cropper`` with any of ``layers`` as its ``layer`` chooses its crops of
+    ``X`` without running the model: a search over layers (``GridSearchCV``) costs one pass over
+    the images instead of one per layer.
+
+    Parameters
+    ----------
+    cropper : AttentionCropper
+        A fitted cropper: its model, weights, image size, head aggregation, batch size, device,
+        cache and ``verbose`` are used.
+    X : sequence of image sources, or (n, H, W, 3) uint8 array
+    layers : None, "all" or sequence of int
+        ``None``: the cropper's ``layer``; ``"all"``: every block; negative indices count from
+        the end.
+
+    Returns
+    -------
+    maps : ndarray of shape (len(layers), n, grid_h, grid_w), float32
+        Each map sums to 1; layers in the given order (repeats removed).
+    image_sizes : ndarray of shape (n, 2), int64
+        Original ``(height, width)`` of each image.
+    """
+    check_is_fitted(cropper)
+    sources = as_sources(X)
+    vm = load_model(cropper.model, weights=cropper.weights, image_size=cropper.image_size,
+                    device=resolve_device(cropper.device))
+    layer_idx = _resolve_layers(layers, cropper.layer, vm.num_layers)
+    maps, _, hws = _layer_maps(cropper, vm, sources, layer_idx, need_shares=False)
+    return maps, hws
 
 
 # --------------------------------------------------------------------------------------------
