@@ -9,7 +9,7 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import MODEL_CONSTRAINTS, ImageModelMixin
+from ._base import MODEL_CONSTRAINTS, ImageModelMixin, check_finite
 from ._data import iter_image_batches
 from ._param_validation import Boolean, Interval, StrOptions, validate_params
 from .attention import HEAD_AGGREGATIONS, aggregate_heads, patch_attention, resolve_layer
@@ -91,6 +91,9 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         The sizes of the crops, in order.
     grid_size_ : tuple of int
         The attention model's patch grid ``(grid_h, grid_w)``.
+    weights_digest_ : str or None
+        Digest of the ``weights`` file's bytes at ``fit`` time (``None`` without a file). A
+        fitted (or unpickled) estimator refuses to run once the file's content differs.
 
     Examples
     --------
@@ -174,7 +177,7 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         self
         """
         sizes = self._validate()
-        vm = self._load()
+        vm = self._fit_model()
         resolve_layer(self.layer, vm.num_layers)
         self.crop_sizes_ = sizes
         self.grid_size_ = vm.grid_size
@@ -186,9 +189,9 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         if args["cache"] is None:
             return None
         layer = resolve_layer(self.layer, self._load().num_layers)
-        return [digest("attention-map", args["model_id"], self.image_size, layer,
-                       self.head_aggregation, self._precision("attention"), embed,
-                       image_key(src)) for src in sources]
+        return [attention_map_key(args["model_id"], self.image_size, layer,
+                                  self.head_aggregation, self._precision("attention"),
+                                  image_key(src), embed) for src in sources]
 
     def _compute_maps(self, sources, keys=None, embed=False):
         """Aggregated patch maps ``"map"`` (n, grid_h, grid_w) float32, original sizes
@@ -217,7 +220,9 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
                 attn, values = (out[0], {"embedding": out[1].cpu().numpy()}) if embed else (out, {})
                 m = aggregate_heads(attn.float(), self.head_aggregation)
                 values["map"] = m.reshape(-1, *vm.grid_size).cpu().numpy()
-                yield todo[start:start + len(hw)], {"image_size": hw, **values}
+                rows = todo[start:start + len(hw)]
+                check_finite(values["map"], "attention maps", vm, sources, rows)
+                yield rows, {"image_size": hw, **values}
 
         layout = map_entry(vm.grid_size, vm.embed_dim if embed else 0)
         return cached_rows(layout, len(sources), compute, cache, keys)
@@ -293,6 +298,14 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         up = up / up.sum((-2, -1), keepdim=True).clamp_min(1e-30)
         boxes, scores = greedy_boxes(up, sizes, return_scores=True)
         return to_original(boxes.cpu().numpy(), hws, self.image_size), scores.cpu().numpy()
+
+
+def attention_map_key(model_id, image_size, layer, head_aggregation, precision, image_id,
+                      embed=False) -> str:
+    """Cache key of one image's attention map (``embed``: stored with its full-image
+    embedding)."""
+    return digest("attention-map", model_id, image_size, layer, head_aggregation, precision,
+                  embed, image_id)
 
 
 def map_entry(grid_size, embed_dim=0) -> EntryLayout:

@@ -7,13 +7,19 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import MODEL_CONSTRAINTS, ImageModelMixin
-from ._data import iter_image_batches
-from ._param_validation import PATH, Boolean, Text, validate_params
+from ._base import MODEL_CONSTRAINTS, ImageModelMixin, check_finite
+from ._data import iter_image_batches, resolve_num_workers
+from ._param_validation import PATH, Boolean, StrOptions, Text, validate_params
 from .cache import EntryLayout, cached_rows, digest, image_key, model_key
 from .crops import crop_resize
 from .cropset import CropSet
 from .images import as_sources, take
+from .original_crops import (
+    CROP_SOURCES,
+    OriginalCrops,
+    iter_original_crop_batches,
+    original_boxes,
+)
 from .outputs import open_output
 from .precision import autocast
 from .ray_engine import ENGINE_CONSTRAINTS, check_engine, run_sharded
@@ -56,7 +62,8 @@ def shared_full_embeddings(X, model_id, image_size, precision, resolved):
 
 
 def embed_boxes(vm, sources, boxes, *, size, batch_size, num_workers=0, verbose=False,
-                cache=None, model_id=None, desc="embedding", precision="float32"):
+                cache=None, model_id=None, desc="embedding", originals=None,
+                precision="float32"):
     """Embed every box of every image: (n, m, d) float32.
 
     Each box (in pixels of the image resized to ``size × size``) is cut and resized bilinearly to
@@ -65,19 +72,25 @@ def embed_boxes(vm, sources, boxes, *, size, batch_size, num_workers=0, verbose=
     model's identity), embeddings already known for (image content, box, precision) are read
     back and only the missing boxes are computed. ``precision`` is a resolved precision,
     ``"float32"`` or ``"bfloat16"`` (see :mod:`sk_a2.precision`).
+
+    With ``originals`` (from :func:`crop_inputs`), boxes are cut from the decoded originals
+    instead, in the decoding workers (:mod:`sk_a2.original_crops`), and cached under other keys.
     """
     n, m = boxes.shape[:2]
     keys = None
     if cache is not None:
+        tag = () if originals is None else ("original",)
         keys = [digest("embedding", model_id, size, precision, image_key(src),
-                       tuple(round(v, 4) for v in b))
+                       tuple(round(v, 4) for v in b), *tag)
                 for src, image_boxes in zip(sources, boxes) for b in image_boxes.tolist()]
+    embed = _embed_missing if originals is None else _embed_missing_original
 
     def compute(todo):  # todo: flat (image, box) indices
         missing = np.zeros(n * m, dtype=bool)
         missing[todo] = True
-        for rows, j_idx, emb in _embed_missing(vm, sources, boxes, missing.reshape(n, m), size,
-                                               batch_size, num_workers, verbose, desc, precision):
+        for rows, j_idx, emb in embed(vm, sources, boxes if originals is None else originals,
+                                      missing.reshape(n, m), size, batch_size, num_workers,
+                                      verbose, desc, precision):
             yield rows * m + j_idx, {"embedding": emb}
 
     out = cached_rows(embedding_entry(vm.embed_dim), n * m, compute, cache, keys)["embedding"]
@@ -110,8 +123,41 @@ def _embed_missing(vm, sources, boxes, todo, size, batch_size, num_workers, verb
             sel = torch.as_tensor(b_idx[~is_full], device=pixels.device)
             crop_boxes = torch.as_tensor(b_boxes[~is_full], device=pixels.device)[:, None]
             inputs[torch.as_tensor(~is_full)] = crop_resize(pixels[sel], crop_boxes, size)[:, 0]
-        emb = _forward_embed(vm, inputs, batch_size, precision)
-        yield batch_rows[b_idx], j_idx, emb.cpu().numpy()
+        emb = _forward_embed(vm, inputs, batch_size, precision).cpu().numpy()
+        check_finite(emb, "embeddings", vm, sources, batch_rows[b_idx])
+        yield batch_rows[b_idx], j_idx, emb
+
+
+def crop_inputs(X, size, include_full_image, crop_source):
+    """``(boxes, originals)`` for :func:`embed_boxes`: frame boxes, and for
+    ``crop_source="original"`` and a :class:`CropSet` the boxes in original pixels, the
+    full-image mask and the image sizes (``None`` otherwise: plain images embed the resized full
+    image with either source)."""
+    boxes = embedding_boxes(X, size, include_full_image)
+    if crop_source != "original" or not isinstance(X, CropSet):
+        return boxes, None
+    return boxes, (*original_boxes(X, include_full_image), X.image_sizes)
+
+
+def _embed_missing_original(vm, sources, originals, todo, size, batch_size, num_workers,
+                            verbose, desc, precision):
+    """:func:`_embed_missing` with every box cut from the decoded original, in the workers."""
+    boxes, full, image_sizes = originals
+    rows = np.flatnonzero(todo.any(1))
+    per_batch = max(1, batch_size // boxes.shape[1])
+    dataset = OriginalCrops(take(sources, rows), [boxes[r][todo[r]] for r in rows],
+                            [full[r][todo[r]] for r in rows], image_sizes[rows], size,
+                            indices=rows)
+    workers = resolve_num_workers(num_workers, vm.device, len(rows), per_batch)
+    for start, crops, counts in iter_original_crop_batches(
+        dataset, batch_size=per_batch, num_workers=workers, device=vm.device, verbose=verbose,
+        desc=desc,
+    ):
+        batch_rows = rows[start:start + len(counts)]
+        b_idx, j_idx = np.nonzero(todo[batch_rows])
+        emb = _forward_embed(vm, crops, batch_size, precision).cpu().numpy()
+        check_finite(emb, "embeddings", vm, sources, batch_rows[b_idx])
+        yield batch_rows[b_idx], j_idx, emb
 
 
 @torch.no_grad()
@@ -148,8 +194,13 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
     full images with this same model (``AttentionCropper(embed_full_image=True)``, same model,
     weights, image size and precision) gives those embeddings instead of a second forward.
 
-    Given plain images instead of a ``CropSet``, it returns the full-image embedding, so the same
-    class serves the full-image baseline.
+    With ``crop_source="original"``, each box (kept by the ``CropSet`` in original-image pixels)
+    is cut from the decoded original instead, rounded to whole pixels and clipped to the image,
+    and resized once to ``image_size`` (bilinear, antialiased when shrinking), in the decoding
+    workers; see :mod:`sk_a2.original_crops`.
+
+    Given plain images instead of a ``CropSet``, it returns the full-image embedding (the same
+    with either ``crop_source``), so the same class serves the full-image baseline.
 
     Parameters
     ----------
@@ -161,6 +212,9 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         Side of the square model input, and of every resized crop.
     include_full_image : bool, default=False
         Append the full-image embedding after the crop embeddings.
+    crop_source : {"resized", "original"}, default="resized"
+        Cut crops from the image resized to ``image_size`` (the paper's way) or from the original
+        pixels (more detail in each crop when originals are larger than ``image_size``).
     batch_size : int, default=32
         Model inputs (crops) per forward pass.
     num_workers : int or "auto", default="auto"
@@ -172,12 +226,12 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         Numeric precision of the forwards. ``"auto"``: bf16 autocast on CUDA and on a CPU with
         native bf16 (AVX-512 BF16, AMX), float32 on other CPUs. See :mod:`sk_a2.precision`.
     cache : None, "memory" or path, default=None
-        Keep embeddings keyed by (image content, box, model, image size, precision): refits
-        with more crops embed only the new boxes. See :mod:`sk_a2.cache`.
+        Keep embeddings keyed by (image content, box, model, image size, crop source,
+        precision): refits with more crops embed only the new boxes. See :mod:`sk_a2.cache`.
     engine : None or "ray", default=None
         ``"ray"``: the embedding forwards run on a Ray cluster (``docs/ray.md``).
     engine_options : dict, default=None
-        Ray engine settings for the embedding forwards (:data:`sk_a2.ray_engine.ENGINE_OPTIONS`).
+        Ray engine settings for the embedding forwards (see ``sk_a2.ray_engine``).
     output_dir : None or path, default=None
         Write the output of ``transform`` to a new ``.npy`` file in this directory and return it
         as a :class:`numpy.memmap` (an ndarray, so scikit-learn heads take it), filled in blocks
@@ -193,6 +247,9 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         Crops per image seen in ``fit`` (0 for plain images).
     n_features_out_ : int
         ``(n_crops_ + include_full_image) * d``, or ``d`` for plain images.
+    weights_digest_ : str or None
+        Digest of the ``weights`` file's bytes at ``fit`` time (``None`` without a file). A
+        fitted (or unpickled) estimator refuses to run once the file's content differs.
     """
 
     def __init__(
@@ -202,6 +259,7 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         weights=None,
         image_size=224,
         include_full_image=False,
+        crop_source="resized",
         batch_size=32,
         num_workers="auto",
         device="auto",
@@ -216,6 +274,7 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         self.weights = weights
         self.image_size = image_size
         self.include_full_image = include_full_image
+        self.crop_source = crop_source
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.device = device
@@ -236,6 +295,7 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         **MODEL_CONSTRAINTS,
         **ENGINE_CONSTRAINTS,
         "include_full_image": [Boolean()],
+        "crop_source": [StrOptions(CROP_SOURCES)],
         "output_dir": [None, Text(lambda v: isinstance(v, PATH), "a directory path")],
     }
 
@@ -257,7 +317,7 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         self
         """
         self._validate()
-        vm = self._load()
+        vm = self._fit_model()
         if not isinstance(X, CropSet):
             as_sources(X)
         self.embed_dim_ = vm.embed_dim
@@ -307,11 +367,13 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         if self.include_full_image:
             shared = shared_full_embeddings(X, model_key(self.model, self.weights),
                                             self.image_size, self.precision, resolved)
+        boxes, originals = crop_inputs(X, self.image_size,
+                                       self.include_full_image and shared is None,
+                                       self.crop_source)
         emb = embed_boxes(
-            vm, sources, embedding_boxes(X, self.image_size,
-                                         self.include_full_image and shared is None),
-            size=self.image_size, batch_size=self.batch_size, num_workers=self.num_workers,
-            verbose=self.verbose, precision=resolved, **self._cache_args(),
+            vm, sources, boxes, size=self.image_size, batch_size=self.batch_size,
+            num_workers=self.num_workers, verbose=self.verbose, originals=originals,
+            precision=resolved, **self._cache_args(),
         )
         if shared is not None:
             emb = np.concatenate([emb, shared[:, None, :]], axis=1)

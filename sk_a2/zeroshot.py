@@ -14,9 +14,10 @@ from ._base import MODEL_CONSTRAINTS, ImageModelMixin
 from ._param_validation import SequenceOf, StrOptions, validate_params
 from .backends import get_backend
 from .cropset import CropSet
-from .embedder import embed_boxes, embedding_boxes
+from .embedder import crop_inputs, embed_boxes
 from .images import as_sources
 from .models import resolve_model_spec
+from .original_crops import CROP_SOURCES
 from .precision import autocast
 from .ray_engine import ENGINE_CONSTRAINTS, check_engine, run_sharded
 
@@ -42,8 +43,9 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
 
     **Image side**: each crop is cut from the image resized to ``image_size × image_size`` and
     resized bilinearly to ``image_size``, exactly as :class:`~sk_a2.CropEmbedder` does, normalised
-    with the model's mean and std, encoded by the image tower and L2-normalised. Plain images
-    (not a ``CropSet``) are classified whole, as one crop per image.
+    with the model's mean and std, encoded by the image tower and L2-normalised
+    (``crop_source="original"``: cut from the original pixels, as in ``CropEmbedder``). Plain
+    images (not a ``CropSet``) are classified whole, as one crop per image.
 
     **Logits** of a crop are its cosine similarities with the class embeddings times the model's
     logit scale (``logit_scale.exp()``); their softmax gives the class probabilities of the crop.
@@ -75,6 +77,9 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         How the crops of one image combine (see above).
     image_size : int, default=224
         Side of the square model input, and of every resized crop.
+    crop_source : {"resized", "original"}, default="resized"
+        Cut crops from the image resized to ``image_size`` or from the original pixels (see
+        :class:`~sk_a2.CropEmbedder`).
     batch_size : int, default=32
         Model inputs (crops, or prompts) per forward pass.
     num_workers : int or "auto", default="auto"
@@ -86,12 +91,12 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         Numeric precision of the forwards. ``"auto"``: bf16 autocast on CUDA and on a CPU with
         native bf16 (AVX-512 BF16, AMX), float32 on other CPUs.
     cache : None, "memory" or path, default=None
-        Keep image embeddings keyed by (image content, box, model, image size, precision),
-        shared with :class:`~sk_a2.CropEmbedder` for the same model. See :mod:`sk_a2.cache`.
+        Keep image embeddings keyed by (image content, box, model, image size, crop source,
+        precision), shared with :class:`~sk_a2.CropEmbedder` for the same model. See :mod:`sk_a2.cache`.
     engine : None or "ray", default=None
-        ``"ray"``: the image-tower forwards run on a Ray cluster (``docs/ray.md``).
+        ``"ray"``: the image forwards run on a Ray cluster (``docs/ray.md``).
     engine_options : dict, default=None
-        Ray engine settings for the image-tower forwards (:data:`sk_a2.ray_engine.ENGINE_OPTIONS`).
+        Ray engine settings for the image forwards (:data:`sk_a2.ray_engine.ENGINE_OPTIONS`).
     verbose : bool, default=False
         Show a progress bar over images.
 
@@ -103,6 +108,9 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         The name used for each class, aligned with ``classes_``.
     templates_ : tuple of str
         The prompt templates.
+    weights_digest_ : str or None
+        Digest of the ``weights`` file's bytes at ``fit`` time (``None`` without a file). A
+        fitted (or unpickled) estimator refuses to run once the file's content differs.
 
     Notes
     -----
@@ -131,6 +139,7 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         templates=("a photo of a {}.",),
         crop_aggregation="mean",
         image_size=224,
+        crop_source="resized",
         batch_size=32,
         num_workers="auto",
         device="auto",
@@ -146,6 +155,7 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         self.templates = templates
         self.crop_aggregation = crop_aggregation
         self.image_size = image_size
+        self.crop_source = crop_source
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.device = device
@@ -170,6 +180,7 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         "templates": [str, SequenceOf(lambda t: isinstance(t, str), "a sequence of str",
                                       allow_empty=True)],
         "crop_aggregation": [StrOptions(CROP_AGGREGATIONS)],
+        "crop_source": [StrOptions(CROP_SOURCES)],
     }
 
     def _validate(self):
@@ -246,7 +257,7 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         classes = np.unique(y)
         classnames = _check_classnames(self.classnames, classes)
         templates = _check_templates(self.templates)
-        vm = self._load()
+        vm = self._fit_model()
         self._text_cache = (vm, self._encode_text(vm, classnames, templates))
         self.classes_ = classes
         self.classnames_ = classnames
@@ -275,11 +286,11 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
     def _crop_embeddings(self, X):
         """Image embeddings of every crop: (n, n_inputs_per_image, d), float32."""
         sources = X.images if isinstance(X, CropSet) else as_sources(X)
+        boxes, originals = crop_inputs(X, self.image_size, False, self.crop_source)
         return embed_boxes(
-            self._load(), sources, embedding_boxes(X, self.image_size, include_full_image=False),
-            size=self.image_size, batch_size=self.batch_size, num_workers=self.num_workers,
-            verbose=self.verbose, desc="zero-shot", precision=self._precision("embedding"),
-            **self._cache_args(),
+            self._load(), sources, boxes, size=self.image_size, batch_size=self.batch_size,
+            num_workers=self.num_workers, verbose=self.verbose, desc="zero-shot",
+            originals=originals, precision=self._precision("embedding"), **self._cache_args(),
         )
 
     def _scores(self, X):

@@ -180,7 +180,8 @@ def test_crops_two_images(tmp_path, tiny_weights, capsys):
 # --------------------------------------------------------------------------------- evaluate
 
 
-@pytest.mark.parametrize("head, cropper", [("lr", "attention"), ("dfr", "center")])
+@pytest.mark.parametrize("head, cropper", [("lr", "attention"), ("dfr", "center"),
+                                          ("lr", "adapter")])
 def test_evaluate_waterbirds_layout(head, cropper, waterbirds_root, tiny_weights, tmp_path,
                                     capsys):
     out = tmp_path / "results"
@@ -233,6 +234,26 @@ def test_evaluate_zero_shot(waterbirds_root, tiny_weights, tmp_path, capsys):
             "--classnames", "land bird", "water bird"]
     assert main(argv) == 0
     assert "zero-shot CLIP" in capsys.readouterr().out
+
+
+def test_evaluate_crop_source_original(waterbirds_root, tiny_weights, tmp_path, monkeypatch):
+    from sk_a2.cli import evaluate
+
+    built = []
+    build = evaluate.build_embedder
+    monkeypatch.setattr(evaluate, "build_embedder",
+                        lambda args, model: built.append(build(args, model)) or built[-1])
+    out = tmp_path / "results"
+    argv = ["evaluate", "--dataset", "waterbirds", "--root", str(waterbirds_root),
+            *_tiny_model_args(tiny_weights, "attention"),
+            *_tiny_model_args(tiny_weights, "embedding"), "--crop-sizes", "32",
+            "--image-size", "64", "--device", "cpu", "--crop-source", "original",
+            "--out", str(out)]
+    assert main(argv) == 0
+    assert [e.crop_source for e in built] == ["original"]
+    result = json.loads((out / "evaluate_waterbirds_lr.json").read_text())
+    assert result["config"]["crop_source"] == "original"
+    assert main([*argv[:-2], "--crop-source", "raw"]) == 2
 
 
 # ------------------------------------------------------------------------------------- demo
@@ -382,13 +403,19 @@ EARLY = [
     (["evaluate", "--dataset", "waterbirds", "--root", "{dir}", "--out", "{file}"],
      "--out '{file}' is an existing file"),
     (["evaluate", "--dataset", "celeba", "--root", "{dir}", "--cropper", "center",
-      "--image-size", "56"], "crop size 64 is larger than --image-size 56"),
+      "--image-size", "56"], "crop size 128 is larger than --image-size 56"),  # Appendix H
     (["evaluate", "--dataset", "waterbirds", "--root", "{dir}", "--device", "cuda:0"],
      "CUDA is not available"),
     (["evaluate", "--dataset", "waterbirds", "--root", "{dir}", "--classnames", "a", "b"],
      "--head zs only"),
     (["evaluate", "--dataset", "waterbirds", "--root", "{dir}", "--head", "zs",
       "--embedding-model", "dinov2_vits14"], "needs a CLIP model with a text encoder"),
+    (["localize", "--image-size", "230"], "patch size 14 of --models imgfocus_vits14"),
+    (["localize", "--dataset", "imagenet"], "--dataset imagenet needs --root"),
+    (["localize", "--dataset", "folder", "--root", "{dir}"], "needs --boxes"),
+    (["localize", "--out", "{file}"], "is an existing file"),
+    (["localize", "--device", "cuda"], "CUDA is not available"),
+    (["localize", "--models", "dinov9_huge"], "Unknown model 'dinov9_huge'"),
 ]
 
 

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..datasets import get_benchmark, list_benchmarks
-from . import common
+from . import common, reproduce
 from .common import CLIError, info
 from .results import fit_dfr, fit_lr, format_table, scores, split_masks, write_json
 
@@ -26,12 +26,15 @@ DESCRIPTION = (
     "zero-shot CLIP with the class names, nothing fitted). Prints test accuracy and worst-group "
     "accuracy (and worst-class accuracy for MetaShift Animals)."
 )
-CROPPERS = ("attention", "center", "random", "none")
+CROPPERS = ("attention", "adapter", "center", "random", "none")
 HEADS = {"lr": "LR", "dfr": "DFR", "zs": "zero-shot CLIP"}
 ZS_CROP_SIZES = (128,)
-#: The paper's embedding model: DINOv2 ViT-g/14, or OpenCLIP ViT-L/14 for the zero-shot head.
-DEFAULT_EMBEDDING = "dinov2_vitg14"
+#: Appendix H: the center-crop baseline is one 128 x 128 crop.
+CENTER_CROP_SIZES = (128,)
+#: The paper's embedding model per head (Table 1: A²_LR ViT-S x ViT-G, DFR + A² ViT-S x ViT-S).
 ZS_EMBEDDING = "openclip_vitl14"
+CROP_SOURCES = ("resized", "original")  # sk_a2.original_crops.CROP_SOURCES, without torch
+DEFAULT_EMBEDDING = {"zs": ZS_EMBEDDING, "dfr": "dinov2_vits14", "lr": "dinov2_vitg14"}
 
 
 def add_parser(subparsers):
@@ -48,13 +51,17 @@ def add_parser(subparsers):
     common.add_model_options(parser, "attention", "dinov2_vits14",
                              "whose CLS attention picks the crops")
     common.add_model_options(parser, "embedding", None, "embedding the crops",
-                             f"{DEFAULT_EMBEDDING}; {ZS_EMBEDDING} for --head zs, which needs "
-                             "an open_clip CLIP model")
+                             "dinov2_vitg14 for --head lr, dinov2_vits14 for --head dfr, "
+                             "openclip_vitl14 for --head zs, which needs an open_clip CLIP "
+                             "model")
     parser.add_argument("--cropper", choices=CROPPERS, default="attention",
-                        help="how crops are chosen: attention (A²), center or random (the "
-                             "paper's baselines), none (full image only) (default: attention)")
+                        help="how crops are chosen: attention (A²), adapter (A² with an "
+                             "attention adapter learned on the fit split, Appendix G), center or "
+                             "random (the paper's baselines), none (full image only) (default: "
+                             "attention)")
     common.add_crop_options(parser, None, "the paper's: 64 for Waterbirds and CelebA, 64,32 "
-                                          "for Spawrious and MetaShift, 128 for --head zs")
+                                          "for Spawrious and MetaShift, 128 for --head zs "
+                                          "and for --cropper center")
     parser.add_argument("--head", choices=tuple(HEADS), default="lr",
                         help="classifier: lr (logistic regression), dfr (DFR), zs (zero-shot "
                              "CLIP) (default: lr)")
@@ -62,23 +69,31 @@ def add_parser(subparsers):
                         help="class names for --head zs, one per class of the train split in "
                              "label order (default: the dataset's target names)")
     common.add_image_size_option(parser, 224)
+    parser.add_argument("--crop-source", choices=CROP_SOURCES, default="resized",
+                        help="cut crops from the image resized to --image-size (the paper's "
+                             "way) or from the original pixels (default: resized)")
     common.add_runtime_options(parser, workers=True)
     parser.add_argument("--seed", type=int, default=0, metavar="INT",
                         help="seed of DFR and of the random cropper (default: 0)")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="folder where evaluate_<dataset>_<head>.json is written (default: "
                              "print only)")
+    reproduce.add_options(parser)
     return parser
 
 
 def plan(args):
     """The settings that follow from the options: benchmark, crop sizes, embedding model."""
     benchmark = get_benchmark(args.dataset)
-    zs = args.head == "zs"
+    default_sizes = benchmark.crop_sizes
+    if args.head == "zs":
+        default_sizes = ZS_CROP_SIZES
+    elif args.cropper == "center":
+        default_sizes = CENTER_CROP_SIZES
     return SimpleNamespace(
         benchmark=benchmark,
-        crop_sizes=args.crop_sizes or (ZS_CROP_SIZES if zs else benchmark.crop_sizes),
-        embedding_model=args.embedding_model or (ZS_EMBEDDING if zs else DEFAULT_EMBEDDING),
+        crop_sizes=args.crop_sizes or default_sizes,
+        embedding_model=args.embedding_model or DEFAULT_EMBEDDING[args.head],
     )
 
 
@@ -88,8 +103,10 @@ def check(args, settings):
     if not Path(args.root).expanduser().is_dir():
         raise CLIError(f"--root {args.root!r} does not exist or is not a folder")
     models = {"--embedding-model": settings.embedding_model}
-    if args.cropper == "attention":
+    if args.cropper in ("attention", "adapter"):
         models["--attention-model"] = args.attention_model
+    if args.cropper == "adapter" and args.head == "zs":
+        raise CLIError("--cropper adapter learns from labels: use it with --head lr or dfr")
     common.check_extras("evaluate", [common.model_extra(m) for m in models.values()])
     common.check_device(args.device)
     common.check_image_size(args.image_size, models)
@@ -147,6 +164,15 @@ def build_cropper(args, crop_sizes):
     if args.cropper == "attention":
         return AttentionCropper(args.attention_model, weights=args.attention_weights,
                                 verbose=True, **shared, **common.runtime_kwargs(args))
+    if args.cropper == "adapter":
+        from ..adapter import AttentionAdapter
+
+        return AttentionAdapter(args.attention_model, plan(args).embedding_model,
+                                attention_weights=args.attention_weights,
+                                embedding_weights=args.embedding_weights,
+                                n_crops=args.n_crops or len(crop_sizes), image_size=args.image_size,
+                                batch_size=args.batch_size, device=args.device,
+                                random_state=args.seed, verbose=True)
     if args.cropper == "center":
         return CenterCropper(**shared)
     if args.cropper == "random":
@@ -154,13 +180,15 @@ def build_cropper(args, crop_sizes):
     return None
 
 
-def crop_inputs(args, cropper, images):
-    """The head's inputs: ``images`` (file paths) or their crops."""
+def crop_inputs(args, cropper, images, fit=None):
+    """The head's inputs: ``images`` (file paths) or their crops.
+
+    ``fit``: the (images, labels) an adapter learns from."""
     inputs = images.tolist()
     if cropper is None:
         return inputs
     with common.model_errors("--attention-model", "--attention-weights"):
-        cropper.fit()
+        cropper.fit(*([fit[0].tolist(), fit[1]] if args.cropper == "adapter" else []))
         info(f"choosing {args.cropper} crops {list(cropper.crop_sizes_)}")
         return cropper.transform(inputs)
 
@@ -170,7 +198,8 @@ def build_embedder(args, model):
     from ..embedder import CropEmbedder
 
     return CropEmbedder(model, weights=args.embedding_weights, image_size=args.image_size,
-                        verbose=True, **common.runtime_kwargs(args))
+                        crop_source=args.crop_source, verbose=True,
+                        **common.runtime_kwargs(args))
 
 
 def head_label(args, data):
@@ -192,7 +221,7 @@ def predict_linear(args, settings, data, cropper):
     """Embed the fit and test images (or crops), fit the head; test predictions."""
     fit, te = data.masks[data.fit_split], data.masks["test"]
     rows = np.flatnonzero(fit | te)
-    inputs = crop_inputs(args, cropper, data.images[rows])
+    inputs = crop_inputs(args, cropper, data.images[rows], (data.images[fit], data.y[fit]))
     info(f"embedding with {settings.embedding_model}")
     with common.model_errors("--embedding-model", "--embedding-weights"):
         features = build_embedder(args, settings.embedding_model).fit_transform(inputs)
@@ -209,7 +238,8 @@ def predict_zero_shot(args, settings, data, cropper):
     classnames = args.classnames or [str(data.target_names[c]) for c in np.unique(data.y[train])]
     with common.model_errors("--embedding-model", "--embedding-weights"):
         model = ZeroShot(settings.embedding_model, weights=args.embedding_weights,
-                         classnames=classnames, image_size=args.image_size, verbose=True,
+                         classnames=classnames, image_size=args.image_size,
+                         crop_source=args.crop_source, verbose=True,
                          **common.runtime_kwargs(args))
         model.fit(data.images[train].tolist(), data.y[train])
         info(f"zero-shot classification with {settings.embedding_model}")
@@ -234,12 +264,14 @@ def make_results(args, settings, data, cropper, values):
         "method": method_label(args, settings, data, cropper),
         "config": {
             "cropper": args.cropper,
-            "attention_model": args.attention_model if args.cropper == "attention" else None,
+            "attention_model": (args.attention_model
+                                if args.cropper in ("attention", "adapter") else None),
             "embedding_model": settings.embedding_model,
             "crop_sizes": None if cropper is None else list(cropper.crop_sizes_),
             "head": head_label(args, data),
             "fit_split": data.fit_split,
             "image_size": int(args.image_size),
+            "crop_source": args.crop_source,
             "seed": int(args.seed),
         },
         **values,
@@ -257,6 +289,8 @@ def write_results(args, results, columns):
 
 def run(args):
     """The ``evaluate`` subcommand; returns the results (also written to ``--out``)."""
+    if reproduce.wanted(args):
+        return reproduce.run(args, get_benchmark(args.dataset))
     settings = plan(args)
     check(args, settings)
     start = time.perf_counter()
