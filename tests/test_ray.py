@@ -18,6 +18,7 @@ from sk_a2 import AttentionCropper, CropEmbedder, ZeroShotCLIPClassifier
 from sk_a2.backends.base import VisionModel
 
 ray = pytest.importorskip("ray")
+pytest.importorskip("ray.data", reason='Ray Data (pyarrow) missing: pip install "sk-a2[ray]"')
 
 S = 64
 # Ray batches of 4 images: whole in-process forward batches (2 images × 2 crops), so every
