@@ -8,12 +8,18 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import MODEL_CONSTRAINTS, ImageModelMixin
-from ._data import autocast, iter_image_batches
-from ._param_validation import Boolean, validate_params
+from ._data import autocast, iter_image_batches, resolve_num_workers
+from ._param_validation import Boolean, StrOptions, validate_params
 from .cache import EntryLayout, cached_rows, digest, image_key
 from .crops import crop_resize
 from .cropset import CropSet
 from .images import as_sources, take
+from .original_crops import (
+    CROP_SOURCES,
+    OriginalCrops,
+    iter_original_crop_batches,
+    original_boxes,
+)
 
 __all__ = ["CropEmbedder"]
 
@@ -34,7 +40,7 @@ def embedding_boxes(X, size, include_full_image):
 
 
 def embed_boxes(vm, sources, boxes, *, size, batch_size, num_workers=0, verbose=False,
-                cache=None, model_id=None, desc="embedding"):
+                cache=None, model_id=None, desc="embedding", originals=None):
     """Embed every box of every image: (n, m, d) float32.
 
     Each box (in pixels of the image resized to ``size × size``) is cut and resized bilinearly to
@@ -42,18 +48,25 @@ def embed_boxes(vm, sources, boxes, *, size, batch_size, num_workers=0, verbose=
     full-image box takes the resized image itself. With a ``cache`` (and ``model_id``, the
     model's identity), embeddings already known for (image content, box) are read back and only
     the missing boxes are computed.
+
+    With ``originals`` (from :func:`crop_inputs`), boxes are cut from the decoded originals
+    instead, in the decoding workers (:mod:`sk_a2.original_crops`), and cached under other keys.
     """
     n, m = boxes.shape[:2]
     keys = None
     if cache is not None:
-        keys = [digest("embedding", model_id, size, image_key(src), tuple(round(v, 4) for v in b))
+        tag = () if originals is None else ("original",)
+        keys = [digest("embedding", model_id, size, image_key(src), tuple(round(v, 4) for v in b),
+                       *tag)
                 for src, image_boxes in zip(sources, boxes) for b in image_boxes.tolist()]
+    embed = _embed_missing if originals is None else _embed_missing_original
 
     def compute(todo):  # todo: flat (image, box) indices
         missing = np.zeros(n * m, dtype=bool)
         missing[todo] = True
-        for rows, j_idx, emb in _embed_missing(vm, sources, boxes, missing.reshape(n, m), size,
-                                               batch_size, num_workers, verbose, desc):
+        for rows, j_idx, emb in embed(vm, sources, boxes if originals is None else originals,
+                                      missing.reshape(n, m), size, batch_size, num_workers,
+                                      verbose, desc):
             yield rows * m + j_idx, {"embedding": emb}
 
     out = cached_rows(embedding_entry(vm.embed_dim), n * m, compute, cache, keys)["embedding"]
@@ -88,6 +101,36 @@ def _embed_missing(vm, sources, boxes, todo, size, batch_size, num_workers, verb
         yield batch_rows[b_idx], j_idx, _forward_embed(vm, inputs, batch_size).cpu().numpy()
 
 
+def crop_inputs(X, size, include_full_image, crop_source):
+    """``(boxes, originals)`` for :func:`embed_boxes`: frame boxes, and for
+    ``crop_source="original"`` and a :class:`CropSet` the boxes in original pixels, the
+    full-image mask and the image sizes (``None`` otherwise: plain images embed the resized full
+    image with either source)."""
+    boxes = embedding_boxes(X, size, include_full_image)
+    if crop_source != "original" or not isinstance(X, CropSet):
+        return boxes, None
+    return boxes, (*original_boxes(X, include_full_image), X.image_sizes)
+
+
+def _embed_missing_original(vm, sources, originals, todo, size, batch_size, num_workers,
+                            verbose, desc):
+    """:func:`_embed_missing` with every box cut from the decoded original, in the workers."""
+    boxes, full, image_sizes = originals
+    rows = np.flatnonzero(todo.any(1))
+    per_batch = max(1, batch_size // boxes.shape[1])
+    dataset = OriginalCrops(take(sources, rows), [boxes[r][todo[r]] for r in rows],
+                            [full[r][todo[r]] for r in rows], image_sizes[rows], size,
+                            indices=rows)
+    workers = resolve_num_workers(num_workers, vm.device, len(rows), per_batch)
+    for start, crops, counts in iter_original_crop_batches(
+        dataset, batch_size=per_batch, num_workers=workers, device=vm.device, verbose=verbose,
+        desc=desc,
+    ):
+        batch_rows = rows[start:start + len(counts)]
+        b_idx, j_idx = np.nonzero(todo[batch_rows])
+        yield batch_rows[b_idx], j_idx, _forward_embed(vm, crops, batch_size).cpu().numpy()
+
+
 @torch.no_grad()
 def _forward_embed(vm, inputs, batch_size):
     chunks = []
@@ -106,8 +149,13 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
     open_clip model, its image embedding). All boxes of a batch are cut and resized in one batched
     operation on the device. CUDA runs under bf16 autocast; CPU computes in float32.
 
-    Given plain images instead of a ``CropSet``, it returns the full-image embedding, so the same
-    class serves the full-image baseline.
+    With ``crop_source="original"``, each box (kept by the ``CropSet`` in original-image pixels)
+    is cut from the decoded original instead, rounded to whole pixels and clipped to the image,
+    and resized once to ``image_size`` (bilinear, antialiased when shrinking), in the decoding
+    workers; see :mod:`sk_a2.original_crops`.
+
+    Given plain images instead of a ``CropSet``, it returns the full-image embedding (the same
+    with either ``crop_source``), so the same class serves the full-image baseline.
 
     Parameters
     ----------
@@ -119,6 +167,9 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         Side of the square model input, and of every resized crop.
     include_full_image : bool, default=False
         Append the full-image embedding after the crop embeddings.
+    crop_source : {"resized", "original"}, default="resized"
+        Cut crops from the image resized to ``image_size`` (the paper's way) or from the original
+        pixels (more detail in each crop when originals are larger than ``image_size``).
     batch_size : int, default=32
         Model inputs (crops) per forward pass.
     num_workers : int or "auto", default="auto"
@@ -127,8 +178,8 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     cache : None, "memory" or path, default=None
-        Keep embeddings keyed by (image content, box, model, image size): refits with more
-        crops embed only the new boxes. See :mod:`sk_a2.cache`.
+        Keep embeddings keyed by (image content, box, model, image size, crop source):
+        refits with more crops embed only the new boxes. See :mod:`sk_a2.cache`.
     verbose : bool, default=False
         Show a progress bar over images.
 
@@ -149,6 +200,7 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         weights=None,
         image_size=224,
         include_full_image=False,
+        crop_source="resized",
         batch_size=32,
         num_workers="auto",
         device="auto",
@@ -159,6 +211,7 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         self.weights = weights
         self.image_size = image_size
         self.include_full_image = include_full_image
+        self.crop_source = crop_source
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.device = device
@@ -171,7 +224,8 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         tags.transformer_tags.preserves_dtype = []
         return tags
 
-    _parameter_constraints = {**MODEL_CONSTRAINTS, "include_full_image": [Boolean()]}
+    _parameter_constraints = {**MODEL_CONSTRAINTS, "include_full_image": [Boolean()],
+                              "crop_source": [StrOptions(CROP_SOURCES)]}
 
     def _validate(self):
         validate_params(self)
@@ -214,10 +268,12 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
             raise ValueError(f"CropEmbedder was fitted on {fitted}; transform got {what}")
         vm = self._load()
         sources = X.images if isinstance(X, CropSet) else as_sources(X)
+        boxes, originals = crop_inputs(X, self.image_size, self.include_full_image,
+                                       self.crop_source)
         emb = embed_boxes(
-            vm, sources, embedding_boxes(X, self.image_size, self.include_full_image),
-            size=self.image_size, batch_size=self.batch_size, num_workers=self.num_workers,
-            verbose=self.verbose, **self._cache_args(),
+            vm, sources, boxes, size=self.image_size, batch_size=self.batch_size,
+            num_workers=self.num_workers, verbose=self.verbose, originals=originals,
+            **self._cache_args(),
         )
         return emb.reshape(len(sources), -1)
 

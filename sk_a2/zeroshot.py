@@ -15,9 +15,10 @@ from ._data import autocast
 from ._param_validation import SequenceOf, StrOptions, validate_params
 from .backends import get_backend
 from .cropset import CropSet
-from .embedder import embed_boxes, embedding_boxes
+from .embedder import crop_inputs, embed_boxes
 from .images import as_sources
 from .models import resolve_model_spec
+from .original_crops import CROP_SOURCES
 
 __all__ = ["CROP_AGGREGATIONS", "ZeroShotCLIPClassifier"]
 
@@ -41,8 +42,9 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
 
     **Image side**: each crop is cut from the image resized to ``image_size × image_size`` and
     resized bilinearly to ``image_size``, exactly as :class:`~sk_a2.CropEmbedder` does, normalised
-    with the model's mean and std, encoded by the image tower and L2-normalised. Plain images
-    (not a ``CropSet``) are classified whole, as one crop per image.
+    with the model's mean and std, encoded by the image tower and L2-normalised
+    (``crop_source="original"``: cut from the original pixels, as in ``CropEmbedder``). Plain
+    images (not a ``CropSet``) are classified whole, as one crop per image.
 
     **Logits** of a crop are its cosine similarities with the class embeddings times the model's
     logit scale (``logit_scale.exp()``); their softmax gives the class probabilities of the crop.
@@ -74,6 +76,9 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         How the crops of one image combine (see above).
     image_size : int, default=224
         Side of the square model input, and of every resized crop.
+    crop_source : {"resized", "original"}, default="resized"
+        Cut crops from the image resized to ``image_size`` or from the original pixels (see
+        :class:`~sk_a2.CropEmbedder`).
     batch_size : int, default=32
         Model inputs (crops, or prompts) per forward pass.
     num_workers : int or "auto", default="auto"
@@ -82,8 +87,8 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     cache : None, "memory" or path, default=None
-        Keep image embeddings keyed by (image content, box, model, image size), shared with
-        :class:`~sk_a2.CropEmbedder` for the same model. See :mod:`sk_a2.cache`.
+        Keep image embeddings keyed by (image content, box, model, image size, crop source),
+        shared with :class:`~sk_a2.CropEmbedder` for the same model. See :mod:`sk_a2.cache`.
     verbose : bool, default=False
         Show a progress bar over images.
 
@@ -123,6 +128,7 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         templates=("a photo of a {}.",),
         crop_aggregation="mean",
         image_size=224,
+        crop_source="resized",
         batch_size=32,
         num_workers="auto",
         device="auto",
@@ -135,6 +141,7 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         self.templates = templates
         self.crop_aggregation = crop_aggregation
         self.image_size = image_size
+        self.crop_source = crop_source
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.device = device
@@ -155,6 +162,7 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         "templates": [str, SequenceOf(lambda t: isinstance(t, str), "a sequence of str",
                                       allow_empty=True)],
         "crop_aggregation": [StrOptions(CROP_AGGREGATIONS)],
+        "crop_source": [StrOptions(CROP_SOURCES)],
     }
 
     def _validate(self):
@@ -249,10 +257,11 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
             X = sources = as_sources(X)
         vm = self._load()
         text = self._text_embeddings(vm).cpu()
+        boxes, originals = crop_inputs(X, self.image_size, False, self.crop_source)
         emb = embed_boxes(
-            vm, sources, embedding_boxes(X, self.image_size, include_full_image=False),
-            size=self.image_size, batch_size=self.batch_size, num_workers=self.num_workers,
-            verbose=self.verbose, desc="zero-shot", **self._cache_args(),
+            vm, sources, boxes, size=self.image_size, batch_size=self.batch_size,
+            num_workers=self.num_workers, verbose=self.verbose, desc="zero-shot",
+            originals=originals, **self._cache_args(),
         )
         emb = F.normalize(torch.from_numpy(emb), dim=-1)
         return (vm.module.logit_scale.exp().float().cpu() * emb @ text.T).numpy()

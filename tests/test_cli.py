@@ -235,6 +235,26 @@ def test_evaluate_zero_shot(waterbirds_root, tiny_weights, tmp_path, capsys):
     assert "zero-shot CLIP" in capsys.readouterr().out
 
 
+def test_evaluate_crop_source_original(waterbirds_root, tiny_weights, tmp_path, monkeypatch):
+    from sk_a2.cli import evaluate
+
+    built = []
+    build = evaluate.build_embedder
+    monkeypatch.setattr(evaluate, "build_embedder",
+                        lambda args, model: built.append(build(args, model)) or built[-1])
+    out = tmp_path / "results"
+    argv = ["evaluate", "--dataset", "waterbirds", "--root", str(waterbirds_root),
+            *_tiny_model_args(tiny_weights, "attention"),
+            *_tiny_model_args(tiny_weights, "embedding"), "--crop-sizes", "32",
+            "--image-size", "64", "--device", "cpu", "--crop-source", "original",
+            "--out", str(out)]
+    assert main(argv) == 0
+    assert [e.crop_source for e in built] == ["original"]
+    result = json.loads((out / "evaluate_waterbirds_lr.json").read_text())
+    assert result["config"]["crop_source"] == "original"
+    assert main([*argv[:-2], "--crop-source", "raw"]) == 2
+
+
 # ------------------------------------------------------------------------------------- demo
 
 

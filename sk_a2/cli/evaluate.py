@@ -32,6 +32,7 @@ ZS_CROP_SIZES = (128,)
 #: The paper's embedding model: DINOv2 ViT-g/14, or OpenCLIP ViT-L/14 for the zero-shot head.
 DEFAULT_EMBEDDING = "dinov2_vitg14"
 ZS_EMBEDDING = "openclip_vitl14"
+CROP_SOURCES = ("resized", "original")  # sk_a2.original_crops.CROP_SOURCES, without torch
 
 
 def add_parser(subparsers):
@@ -62,6 +63,9 @@ def add_parser(subparsers):
                         help="class names for --head zs, one per class of the train split in "
                              "label order (default: the dataset's target names)")
     common.add_image_size_option(parser, 224)
+    parser.add_argument("--crop-source", choices=CROP_SOURCES, default="resized",
+                        help="cut crops from the image resized to --image-size (the paper's "
+                             "way) or from the original pixels (default: resized)")
     common.add_runtime_options(parser, workers=True)
     parser.add_argument("--seed", type=int, default=0, metavar="INT",
                         help="seed of DFR and of the random cropper (default: 0)")
@@ -170,7 +174,8 @@ def build_embedder(args, model):
     from ..embedder import CropEmbedder
 
     return CropEmbedder(model, weights=args.embedding_weights, image_size=args.image_size,
-                        verbose=True, **common.runtime_kwargs(args))
+                        crop_source=args.crop_source, verbose=True,
+                        **common.runtime_kwargs(args))
 
 
 def head_label(args, data):
@@ -209,7 +214,8 @@ def predict_zero_shot(args, settings, data, cropper):
     classnames = args.classnames or [str(data.target_names[c]) for c in np.unique(data.y[train])]
     with common.model_errors("--embedding-model", "--embedding-weights"):
         model = ZeroShot(settings.embedding_model, weights=args.embedding_weights,
-                         classnames=classnames, image_size=args.image_size, verbose=True,
+                         classnames=classnames, image_size=args.image_size,
+                         crop_source=args.crop_source, verbose=True,
                          **common.runtime_kwargs(args))
         model.fit(data.images[train].tolist(), data.y[train])
         info(f"zero-shot classification with {settings.embedding_model}")
@@ -240,6 +246,7 @@ def make_results(args, settings, data, cropper, values):
             "head": head_label(args, data),
             "fit_split": data.fit_split,
             "image_size": int(args.image_size),
+            "crop_source": args.crop_source,
             "seed": int(args.seed),
         },
         **values,
