@@ -5,6 +5,7 @@ A small self-supervised ViT says *where to look* (:class:`AttentionCropper`), a 
 embeddings.
 """
 
+from .adapter import AttentionAdapter
 from .baselines import CenterCropper, RandomCropper
 from .cropper import AttentionCropper
 from .cropset import CropSet
@@ -23,6 +24,7 @@ from .zeroshot import ZeroShotCLIPClassifier
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionAdapter",
     "AttentionCropper",
     "CenterCropper",
     "CropEmbedder",

@@ -180,7 +180,8 @@ def test_crops_two_images(tmp_path, tiny_weights, capsys):
 # --------------------------------------------------------------------------------- evaluate
 
 
-@pytest.mark.parametrize("head, cropper", [("lr", "attention"), ("dfr", "center")])
+@pytest.mark.parametrize("head, cropper", [("lr", "attention"), ("dfr", "center"),
+                                          ("lr", "adapter")])
 def test_evaluate_waterbirds_layout(head, cropper, waterbirds_root, tiny_weights, tmp_path,
                                     capsys):
     out = tmp_path / "results"

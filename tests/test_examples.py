@@ -47,3 +47,19 @@ def test_grid_search_example_pairs_weights_with_models(capsys):
         grid_search.main(["--attention-model", "a", "--attention-model", "b",
                           "--attention-weights", "a.safetensors"])
     assert "one --attention-weights per --attention-model" in capsys.readouterr().err
+
+
+def test_adapter_celeba_example(tiny_vit_file, tiny_vit_file2, tmp_path, capsys):
+    example = load_example("adapter_celeba")
+    argv = [
+        "--attention-model", "timm:test_vit", "--attention-weights", str(tiny_vit_file),
+        "--embedding-model", "timm:test_vit", "--embedding-weights", str(tiny_vit_file2),
+        "--image-size", "64", "--n-synthetic", "40", "--epochs", "2", "--device", "cpu",
+        "--n-overlays", "2", "--out", str(tmp_path / "out"),
+    ]
+    assert example.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "A², default attention" in out and "A² + adapter" in out
+    assert "blond_male" in out and "epoch 2/2: held-out loss" in out
+    pngs = sorted((tmp_path / "out").glob("overlay_*.png"))
+    assert len(pngs) == 2 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)

@@ -26,7 +26,7 @@ DESCRIPTION = (
     "zero-shot CLIP with the class names, nothing fitted). Prints test accuracy and worst-group "
     "accuracy (and worst-class accuracy for MetaShift Animals)."
 )
-CROPPERS = ("attention", "center", "random", "none")
+CROPPERS = ("attention", "adapter", "center", "random", "none")
 HEADS = {"lr": "LR", "dfr": "DFR", "zs": "zero-shot CLIP"}
 ZS_CROP_SIZES = (128,)
 #: The paper's embedding model: DINOv2 ViT-g/14, or OpenCLIP ViT-L/14 for the zero-shot head.
@@ -52,8 +52,10 @@ def add_parser(subparsers):
                              f"{DEFAULT_EMBEDDING}; {ZS_EMBEDDING} for --head zs, which needs "
                              "an open_clip CLIP model")
     parser.add_argument("--cropper", choices=CROPPERS, default="attention",
-                        help="how crops are chosen: attention (A²), center or random (the "
-                             "paper's baselines), none (full image only) (default: attention)")
+                        help="how crops are chosen: attention (A²), adapter (A² with an "
+                             "attention adapter learned on the fit split, Appendix G), center or "
+                             "random (the paper's baselines), none (full image only) (default: "
+                             "attention)")
     common.add_crop_options(parser, None, "the paper's: 64 for Waterbirds and CelebA, 64,32 "
                                           "for Spawrious and MetaShift, 128 for --head zs")
     parser.add_argument("--head", choices=tuple(HEADS), default="lr",
@@ -92,8 +94,10 @@ def check(args, settings):
     if not Path(args.root).expanduser().is_dir():
         raise CLIError(f"--root {args.root!r} does not exist or is not a folder")
     models = {"--embedding-model": settings.embedding_model}
-    if args.cropper == "attention":
+    if args.cropper in ("attention", "adapter"):
         models["--attention-model"] = args.attention_model
+    if args.cropper == "adapter" and args.head == "zs":
+        raise CLIError("--cropper adapter learns from labels: use it with --head lr or dfr")
     common.check_extras("evaluate", [common.model_extra(m) for m in models.values()])
     common.check_device(args.device)
     common.check_image_size(args.image_size, models)
@@ -151,6 +155,15 @@ def build_cropper(args, crop_sizes):
     if args.cropper == "attention":
         return AttentionCropper(args.attention_model, weights=args.attention_weights,
                                 verbose=True, **shared, **common.runtime_kwargs(args))
+    if args.cropper == "adapter":
+        from ..adapter import AttentionAdapter
+
+        return AttentionAdapter(args.attention_model, plan(args).embedding_model,
+                                attention_weights=args.attention_weights,
+                                embedding_weights=args.embedding_weights,
+                                n_crops=args.n_crops or len(crop_sizes), image_size=args.image_size,
+                                batch_size=args.batch_size, device=args.device,
+                                random_state=args.seed, verbose=True)
     if args.cropper == "center":
         return CenterCropper(**shared)
     if args.cropper == "random":
@@ -158,13 +171,15 @@ def build_cropper(args, crop_sizes):
     return None
 
 
-def crop_inputs(args, cropper, images):
-    """The head's inputs: ``images`` (file paths) or their crops."""
+def crop_inputs(args, cropper, images, fit=None):
+    """The head's inputs: ``images`` (file paths) or their crops.
+
+    ``fit``: the (images, labels) an adapter learns from."""
     inputs = images.tolist()
     if cropper is None:
         return inputs
     with common.model_errors("--attention-model", "--attention-weights"):
-        cropper.fit()
+        cropper.fit(*([fit[0].tolist(), fit[1]] if args.cropper == "adapter" else []))
         info(f"choosing {args.cropper} crops {list(cropper.crop_sizes_)}")
         return cropper.transform(inputs)
 
@@ -197,7 +212,7 @@ def predict_linear(args, settings, data, cropper):
     """Embed the fit and test images (or crops), fit the head; test predictions."""
     fit, te = data.masks[data.fit_split], data.masks["test"]
     rows = np.flatnonzero(fit | te)
-    inputs = crop_inputs(args, cropper, data.images[rows])
+    inputs = crop_inputs(args, cropper, data.images[rows], (data.images[fit], data.y[fit]))
     info(f"embedding with {settings.embedding_model}")
     with common.model_errors("--embedding-model", "--embedding-weights"):
         features = build_embedder(args, settings.embedding_model).fit_transform(inputs)
@@ -240,7 +255,8 @@ def make_results(args, settings, data, cropper, values):
         "method": method_label(args, settings, data, cropper),
         "config": {
             "cropper": args.cropper,
-            "attention_model": args.attention_model if args.cropper == "attention" else None,
+            "attention_model": (args.attention_model
+                                if args.cropper in ("attention", "adapter") else None),
             "embedding_model": settings.embedding_model,
             "crop_sizes": None if cropper is None else list(cropper.crop_sizes_),
             "head": head_label(args, data),
