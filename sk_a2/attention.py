@@ -35,7 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["HEAD_AGGREGATIONS", "aggregate_heads", "cls_attention", "patch_attention"]
+__all__ = [
+    "HEAD_AGGREGATIONS",
+    "aggregate_heads",
+    "cls_attention",
+    "cls_query_keys",
+    "cls_softmax",
+    "patch_attention",
+]
 
 HEAD_AGGREGATIONS = ("mean", "max", "entropy_weighted", "lowest_entropy_mean")
 
@@ -74,8 +81,20 @@ def _capture_attn_input(vm, x, layer):
     return attn, captured["args"], captured["kwargs"]
 
 
-def _q_cls_and_k(attn: nn.Module, args, kwargs):
-    """The CLS query and all keys, as (B, H, 1, d) and (B, H, N, d)."""
+def _per_image(project, xq):
+    """``project(xq)``; a lone CLS row is projected image by image, so that its value does not
+    depend on the batch size (a matrix product over few rows may take another kernel)."""
+    if xq.shape[1] != 1:
+        return project(xq)
+    return torch.cat([project(xq[i:i + 1].clone()) for i in range(xq.shape[0])])
+
+
+def cls_query_keys(attn: nn.Module, args, kwargs):
+    """The CLS query and all keys, as (B, H, 1, d) and (B, H, N, d), and the logit scale.
+
+    ``args`` and ``kwargs`` are the inputs of the attention module ``attn`` (as a forward
+    pre-hook registered ``with_kwargs=True`` receives them).
+    """
     if isinstance(attn, nn.MultiheadAttention):
         query = args[0] if args else kwargs["query"]
         key = args[1] if len(args) > 1 else kwargs.get("key", query)
@@ -96,42 +115,47 @@ def _q_cls_and_k(attn: nn.Module, args, kwargs):
     x = args[0] if args else kwargs["x"]
     B, N, _ = x.shape
     heads = attn.num_heads
+    rope = kwargs.get("rope")
+    # only the CLS query is needed (all queries when rotary embeddings rotate token 0 as well)
+    xq = x if rope is not None and attn.num_prefix_tokens == 0 else x[:, :1]
     qkv_linear = getattr(attn, "qkv", None)
     if qkv_linear is not None:
+        weight, bias = qkv_linear.weight, qkv_linear.bias
         q_bias = getattr(attn, "q_bias", None)
         if q_bias is not None:
-            bias = torch.cat((q_bias, attn.k_bias, attn.v_bias))
-            if getattr(attn, "qkv_bias_separate", False) and qkv_linear.bias is not None:
-                qkv = qkv_linear(x) + bias
-            else:
-                qkv = F.linear(x, qkv_linear.weight, bias)
-        else:
-            qkv = qkv_linear(x)
-        qkv = qkv.reshape(B, N, 3, heads, -1).permute(2, 0, 3, 1, 4)
-        q, k = qkv[0], qkv[1]
+            extra = torch.cat((q_bias, attn.k_bias, attn.v_bias))
+            separate = getattr(attn, "qkv_bias_separate", False) and bias is not None
+            bias = bias + extra if separate else extra
+        d = weight.shape[0] // 3
+        q = _per_image(lambda t: F.linear(t, weight[:d], None if bias is None else bias[:d]), xq)
+        k = F.linear(x, weight[d:2 * d], None if bias is None else bias[d:2 * d])
     elif getattr(attn, "q_proj", None) is not None and getattr(attn, "k_proj", None) is not None:
-        q = attn.q_proj(x).reshape(B, N, heads, -1).transpose(1, 2)
-        k = attn.k_proj(x).reshape(B, N, heads, -1).transpose(1, 2)
+        q, k = _per_image(attn.q_proj, xq), attn.k_proj(x)
     else:
         raise TypeError(
             f"attention module {type(attn).__name__} is not supported: expected a timm attention "
             "with qkv or q_proj/k_proj, or torch.nn.MultiheadAttention"
         )
+    q = q.reshape(B, xq.shape[1], heads, -1).transpose(1, 2)
+    k = k.reshape(B, N, heads, -1).transpose(1, 2)
     q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
     if q_norm is not None:
         q = q_norm(q)
     if k_norm is not None:
         k = k_norm(k)
-    rope = kwargs.get("rope")
     if rope is not None:
         from timm.layers import apply_rot_embed_cat
 
         npt = attn.num_prefix_tokens
         half = getattr(attn, "rotate_half", False)
-        q = torch.cat([q[:, :, :npt], apply_rot_embed_cat(q[:, :, npt:], rope, half=half)], 2)
+        if npt == 0:
+            q = apply_rot_embed_cat(q, rope, half=half)
         k = torch.cat([k[:, :, :npt], apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], 2)
     scale = getattr(attn, "scale", None) or q.shape[-1] ** -0.5
     return q[:, :, :1], k, float(scale)
+
+
+_q_cls_and_k = cls_query_keys
 
 
 @torch.no_grad()
@@ -152,7 +176,12 @@ def cls_attention(vm, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
     """
     layer = resolve_layer(layer, vm.num_layers)
     attn, args, kwargs = _capture_attn_input(vm, x, layer)
-    q, k, scale = _q_cls_and_k(attn, args, kwargs)
+    return cls_softmax(attn, args, kwargs)
+
+
+def cls_softmax(attn: nn.Module, args, kwargs) -> torch.Tensor:
+    """The CLS query's softmax row of every head, (B, H, N) float32, from the module's inputs."""
+    q, k, scale = cls_query_keys(attn, args, kwargs)
     # an elementwise product and a reduction over d (not a batched matmul): each image's row is
     # then computed the same way whatever else is in the batch, so cached and fresh maps agree
     logits = (q.float() * k.float()).sum(-1) * scale

@@ -29,7 +29,7 @@ from .common import PROG, CLIError, Parser, clean_message
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 #: Module names of the subcommands, in the order ``sk-a2 --help`` lists them.
-SUBCOMMANDS = ("demo", "crops", "evaluate")
+SUBCOMMANDS = ("demo", "crops", "evaluate", "localize")
 
 
 def build_parser() -> Parser:

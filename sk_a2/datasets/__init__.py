@@ -3,11 +3,13 @@
 ``make_spurious_images`` generates a small synthetic benchmark in memory. The loaders read
 the metadata of the benchmarks used in the A2 paper from a local copy and return image
 paths with labels, spurious attributes, groups and splits; they neither download nor open
-images, and do not check that every image file exists.
+images, and do not check that every image file exists. ``load_imagenet_val`` and
+``load_image_folder`` return annotated images for :mod:`sk_a2.localization`.
 Every function returns a :class:`sklearn.utils.Bunch` whose ``DESCR`` documents the expected
 layout and the label/group encoding.
 """
 
+from ._boxes import load_image_folder, load_imagenet_val
 from ._celeba import load_celeba
 from ._common import SPLIT_NAMES
 from ._metashift import load_metashift_animals, load_metashift_cvd
@@ -22,6 +24,8 @@ __all__ = [
     "get_benchmark",
     "list_benchmarks",
     "load_celeba",
+    "load_image_folder",
+    "load_imagenet_val",
     "load_metashift_animals",
     "load_metashift_cvd",
     "load_spawrious",
