@@ -25,6 +25,7 @@ __all__ = [
     "fade_outside",
     "plot_crop_grid",
     "plot_crops",
+    "plot_matrix",
     "require_matplotlib",
     "save_figure",
     "save_overlays",
@@ -307,3 +308,41 @@ def save_overlays(cropper, X, out_dir, *, cropset=None, attention_maps=None, hea
         ax = plot_crops(sources[i], cropset.boxes[i], attention, fade=fade)
         paths.append(save_figure(ax.figure, out_dir / f"{names[i]}_crops.png", dpi=dpi))
     return paths
+
+
+def plot_matrix(values, row_labels, col_labels, *, title="", xlabel="embedding model",
+                ylabel="attention model", percent=True):
+    """A heat map of a matrix (e.g. attention model × embedding model), each cell annotated.
+
+    Parameters
+    ----------
+    values : array-like of shape (n_rows, n_cols)
+        Fractions in [0, 1] with ``percent=True`` (shown as percentages), else any numbers.
+    row_labels, col_labels : sequence of str
+    title, xlabel, ylabel : str
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    _, Figure, _, _ = require_matplotlib()
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(f"values has shape {values.shape}, labels give "
+                         f"({len(row_labels)}, {len(col_labels)})")
+    shown = 100 * values if percent else values
+    fig = Figure(figsize=(1.6 + 1.3 * len(col_labels), 1.2 + 0.7 * len(row_labels)))
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(shown, cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=ax)
+    ax.set_xticks(range(len(col_labels)), labels=list(col_labels), rotation=30, ha="right")
+    ax.set_yticks(range(len(row_labels)), labels=list(row_labels))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    middle = np.nanmean(shown) if np.isfinite(shown).any() else 0.0
+    for (i, j), v in np.ndenumerate(shown):
+        ax.text(j, i, f"{v:.1f}", ha="center", va="center",
+                color="black" if v > middle else "white")
+    fig.tight_layout()
+    return fig

@@ -403,7 +403,7 @@ EARLY = [
     (["evaluate", "--dataset", "waterbirds", "--root", "{dir}", "--out", "{file}"],
      "--out '{file}' is an existing file"),
     (["evaluate", "--dataset", "celeba", "--root", "{dir}", "--cropper", "center",
-      "--image-size", "56"], "crop size 64 is larger than --image-size 56"),
+      "--image-size", "56"], "crop size 128 is larger than --image-size 56"),  # Appendix H
     (["evaluate", "--dataset", "waterbirds", "--root", "{dir}", "--device", "cuda:0"],
      "CUDA is not available"),
     (["evaluate", "--dataset", "waterbirds", "--root", "{dir}", "--classnames", "a", "b"],

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..datasets import get_benchmark, list_benchmarks
-from . import common
+from . import common, reproduce
 from .common import CLIError, info
 from .results import fit_dfr, fit_lr, format_table, scores, split_masks, write_json
 
@@ -29,10 +29,12 @@ DESCRIPTION = (
 CROPPERS = ("attention", "adapter", "center", "random", "none")
 HEADS = {"lr": "LR", "dfr": "DFR", "zs": "zero-shot CLIP"}
 ZS_CROP_SIZES = (128,)
-#: The paper's embedding model: DINOv2 ViT-g/14, or OpenCLIP ViT-L/14 for the zero-shot head.
-DEFAULT_EMBEDDING = "dinov2_vitg14"
+#: Appendix H: the center-crop baseline is one 128 x 128 crop.
+CENTER_CROP_SIZES = (128,)
+#: The paper's embedding model per head (Table 1: A²_LR ViT-S x ViT-G, DFR + A² ViT-S x ViT-S).
 ZS_EMBEDDING = "openclip_vitl14"
 CROP_SOURCES = ("resized", "original")  # sk_a2.original_crops.CROP_SOURCES, without torch
+DEFAULT_EMBEDDING = {"zs": ZS_EMBEDDING, "dfr": "dinov2_vits14", "lr": "dinov2_vitg14"}
 
 
 def add_parser(subparsers):
@@ -49,15 +51,17 @@ def add_parser(subparsers):
     common.add_model_options(parser, "attention", "dinov2_vits14",
                              "whose CLS attention picks the crops")
     common.add_model_options(parser, "embedding", None, "embedding the crops",
-                             f"{DEFAULT_EMBEDDING}; {ZS_EMBEDDING} for --head zs, which needs "
-                             "an open_clip CLIP model")
+                             "dinov2_vitg14 for --head lr, dinov2_vits14 for --head dfr, "
+                             "openclip_vitl14 for --head zs, which needs an open_clip CLIP "
+                             "model")
     parser.add_argument("--cropper", choices=CROPPERS, default="attention",
                         help="how crops are chosen: attention (A²), adapter (A² with an "
                              "attention adapter learned on the fit split, Appendix G), center or "
                              "random (the paper's baselines), none (full image only) (default: "
                              "attention)")
     common.add_crop_options(parser, None, "the paper's: 64 for Waterbirds and CelebA, 64,32 "
-                                          "for Spawrious and MetaShift, 128 for --head zs")
+                                          "for Spawrious and MetaShift, 128 for --head zs "
+                                          "and for --cropper center")
     parser.add_argument("--head", choices=tuple(HEADS), default="lr",
                         help="classifier: lr (logistic regression), dfr (DFR), zs (zero-shot "
                              "CLIP) (default: lr)")
@@ -74,17 +78,22 @@ def add_parser(subparsers):
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="folder where evaluate_<dataset>_<head>.json is written (default: "
                              "print only)")
+    reproduce.add_options(parser)
     return parser
 
 
 def plan(args):
     """The settings that follow from the options: benchmark, crop sizes, embedding model."""
     benchmark = get_benchmark(args.dataset)
-    zs = args.head == "zs"
+    default_sizes = benchmark.crop_sizes
+    if args.head == "zs":
+        default_sizes = ZS_CROP_SIZES
+    elif args.cropper == "center":
+        default_sizes = CENTER_CROP_SIZES
     return SimpleNamespace(
         benchmark=benchmark,
-        crop_sizes=args.crop_sizes or (ZS_CROP_SIZES if zs else benchmark.crop_sizes),
-        embedding_model=args.embedding_model or (ZS_EMBEDDING if zs else DEFAULT_EMBEDDING),
+        crop_sizes=args.crop_sizes or default_sizes,
+        embedding_model=args.embedding_model or DEFAULT_EMBEDDING[args.head],
     )
 
 
@@ -280,6 +289,8 @@ def write_results(args, results, columns):
 
 def run(args):
     """The ``evaluate`` subcommand; returns the results (also written to ``--out``)."""
+    if reproduce.wanted(args):
+        return reproduce.run(args, get_benchmark(args.dataset))
     settings = plan(args)
     check(args, settings)
     start = time.perf_counter()

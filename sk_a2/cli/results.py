@@ -18,13 +18,9 @@ _COLUMN_TITLES = {
 
 def scores(y_true, y_pred, groups):
     """Accuracy, worst-group and worst-class accuracy as plain floats."""
-    from ..metrics import worst_class_accuracy, worst_group_accuracy
+    from ..protocol import score_predictions
 
-    return {
-        "accuracy": float(np.mean(np.asarray(y_true) == np.asarray(y_pred))),
-        "worst_group_accuracy": float(worst_group_accuracy(y_true, y_pred, groups=groups)),
-        "worst_class_accuracy": float(worst_class_accuracy(y_true, y_pred)),
-    }
+    return score_predictions(y_true, y_pred, groups)
 
 
 def format_table(rows, columns):
