@@ -137,6 +137,21 @@ def load_metashift_cvd(root, *, val_size=0.0, random_state=0):
         If ``root`` or one of the four official image folders is missing.
     ValueError
         If an image folder holds no image.
+
+    Examples
+    --------
+    Without the files, the error says what is missing and where to get it:
+
+    >>> import tempfile
+    >>> from sk_a2.datasets import load_metashift_cvd
+    >>> try:
+    ...     load_metashift_cvd(tempfile.mkdtemp())
+    ... except FileNotFoundError as exc:
+    ...     print(str(exc).split(":")[0])
+    MetaShift Cats vs. Dogs train folder not found
+
+    With the data in place, ``data = load_metashift_cvd(root)`` gives the Bunch described above, ready for
+    ``data.images[data.split == "train"]``.
     """
     base = resolve_root(
         root,
@@ -222,6 +237,21 @@ def load_metashift_animals(root, *, metadata="metadata.csv", val_size=0.0, rando
         If ``root`` or the metadata CSV is missing.
     ValueError
         If the CSV lacks a column or holds an unknown class, an empty context or a bad split.
+
+    Examples
+    --------
+    Without the files, the error says what is missing and where to get it:
+
+    >>> import tempfile
+    >>> from sk_a2.datasets import load_metashift_animals
+    >>> try:
+    ...     load_metashift_animals(tempfile.mkdtemp())
+    ... except FileNotFoundError as exc:
+    ...     print(str(exc).split(":")[0])
+    MetaShift Animals metadata file not found
+
+    With the data in place, ``data = load_metashift_animals(root)`` gives the Bunch described above, ready for
+    ``data.images[data.split == "train"]``.
     """
     folder = resolve_root(
         root, metadata, (), "MetaShift Animals metadata file", METASHIFT_ANIMALS_SOURCE
