@@ -265,7 +265,7 @@ def load_image_folder(root, *, boxes=None):
     ...          "cat/b.png,0,4,4,8", "dog/c.png,1,1,7,7", ""]
     >>> _ = (root / "boxes.csv").write_text(chr(10).join(lines))
     >>> data = load_image_folder(root, boxes=root / "boxes.csv")
-    >>> list(data.target_names), data.target.tolist()
+    >>> data.target_names.tolist(), data.target.tolist()
     (['cat', 'dog'], [0, 0, 1])
     >>> data.boxes[0].tolist(), data.boxes[1].shape
     ([[0.0, 0.0, 4.0, 4.0]], (2, 4))
