@@ -79,18 +79,99 @@ def _draw_per_layer(ax, cols, series, metric, several):
 
 
 def plot_mass_hit_vs_size(summary):
-    """Mass in box (± std) and hit rate of each model's last reported block against its size."""
+    """Mass in box (± std) and hit rate of each model's last reported block against its size.
+
+    Parameters
+    ----------
+    summary : DataFrame or Bunch
+        :func:`sk_a2.localization.summarize_report` of one or several models.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+
+    >>> import numpy as np
+    >>> import pandas as pd
+    >>> summary = pd.DataFrame({
+    ...     "model": ["small"] * 3 + ["large"] * 3, "head_aggregation": "mean",
+    ...     "layer": [0, 1, 2] * 2, "n_params": [2e7] * 3 + [3e8] * 3, "n_images": 8})
+    >>> for metric in ("mass_in_box", "hit", "entropy", "top10_mass", "top25_mass",
+    ...                "cls_share", "register_share", "patch_share"):
+    ...     summary[metric + "_mean"] = np.linspace(0.2, 0.6, 6)
+    ...     summary[metric + "_std"] = 0.05
+    >>> from sk_a2.localization_plot import plot_mass_hit_vs_size
+    >>> fig = plot_mass_hit_vs_size(summary)
+    >>> len(fig.axes)
+    2
+    """
     return _two_panels(summary, _draw_vs_size, "parameters (millions)", "vs. model size",
                        xscale="log")
 
 
 def plot_per_layer(summary):
-    """Mass in box and hit rate per block, one line per model (stars: the last block)."""
+    """Mass in box and hit rate per block, one line per model (stars: the last block).
+
+    Parameters
+    ----------
+    summary : DataFrame or Bunch
+        :func:`sk_a2.localization.summarize_report` of one or several models.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+
+    >>> import numpy as np
+    >>> import pandas as pd
+    >>> summary = pd.DataFrame({
+    ...     "model": ["small"] * 3 + ["large"] * 3, "head_aggregation": "mean",
+    ...     "layer": [0, 1, 2] * 2, "n_params": [2e7] * 3 + [3e8] * 3, "n_images": 8})
+    >>> for metric in ("mass_in_box", "hit", "entropy", "top10_mass", "top25_mass",
+    ...                "cls_share", "register_share", "patch_share"):
+    ...     summary[metric + "_mean"] = np.linspace(0.2, 0.6, 6)
+    ...     summary[metric + "_std"] = 0.05
+    >>> from sk_a2.localization_plot import plot_per_layer
+    >>> fig = plot_per_layer(summary)
+    >>> len(fig.axes)
+    2
+    """
     return _two_panels(summary, _draw_per_layer, "block", "per block")
 
 
 def plot_token_shares(summary):
-    """Share of the CLS attention on the CLS, register and patch tokens per block, per model."""
+    """Share of the CLS attention on the CLS, register and patch tokens per block, per model.
+
+    Parameters
+    ----------
+    summary : DataFrame or Bunch
+        :func:`sk_a2.localization.summarize_report` of one or several models.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+
+    >>> import numpy as np
+    >>> import pandas as pd
+    >>> summary = pd.DataFrame({
+    ...     "model": ["small"] * 3 + ["large"] * 3, "head_aggregation": "mean",
+    ...     "layer": [0, 1, 2] * 2, "n_params": [2e7] * 3 + [3e8] * 3, "n_images": 8})
+    >>> for metric in ("mass_in_box", "hit", "entropy", "top10_mass", "top25_mass",
+    ...                "cls_share", "register_share", "patch_share"):
+    ...     summary[metric + "_mean"] = np.linspace(0.2, 0.6, 6)
+    ...     summary[metric + "_std"] = 0.05
+    >>> from sk_a2.localization_plot import plot_token_shares
+    >>> fig = plot_token_shares(summary)
+    >>> len(fig.axes) >= 1
+    True
+    """
     cols, series = _series(summary)
     several = len({agg for _, agg in series}) > 1
     fig, axes = _figure(len(series), width=4.0)
