@@ -65,7 +65,7 @@ sphinx_gallery_conf = {
     "examples_dirs": str(HERE.parent / "examples"),
     "gallery_dirs": "auto_examples",
     "filename_pattern": r"/plot_",
-    "ignore_pattern": r"^(?!.*/plot_)",
+    "ignore_pattern": r"(^|/)(?!plot_)[^/]+\.py$",
     "download_all_examples": False,
     "reference_url": {"sk_a2": None},
     "doc_module": ("sk_a2",),

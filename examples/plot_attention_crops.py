@@ -10,7 +10,7 @@ background, the spurious attribute) with the offline DINOv2 ViT-S/14 weights
 (``imgfocus_vits14``), and :func:`~sk_a2.plot.plot_crop_grid` draws the attention and the crops
 against the centre crops of the :class:`~sk_a2.CenterCropper` baseline.
 
-Run time: about 10 s on two CPU cores.
+Run time: a few seconds on two CPU cores.
 """
 
 import numpy as np

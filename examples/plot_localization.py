@@ -13,7 +13,7 @@ with the data (``data.boxes``), every block of the offline DINOv2 ViT-S/14
 the same from the command line, for several models and real datasets
 (:doc:`/localization`).
 
-Run time: about 20 s on two CPU cores.
+Run time: a few seconds to 10 s on two CPU cores.
 """
 
 import pandas as pd
