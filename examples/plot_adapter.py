@@ -15,7 +15,7 @@ Run time: about 1 to 2 minutes on two CPU cores (it embeds the 58 candidate crop
 training image once).
 """
 
-import importlib.util
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,14 +26,9 @@ from sk_a2.datasets import load_celeba
 from sk_a2.metrics import group_accuracy_report
 from sk_a2.plot import plot_crops
 
-try:
-    here = Path(__file__).resolve().parent
-except NameError:  # sphinx-gallery runs the example in its folder, without __file__
-    here = Path.cwd()
-script = here / "adapter_celeba.py"
-spec = importlib.util.spec_from_file_location("adapter_celeba", script)
-adapter_celeba = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(adapter_celeba)
+# sphinx-gallery runs each example in its folder, without ``__file__``
+sys.path.insert(0, str(Path(globals().get("__file__", "adapter_celeba.py")).resolve().parent))
+import adapter_celeba  # noqa: E402
 
 args = adapter_celeba.parse_args(["--n-synthetic", "32", "--epochs", "2", "--device", "cpu"])
 folder = tempfile.TemporaryDirectory()
@@ -43,10 +38,11 @@ X = data.images.tolist()
 Xtr, Xte = [X[i] for i in train], [X[i] for i in test]
 groups = np.asarray(data.group_names)[data.groups[test]]
 
-a2 = adapter_celeba.build(args, AttentionCropper("imgfocus_vits14", crop_sizes=(32,), image_size=112,
-                                                 device="cpu", cache="memory"))
+common = dict(image_size=112, device="cpu", cache="memory")
+a2 = adapter_celeba.build(args, AttentionCropper("imgfocus_vits14", crop_sizes=(32,), **common))
 adapted = adapter_celeba.build(args, AttentionAdapter(
-    "imgfocus_vits14", "imgfocus_vits14", n_crops=1, image_size=112, outer_epochs=args.epochs, device="cpu", cache="memory", random_state=0))
+    "imgfocus_vits14", "imgfocus_vits14", n_crops=1, outer_epochs=args.epochs, random_state=0,
+    **common))
 for name, pipe in (("A², default attention", a2), ("A² + adapter", adapted)):
     pred = pipe.fit(Xtr, data.target[train]).predict(Xte)
     print(f"{name}\n{group_accuracy_report(data.target[test], pred, groups=groups)}\n")

@@ -7,27 +7,22 @@ A² is a scikit-learn :class:`~sklearn.pipeline.Pipeline` (:class:`~sk_a2.Attent
 :class:`~sklearn.model_selection.GridSearchCV` tunes it. The search below is the one of the
 script ``examples/grid_search.py`` at a small size: the number of crops, the attention block and
 the head's ``C``, scored by :data:`sk_a2.metrics.worst_group_scorer` (groups reach the scorer
-through metadata routing), on 160 images of 112 px (96 to train) of the synthetic benchmark with the offline
-``imgfocus_vits14`` weights for both models. A shared disk cache computes each attention map
-and each crop embedding once over all candidates and folds.
+through metadata routing), on 160 images of 112 px (96 to train) of the synthetic benchmark
+with the offline ``imgfocus_vits14`` weights for both models. A shared disk cache computes each
+attention map and each crop embedding once over all candidates and folds.
 
 Run time: about 20 to 45 s on two CPU cores.
 """
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-try:
-    here = Path(__file__).resolve().parent
-except NameError:  # sphinx-gallery runs the example in its folder, without __file__
-    here = Path.cwd()
-script = here / "grid_search.py"
-spec = importlib.util.spec_from_file_location("grid_search", script)
-grid_search = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(grid_search)
+# sphinx-gallery runs each example in its folder, without ``__file__``
+sys.path.insert(0, str(Path(globals().get("__file__", "grid_search.py")).resolve().parent))
+import grid_search  # noqa: E402
 
 search, report = grid_search.run(n_samples=160, image_size=112, crop_sizes=(56, 28), cv=2,
                                  device="cpu")

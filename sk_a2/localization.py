@@ -265,14 +265,8 @@ def hits(maps, boxes, image_sizes, image_size):
 
     Parameters
     ----------
-    maps : array-like of shape (n, grid_h, grid_w)
-        Non-negative patch-grid maps.
-    boxes : array-like of shape (n, 4) or (n, k, 4), or a sequence of n per-image box arrays
-        ``(x0, y0, x1, y1)`` in original-image pixels (see :func:`check_boxes`).
-    image_sizes : array-like of shape (n, 2)
-        Original ``(height, width)`` of each image.
-    image_size : int
-        Side ``S`` of the square frame the maps are upsampled to.
+    maps, boxes, image_sizes, image_size
+        As in :func:`mass_in_boxes`.
 
     Examples
     --------
@@ -610,7 +604,6 @@ def localization_report(cropper, X, boxes, *, layers=None):
 
     Examples
     --------
-
     >>> from sk_a2 import AttentionCropper
     >>> from sk_a2.datasets import make_spurious_images
     >>> from sk_a2.localization import localization_report, summarize_report
@@ -668,18 +661,15 @@ def summarize_report(report):
 
     Examples
     --------
-
-    >>> from sk_a2 import AttentionCropper
-    >>> from sk_a2.datasets import make_spurious_images
-    >>> from sk_a2.localization import localization_report, summarize_report
-    >>> data = make_spurious_images(n_samples=10, image_size=56, random_state=0)
-    >>> cropper = AttentionCropper("imgfocus_vits14", crop_sizes=(28,), image_size=56,
-    ...                             device="cpu")
-    >>> report = localization_report(cropper.fit(data.images[:4]), data.images[:4],
-    ...                              data.boxes[:4], layers=[10, 11])
+    >>> import pandas as pd
+    >>> from sk_a2.localization import METRICS, TOKEN_SHARES, summarize_report
+    >>> report = pd.DataFrame({"model": "vit", "head_aggregation": "mean", "n_params": 10**7,
+    ...                        "layer": [0, 0, 1, 1], "image": [0, 1, 0, 1]})
+    >>> for column in METRICS + TOKEN_SHARES:
+    ...     report[column] = [0.2, 0.4, 0.6, 0.6]
     >>> summary = summarize_report(report)
-    >>> summary[["layer", "n_images"]].values.tolist()
-    [[10, 4], [11, 4]]
+    >>> summary[["layer", "n_images", "hit_mean", "hit_std"]].round(3).values.tolist()
+    [[0.0, 2.0, 0.3, 0.141], [1.0, 2.0, 0.6, 0.0]]
     """
     cols = report_columns(report)
     names = (*METRICS, *TOKEN_SHARES)

@@ -84,27 +84,25 @@ def plot_mass_hit_vs_size(summary):
     Parameters
     ----------
     summary : DataFrame or Bunch
-        :func:`sk_a2.localization.summarize_report` of one or several models.
+        :func:`sk_a2.localization.summarize_report` of several models: ``n_params``,
+        ``mass_in_box_*`` and ``hit_*`` of each model's last block are drawn.
 
     Returns
     -------
     matplotlib.figure.Figure
+        Two panels (mass in box, hit rate), parameters on a log axis.
 
     Examples
     --------
+    Two models, their last block each:
 
-    >>> import numpy as np
     >>> import pandas as pd
-    >>> summary = pd.DataFrame({
-    ...     "model": ["small"] * 3 + ["large"] * 3, "head_aggregation": "mean",
-    ...     "layer": [0, 1, 2] * 2, "n_params": [2e7] * 3 + [3e8] * 3, "n_images": 8})
-    >>> for metric in ("mass_in_box", "hit", "entropy", "top10_mass", "top25_mass",
-    ...                "cls_share", "register_share", "patch_share"):
-    ...     summary[metric + "_mean"] = np.linspace(0.2, 0.6, 6)
-    ...     summary[metric + "_std"] = 0.05
     >>> from sk_a2.localization_plot import plot_mass_hit_vs_size
-    >>> fig = plot_mass_hit_vs_size(summary)
-    >>> len(fig.axes)
+    >>> summary = pd.DataFrame({"model": ["vit_s", "vit_g"], "head_aggregation": "mean",
+    ...                         "layer": 11, "n_params": [2.2e7, 1.1e9], "n_images": 8,
+    ...                         "mass_in_box_mean": [0.4, 0.5], "mass_in_box_std": 0.1,
+    ...                         "hit_mean": [0.8, 0.9], "hit_std": 0.0})
+    >>> len(plot_mass_hit_vs_size(summary).axes)
     2
     """
     return _two_panels(summary, _draw_vs_size, "parameters (millions)", "vs. model size",
@@ -117,28 +115,30 @@ def plot_per_layer(summary):
     Parameters
     ----------
     summary : DataFrame or Bunch
-        :func:`sk_a2.localization.summarize_report` of one or several models.
+        :func:`sk_a2.localization.summarize_report` with several blocks per model
+        (``layers="all"``).
 
     Returns
     -------
     matplotlib.figure.Figure
+        Two panels (mass in box, hit rate) against the block index.
 
     Examples
     --------
+    One model, three blocks (built from :func:`~sk_a2.localization.summarize_report`'s
+    columns):
 
     >>> import numpy as np
-    >>> import pandas as pd
-    >>> summary = pd.DataFrame({
-    ...     "model": ["small"] * 3 + ["large"] * 3, "head_aggregation": "mean",
-    ...     "layer": [0, 1, 2] * 2, "n_params": [2e7] * 3 + [3e8] * 3, "n_images": 8})
-    >>> for metric in ("mass_in_box", "hit", "entropy", "top10_mass", "top25_mass",
-    ...                "cls_share", "register_share", "patch_share"):
-    ...     summary[metric + "_mean"] = np.linspace(0.2, 0.6, 6)
-    ...     summary[metric + "_std"] = 0.05
+    >>> from sklearn.utils import Bunch
     >>> from sk_a2.localization_plot import plot_per_layer
+    >>> rising = np.array([0.2, 0.3, 0.5])
+    >>> summary = Bunch(model=np.array(["vit_s"] * 3), head_aggregation=np.array(["max"] * 3),
+    ...                 layer=np.arange(3), n_params=np.full(3, 2.2e7), n_images=np.full(3, 4),
+    ...                 mass_in_box_mean=rising, mass_in_box_std=rising / 10,
+    ...                 hit_mean=rising + 0.3, hit_std=np.zeros(3))
     >>> fig = plot_per_layer(summary)
-    >>> len(fig.axes)
-    2
+    >>> [ax.get_xlabel() for ax in fig.axes]
+    ['block', 'block']
     """
     return _two_panels(summary, _draw_per_layer, "block", "per block")
 
@@ -149,28 +149,25 @@ def plot_token_shares(summary):
     Parameters
     ----------
     summary : DataFrame or Bunch
-        :func:`sk_a2.localization.summarize_report` of one or several models.
+        :func:`sk_a2.localization.summarize_report` results, with the token shares.
 
     Returns
     -------
     matplotlib.figure.Figure
+        One panel per model.
 
     Examples
     --------
-
-    >>> import numpy as np
     >>> import pandas as pd
-    >>> summary = pd.DataFrame({
-    ...     "model": ["small"] * 3 + ["large"] * 3, "head_aggregation": "mean",
-    ...     "layer": [0, 1, 2] * 2, "n_params": [2e7] * 3 + [3e8] * 3, "n_images": 8})
-    >>> for metric in ("mass_in_box", "hit", "entropy", "top10_mass", "top25_mass",
-    ...                "cls_share", "register_share", "patch_share"):
-    ...     summary[metric + "_mean"] = np.linspace(0.2, 0.6, 6)
-    ...     summary[metric + "_std"] = 0.05
     >>> from sk_a2.localization_plot import plot_token_shares
-    >>> fig = plot_token_shares(summary)
-    >>> len(fig.axes) >= 1
-    True
+    >>> shares = {"cls_share": [0.3, 0.1], "register_share": [0.0, 0.2],
+    ...           "patch_share": [0.7, 0.7], "mass_in_box": [0.4, 0.5]}
+    >>> summary = pd.DataFrame({"model": "vit_s_reg", "head_aggregation": "mean",
+    ...                         "layer": [10, 11], "n_params": 2.2e7, "n_images": 4,
+    ...                         **{f"{k}_mean": v for k, v in shares.items()},
+    ...                         **{f"{k}_std": 0.0 for k in shares}})
+    >>> plot_token_shares(summary).axes[0].get_xlabel()
+    'block'
     """
     cols, series = _series(summary)
     several = len({agg for _, agg in series}) > 1
