@@ -5,12 +5,15 @@ from __future__ import annotations
 import numbers
 import os
 
+import numpy as np
 import torch
 
 from ._param_validation import IMAGE_SIZE, PATH, Boolean, Interval, StrOptions, Text
 from .cache import DiskCache, MemoryCache, model_key, resolve_cache
 from .device import DEVICE, cpu_fallback, resolve_device
+from .images import position
 from .models import load_model
+from .weights import check_fingerprint, weights_fingerprint
 
 #: Parameter rules shared by the estimators that run a model (see ``_parameter_constraints``).
 MODEL_CONSTRAINTS = {
@@ -34,6 +37,40 @@ def check_positive_int(value, name):
     return int(value)
 
 
+def _path_of(source):
+    return f" ({os.fspath(source)!r})" if isinstance(source, (str, os.PathLike)) else ""
+
+
+def check_finite(values, what, vm, sources, rows):
+    """Refuse model outputs holding NaN or inf, naming the images and the model.
+
+    Parameters
+    ----------
+    values : ndarray
+        One leading entry per element of ``rows``.
+    what : str
+        What the values are, e.g. ``"attention maps"``.
+    vm : VisionModel
+        The model that computed them.
+    sources : sequence
+        The image sources ``rows`` index (a :class:`~sk_a2.images.Subset` knows their positions
+        in ``X``).
+    rows : ndarray of int
+        Row of ``sources`` of each entry of ``values``.
+    """
+    finite = np.isfinite(np.asarray(values).reshape(len(values), -1)).all(axis=1)
+    if finite.all():
+        return
+    bad = sorted({(position(sources, r), r) for r in np.asarray(rows)[~finite].tolist()})
+    names = ", ".join(f"X[{i}]{_path_of(sources[r])}" for i, r in bad[:8])
+    names += f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+    raise ValueError(
+        f"model {vm.name!r} gave non-finite (NaN or inf) {what} for {names}: its weights hold "
+        "non-finite values or its activations overflow; check the weights (or the model passed "
+        "in) and the precision used"
+    )
+
+
 class ImageModelMixin:
     """Model loading, cache arguments and input tags from the ``model``, ``weights``,
     ``image_size``, ``device`` and ``cache`` parameters."""
@@ -50,9 +87,23 @@ class ImageModelMixin:
         super().__setstate__(state)
 
     def _load(self):
-        """The loaded model (shared per process, see :func:`sk_a2.models.load_model`)."""
+        """The loaded model (shared per process, see :func:`sk_a2.models.load_model`).
+
+        A fitted estimator refuses a weights file whose content changed since ``fit``.
+        """
+        check_fingerprint(self.weights, getattr(self, "weights_digest_", None),
+                          type(self).__name__)
         return load_model(self.model, weights=self.weights, image_size=self.image_size,
                           device=resolve_device(self.device))
+
+    def _fit_model(self):
+        """For ``fit``: check the cache location, load the model and set ``weights_digest_``, the
+        fingerprint of the weights file (``None`` without one)."""
+        resolve_cache(self.cache)
+        self.weights_digest_ = None
+        vm = self._load()
+        self.weights_digest_ = weights_fingerprint(self.weights)
+        return vm
 
     def _cache_args(self):
         """``cache`` and ``model_id`` keyword arguments for the cached computations."""

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .images import load_resized
+from .images import load_resized, position
 
 
 class _ResizedImages(Dataset):
@@ -21,7 +21,7 @@ class _ResizedImages(Dataset):
         return len(self.sources)
 
     def __getitem__(self, i):
-        pixels, hw = load_resized(self.sources[i], self.size, index=i)
+        pixels, hw = load_resized(self.sources[i], self.size, index=position(self.sources, i))
         return torch.from_numpy(np.array(pixels, copy=True)), torch.tensor(hw, dtype=torch.int64)
 
 

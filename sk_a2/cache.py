@@ -9,6 +9,9 @@ Every estimator with a ``cache`` parameter accepts:
     by every estimator of the process, so clones made by ``GridSearchCV`` reuse each other's work.
 a directory (str or path-like)
     A :class:`DiskCache` there: entries survive the process and are shared between processes.
+    The folder is created if needed and must be writable; ``""``, a file, or a folder that
+    cannot be created or written is refused when the estimator is fitted and before every
+    model pass, not after the work (:func:`check_cache_dir`).
 
 Keys are digests of the image *content* (file bytes, pixels) and of every parameter that changes
 the result (model and weights, image size, layer and head aggregation for maps; model, image size
@@ -21,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import tempfile
 import threading
 import weakref
@@ -34,6 +38,7 @@ __all__ = [
     "EntryLayout",
     "MemoryCache",
     "cached_rows",
+    "check_cache_dir",
     "digest",
     "file_digest",
     "image_key",
@@ -177,6 +182,7 @@ class DiskCache:
 
     def put(self, key, value: np.ndarray) -> None:
         path = self._path(key)
+        _clear_corrupt_slot(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         buf.write(_MAGIC)
@@ -187,6 +193,9 @@ class DiskCache:
             with os.fdopen(fd, "wb") as f:
                 f.write(buf.getvalue())
             os.replace(tmp, path)
+        except IsADirectoryError:  # a folder came back in the entry's place: leave it unstored
+            os.unlink(tmp)
+            return
         except BaseException:
             try:
                 os.unlink(tmp)
@@ -218,6 +227,46 @@ class DiskCache:
                 total -= size
             except OSError:
                 pass
+
+
+def _clear_corrupt_slot(path: Path) -> None:
+    """Remove what cannot be an entry where one belongs: a folder at the entry's path, a file at
+    its sub-folder's path (like a corrupt entry, it is recomputed and replaced)."""
+    if path.parent.exists() and not path.parent.is_dir():
+        path.parent.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def check_cache_dir(directory) -> Path:
+    """Check that ``directory`` can hold a disk cache (creating it) and return it.
+
+    Raises
+    ------
+    ValueError
+        If the path is empty, is a file, cannot be created or is not writable.
+    """
+    text = os.fspath(directory)
+    if not str(text).strip():
+        raise ValueError(
+            "cache='' names no folder (it would fill the current directory); pass None for no "
+            "cache, 'memory', or a folder path"
+        )
+    path = Path(text).expanduser()
+    where = f"cache folder {str(path)!r}"
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{where} is a file, not a folder; pass a folder path (or None)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".probe-")
+    except OSError as exc:
+        raise ValueError(
+            f"{where} cannot be written ({exc.strerror or exc}); pass a writable folder, "
+            "'memory', or None"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
 
 
 _MEMORY: MemoryCache | None = None
@@ -318,13 +367,17 @@ def cached_rows(layout: EntryLayout, n: int, compute, cache=None, keys=None) -> 
 
 
 def resolve_cache(cache):
-    """``None``, ``"memory"`` or a directory → a cache object (or None)."""
+    """``None``, ``"memory"`` or a directory → a cache object (or None).
+
+    A directory is checked (and created) here, so that a bad location is reported before any
+    model work: see :func:`check_cache_dir`.
+    """
     if cache is None:
         return None
     if isinstance(cache, str) and cache == "memory":
         return memory_cache()
     if isinstance(cache, (str, os.PathLike)):
-        return DiskCache(cache)
+        return DiskCache(check_cache_dir(cache))
     if isinstance(cache, (MemoryCache, DiskCache)):
         return cache
     raise ValueError(f"cache must be None, 'memory' or a directory path, got {cache!r}")

@@ -9,7 +9,7 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import MODEL_CONSTRAINTS, ImageModelMixin
+from ._base import MODEL_CONSTRAINTS, ImageModelMixin, check_finite
 from ._data import autocast, iter_image_batches
 from ._param_validation import Interval, StrOptions, validate_params
 from .attention import HEAD_AGGREGATIONS, aggregate_heads, patch_attention, resolve_layer
@@ -69,6 +69,9 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         The sizes of the crops, in order.
     grid_size_ : tuple of int
         The attention model's patch grid ``(grid_h, grid_w)``.
+    weights_digest_ : str or None
+        Digest of the ``weights`` file's bytes at ``fit`` time (``None`` without a file). A
+        fitted (or unpickled) estimator refuses to run once the file's content differs.
 
     Examples
     --------
@@ -150,7 +153,7 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         self
         """
         sizes = self._validate()
-        vm = self._load()
+        vm = self._fit_model()
         resolve_layer(self.layer, vm.num_layers)
         self.crop_sizes_ = sizes
         self.grid_size_ = vm.grid_size
@@ -187,7 +190,9 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
                     attn = patch_attention(vm, vm.normalize(pixels), self.layer)
                 m = aggregate_heads(attn.float(), self.head_aggregation)
                 m = m.reshape(-1, *vm.grid_size).cpu().numpy()
-                yield todo[start:start + len(hw)], {"image_size": hw, "map": m}
+                rows = todo[start:start + len(hw)]
+                check_finite(m, "attention maps", vm, sources, rows)
+                yield rows, {"image_size": hw, "map": m}
 
         rows = cached_rows(map_entry(vm.grid_size), len(sources), compute, cache, keys)
         return rows["map"], rows["image_size"]

@@ -7,7 +7,7 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import MODEL_CONSTRAINTS, ImageModelMixin
+from ._base import MODEL_CONSTRAINTS, ImageModelMixin, check_finite
 from ._data import autocast, iter_image_batches, resolve_num_workers
 from ._param_validation import Boolean, StrOptions, validate_params
 from .cache import EntryLayout, cached_rows, digest, image_key
@@ -98,7 +98,9 @@ def _embed_missing(vm, sources, boxes, todo, size, batch_size, num_workers, verb
             sel = torch.as_tensor(b_idx[~is_full], device=pixels.device)
             crop_boxes = torch.as_tensor(b_boxes[~is_full], device=pixels.device)[:, None]
             inputs[torch.as_tensor(~is_full)] = crop_resize(pixels[sel], crop_boxes, size)[:, 0]
-        yield batch_rows[b_idx], j_idx, _forward_embed(vm, inputs, batch_size).cpu().numpy()
+        emb = _forward_embed(vm, inputs, batch_size).cpu().numpy()
+        check_finite(emb, "embeddings", vm, sources, batch_rows[b_idx])
+        yield batch_rows[b_idx], j_idx, emb
 
 
 def crop_inputs(X, size, include_full_image, crop_source):
@@ -128,7 +130,9 @@ def _embed_missing_original(vm, sources, originals, todo, size, batch_size, num_
     ):
         batch_rows = rows[start:start + len(counts)]
         b_idx, j_idx = np.nonzero(todo[batch_rows])
-        yield batch_rows[b_idx], j_idx, _forward_embed(vm, crops, batch_size).cpu().numpy()
+        emb = _forward_embed(vm, crops, batch_size).cpu().numpy()
+        check_finite(emb, "embeddings", vm, sources, batch_rows[b_idx])
+        yield batch_rows[b_idx], j_idx, emb
 
 
 @torch.no_grad()
@@ -191,6 +195,9 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         Crops per image seen in ``fit`` (0 for plain images).
     n_features_out_ : int
         ``(n_crops_ + include_full_image) * d``, or ``d`` for plain images.
+    weights_digest_ : str or None
+        Digest of the ``weights`` file's bytes at ``fit`` time (``None`` without a file). A
+        fitted (or unpickled) estimator refuses to run once the file's content differs.
 
     Examples
     --------
@@ -257,7 +264,7 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         self
         """
         self._validate()
-        vm = self._load()
+        vm = self._fit_model()
         if not isinstance(X, CropSet):
             as_sources(X)
         self.embed_dim_ = vm.embed_dim

@@ -15,15 +15,22 @@ Conversions, applied per image:
   ``round(v / 257)`` after clipping to ``[0, 65535]``;
 * CMYK, YCbCr and other PIL modes are converted with PIL's ``convert("RGB")``.
 
-Anything else (float or bool arrays, wrong shapes, unreadable files) raises ``ValueError`` naming
-the offending index.
+Anything else (float, bool or signed-integer arrays, wrong shapes, unreadable files) raises
+``ValueError`` naming the offending index (and the path of a file).
+
+Largest image: files are opened by PIL, which refuses an image of more than twice
+``PIL.Image.MAX_IMAGE_PIXELS`` pixels (about 179 million by default) as a possible decompression
+bomb; this is reported like any unreadable file. Raise ``PIL.Image.MAX_IMAGE_PIXELS`` only for
+files you trust.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +38,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "EXIF_ORIENTATION",
+    "Subset",
     "as_sources",
+    "decompression_bomb_error",
     "exif_orientation",
     "image_digest",
     "load_resized",
     "load_rgb",
     "open_image",
+    "position",
     "resize_rgb",
     "take",
 ]
@@ -65,6 +75,8 @@ def open_image(path, where: str):
             yield img
     except FileNotFoundError:
         raise ValueError(f"{where}: image file {str(path)!r} does not exist") from None
+    except Image.DecompressionBombError as exc:
+        raise decompression_bomb_error(path, exc, where) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(
             f"{where}: cannot read image file {str(path)!r} ({type(exc).__name__}: {exc})"
@@ -142,10 +154,18 @@ def as_sources(X, *, name="X"):
 def _check_array_dtype(arr, where):
     if arr.dtype == np.uint8 or arr.dtype == np.uint16:
         return
-    raise ValueError(
-        f"{where} has dtype {arr.dtype}: expected uint8 (or uint16) pixels; convert float images "
-        "in [0, 1] with (img * 255).round().astype(np.uint8)"
-    )
+    if arr.dtype.kind == "f":
+        hint = "; convert float images in [0, 1] with (img * 255).round().astype(np.uint8)"
+    elif arr.dtype.kind == "b":
+        hint = "; convert a mask with img.astype(np.uint8) * 255"
+    elif arr.dtype.kind in "iu":
+        hint = (
+            "; convert it to uint8 yourself, e.g. img.astype(np.uint8) when every value lies in "
+            "0-255 (A² does not guess the range of wider integers)"
+        )
+    else:
+        hint = ""
+    raise ValueError(f"{where} has dtype {arr.dtype}: expected uint8 (or uint16) pixels{hint}")
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -210,6 +230,17 @@ def load_rgb(source, index=None) -> np.ndarray:
     raise ValueError(f"{where} is a {type(source).__name__}: expected a path, PIL image or array")
 
 
+def decompression_bomb_error(path, exc, where=None) -> ValueError:
+    """The error for a file PIL refuses as a possible decompression bomb (``exc``), prefixed by
+    ``where`` (e.g. ``"X[3]"``)."""
+    prefix = "" if where is None else f"{where}: "
+    return ValueError(
+        f"{prefix}image file {str(path)!r} is refused as a possible decompression bomb "
+        f"({exc}). If you trust the file, raise the limit before loading it: "
+        "PIL.Image.MAX_IMAGE_PIXELS = <pixels> (None removes it)"
+    )
+
+
 def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
     """Resize an ``(H, W, 3)`` uint8 image to ``(size, size, 3)`` with PIL bicubic.
 
@@ -233,8 +264,41 @@ def load_resized(source, size: int, index=None):
     return resize_rgb(rgb, size), rgb.shape[:2]
 
 
-def take(sources, idx):
-    """The sources at positions ``idx`` (an array stays an array, a list a list)."""
-    if isinstance(sources, np.ndarray):
-        return sources[np.asarray(idx, dtype=np.int64)]
-    return [sources[i] for i in idx]
+@dataclass(frozen=True, eq=False)
+class Subset(Sequence):
+    """Some image sources of ``X`` and their positions in ``X``, so errors name the right image.
+
+    Attributes
+    ----------
+    items : list or ndarray
+        The selected sources.
+    positions : ndarray of int64
+        Position in ``X`` of each selected source.
+    """
+
+    items: object
+    positions: np.ndarray
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def position(sources, i) -> int:
+    """Position in the user's ``X`` of ``sources[i]`` (``i`` unless ``sources`` is a
+    :class:`Subset`)."""
+    return int(sources.positions[i]) if isinstance(sources, Subset) else int(i)
+
+
+def take(sources, idx) -> Subset:
+    """The sources at positions ``idx`` (an array stays an array, a list a list), as a
+    :class:`Subset` remembering where each came from in ``X``."""
+    idx = np.asarray(idx, dtype=np.int64)
+    if isinstance(sources, Subset):
+        items, positions = sources.items, sources.positions[idx]
+    else:
+        items, positions = sources, idx
+    picked = items[idx] if isinstance(items, np.ndarray) else [items[i] for i in idx]
+    return Subset(picked, positions)

@@ -47,7 +47,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._data import autocast, iter_image_batches
 from .attention import aggregate_heads, cls_softmax, resolve_layer
+from .baselines import image_sizes as read_image_sizes
 from .cache import digest, image_key, model_key, resolve_cache
+from .cropper import AttentionCropper, map_entry
 from .images import as_sources, take
 from .models import load_model, resolve_device
 
@@ -56,6 +58,7 @@ __all__ = [
     "TOKEN_SHARES",
     "check_boxes",
     "hits",
+    "layer_attention_maps",
     "layer_cls_attention",
     "localization_report",
     "mass_in_boxes",
@@ -436,28 +439,6 @@ def _resolve_layers(layers, own_layer, num_layers):
     return list(dict.fromkeys(out))
 
 
-def _source_size(source, index):
-    """Original (height, width) of a source, as the image loader will see it (EXIF applied)."""
-    from PIL import Image
-
-    if isinstance(source, np.ndarray):
-        return source.shape[:2]
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            with Image.open(source) as img:
-                w, h = img.size
-                orientation = img.getexif().get(0x0112, 1)
-        except OSError as exc:
-            raise ValueError(
-                f"X[{index}]: cannot read image file {str(source)!r} ({exc})") from None
-    elif isinstance(source, Image.Image):
-        (w, h), orientation = source.size, source.getexif().get(0x0112, 1)
-    else:
-        raise ValueError(f"X[{index}] is a {type(source).__name__}: expected a path, PIL image or "
-                         "array")
-    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
-
-
 def _cache_keys(cropper, sources, layers):
     """Per image and layer: the cropper's attention-map key and the token-share key."""
     mkey = model_key(cropper.model, cropper.weights)
@@ -473,24 +454,30 @@ def _cache_keys(cropper, sources, layers):
     return keys
 
 
-def _read_cached(cache, keys, maps, shares, hws):
-    """Fill what the cache holds; return the rows still to compute."""
+def _read_cached(cache, keys, maps, shares, hws, need_shares=True):
+    """Fill what the cache holds (maps in the cropper's own entry layout); return the rows still
+    to compute. Without ``need_shares``, token shares are not looked up (left unset)."""
     todo = []
-    gh, gw = maps.shape[2:]
+    layout = map_entry(maps.shape[2:])
     for i, per_layer in enumerate(keys):
-        entries = [(cache.get(km), cache.get(ks)) for km, ks in per_layer]
-        if any(m is None or m.shape != (2 + gh * gw,) or s is None or s.shape != (3,)
-               for m, s in entries):
+        found = layout.empty(len(per_layer))
+        entries = [(cache.get(km), cache.get(ks) if need_shares else None) for km, ks in per_layer]
+        if not all(layout.unpack_into(m, found, li)
+                   and (not need_shares or (s is not None and s.shape == (3,)))
+                   for li, (m, s) in enumerate(entries)):
             todo.append(i)
             continue
-        for li, (m, s) in enumerate(entries):
-            maps[li, i], shares[li, i] = m[2:].reshape(gh, gw), s
-        hws[i] = entries[0][0][:2]
+        maps[:, i], hws[i] = found["map"], found["image_size"][0]
+        if need_shares:
+            shares[:, i] = [s for _, s in entries]
     return np.asarray(todo, dtype=np.int64)
 
 
-def _layer_maps(cropper, vm, sources, layers):
-    """Maps (L, n, gh, gw), token shares (L, n, 3) and original sizes (n, 2) of all layers."""
+def _layer_maps(cropper, vm, sources, layers, need_shares=True):
+    """Maps (L, n, gh, gw), token shares (L, n, 3) and original sizes (n, 2) of all layers.
+
+    Without ``need_shares``, images whose maps are all cached are not recomputed, and their
+    token shares are left unset."""
     L, n, (gh, gw) = len(layers), len(sources), vm.grid_size
     maps = np.empty((L, n, gh, gw), dtype=np.float32)
     shares = np.empty((L, n, 3), dtype=np.float64)
@@ -499,7 +486,7 @@ def _layer_maps(cropper, vm, sources, layers):
     todo, keys = np.arange(n), None
     if cache is not None:
         keys = _cache_keys(cropper, sources, layers)
-        todo = _read_cached(cache, keys, maps, shares, hws)
+        todo = _read_cached(cache, keys, maps, shares, hws, need_shares)
     if not len(todo):
         return maps, shares, hws
     npt = vm.num_prefix_tokens
@@ -515,11 +502,47 @@ def _layer_maps(cropper, vm, sources, layers):
             m = aggregate_heads(a[..., npt:].float(), cropper.head_aggregation)
             maps[li, rows] = m.reshape(-1, gh, gw).cpu().numpy()
             shares[li, rows] = _token_shares(a, npt)
+        layout = map_entry((gh, gw))
         for r in rows if cache is not None else ():
             for li, (km, ks) in enumerate(keys[r]):
-                cache.put(km, np.concatenate([hws[r].astype(np.float32), maps[li, r].ravel()]))
+                cache.put(km, layout.pack(image_size=hws[r], map=maps[li, r]))
                 cache.put(ks, shares[li, r])
     return maps, shares, hws
+
+
+def layer_attention_maps(cropper, X, layers):
+    """The attention maps of several blocks, all from one forward pass per batch.
+
+    With the cropper's ``cache``, the maps are read from and stored under the keys and in the
+    entry layout the cropper itself uses (:meth:`AttentionCropper.attention_maps`), so that
+    afterwards a clone of ``cropper`` with any of ``layers`` as its ``layer`` chooses its crops of
+    ``X`` without running the model: a search over layers (``GridSearchCV``) costs one pass over
+    the images instead of one per layer.
+
+    Parameters
+    ----------
+    cropper : AttentionCropper
+        A fitted cropper: its model, weights, image size, head aggregation, batch size, device,
+        cache and ``verbose`` are used.
+    X : sequence of image sources, or (n, H, W, 3) uint8 array
+    layers : None, "all" or sequence of int
+        ``None``: the cropper's ``layer``; ``"all"``: every block; negative indices count from
+        the end.
+
+    Returns
+    -------
+    maps : ndarray of shape (len(layers), n, grid_h, grid_w), float32
+        Each map sums to 1; layers in the given order (repeats removed).
+    image_sizes : ndarray of shape (n, 2), int64
+        Original ``(height, width)`` of each image.
+    """
+    check_is_fitted(cropper)
+    sources = as_sources(X)
+    vm = load_model(cropper.model, weights=cropper.weights, image_size=cropper.image_size,
+                    device=resolve_device(cropper.device))
+    layer_idx = _resolve_layers(layers, cropper.layer, vm.num_layers)
+    maps, _, hws = _layer_maps(cropper, vm, sources, layer_idx, need_shares=False)
+    return maps, hws
 
 
 # --------------------------------------------------------------------------------------------
@@ -621,7 +644,7 @@ def localization_report(cropper, X, boxes, *, layers=None):
     sources = as_sources(X)
     n = len(sources)
     box_list = check_boxes(boxes, n)
-    check_boxes(box_list, n, [_source_size(s, i) for i, s in enumerate(sources)])
+    check_boxes(box_list, n, read_image_sizes(sources))
     vm = load_model(cropper.model, weights=cropper.weights, image_size=cropper.image_size,
                     device=resolve_device(cropper.device))
     layer_idx = _resolve_layers(layers, cropper.layer, vm.num_layers)
@@ -703,8 +726,6 @@ def summarize_report(report):
 
 
 def _candidate_croppers(candidates, base):
-    from .cropper import AttentionCropper
-
     if isinstance(candidates, (dict, AttentionCropper)):
         candidates = [candidates]
     out = []

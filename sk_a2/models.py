@@ -32,7 +32,6 @@ import os
 import threading
 import weakref
 from copy import deepcopy
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -41,6 +40,8 @@ from ._param_validation import IMAGE_SIZE
 from .backends import ModelSpec, VisionModel, backend_for_module, get_backend, list_backends
 from .backends.hub import WeightsUnavailableError
 from .device import resolve_device
+from .input_size import check_input_size
+from .weights import check_weights_file
 
 __all__ = [
     "ModelSpec",
@@ -187,13 +188,14 @@ def load_model(model, *, weights=None, image_size=224, device="cpu") -> VisionMo
     image_size = int(image_size)
     device = resolve_device(device)
     if weights is not None:
-        weights = _check_weights_file(weights)
+        weights = check_weights_file(weights)
     if isinstance(model, nn.Module):
         if weights is not None:
             raise ValueError("weights= applies to a model name; a module passed in has its own")
         return _wrap_module(model, image_size, device)
     spec = resolve_model_spec(model)
     backend = get_backend(spec.library)
+    check_input_size(image_size, backend.patch_size(spec), spec.name)
     weights = backend.resolve_weights(spec, weights, image_size)
     stamp = None if weights is None else (str(weights), os.path.getmtime(weights))
     key = (spec.library, spec.arch, spec.pretrained, stamp, image_size, str(device))
@@ -201,17 +203,6 @@ def load_model(model, *, weights=None, image_size=224, device="cpu") -> VisionMo
         if key not in _CACHE:
             _CACHE[key] = backend.load(spec, weights, image_size, device)
         return _CACHE[key]
-
-
-def _check_weights_file(weights) -> Path:
-    path = Path(os.fspath(weights)).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
-    if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
-        raise ValueError(
-            f"weights file {str(path)!r}: expected a .safetensors, .pth, .pt or .bin state dict"
-        )
-    return path.resolve()
 
 
 def _wrap_module(module: nn.Module, image_size: int, device: torch.device) -> VisionModel:
@@ -224,6 +215,7 @@ def _wrap_module(module: nn.Module, image_size: int, device: torch.device) -> Vi
         backend = backend_for_module(module)
         name = backend.module_name(module)
         backend.check_vit(module, name)
+        check_input_size(image_size, backend.module_patch_size(module), name)
         params = list(module.parameters())
         if not params:
             raise ValueError("model has no parameters")

@@ -11,10 +11,12 @@ it evaluates :class:`RowSpec` configurations (how the crops are chosen × which 
 Cost. The deterministic parts (attention maps, boxes, embeddings) are computed once per image
 and box: every crop set and feature matrix is kept for the run, and with a content ``cache``
 (``"memory"`` or a directory, :mod:`sk_a2.cache`) the tuning search, whose pipelines
-``GridSearchCV`` clones, reads them back too. Only the stochastic parts run once per seed: DFR's
-group-balanced resampling and the random-crop baseline's boxes (new boxes are new crops to
-embed). The logistic-regression head (lbfgs) is deterministic, so its seeds agree (std 0), as in
-the paper.
+``GridSearchCV`` clones, reads them back too: the maps of all its candidate layers are computed
+beforehand from one forward pass per batch, so the search runs the attention model once per
+image and the embedding model once per (image, box). Only the stochastic parts run once per
+seed: DFR's group-balanced resampling and the random-crop baseline's boxes (new boxes are new
+crops to embed). The logistic-regression head (lbfgs) is deterministic, so its seeds agree
+(std 0), as in the paper.
 
 Every row reports accuracy, worst-group and worst-class accuracy on the test split per seed,
 with their mean and standard deviation over seeds (``ddof=0``), and the paper's reported values
@@ -150,7 +152,9 @@ class RowSpec:
 
     ``method`` is ``full`` (the whole image), ``center``, ``random`` or ``a2``; ``head`` is
     ``lr``, ``dfr`` or ``zs``. ``C`` is the logistic regression's inverse regularisation (DFR
-    tunes its own).
+    tunes its own). ``crop_source`` is where the crops are cut from: ``"resized"`` (the image
+    resized to ``image_size``, the paper's way) or ``"original"`` (the original pixels,
+    :class:`~sk_a2.CropEmbedder`'s ``crop_source``); the full image ignores it.
     """
 
     method: str
@@ -161,16 +165,25 @@ class RowSpec:
     n_crops: int | None = None
     layer: int = -1
     C: float = 1.0
+    crop_source: str = "resized"
+
+    @property
+    def original(self) -> bool:
+        """Whether crops are cut from the original pixels (never for the full image)."""
+        return self.crop_source == "original" and self.method != "full"
 
     @property
     def key(self) -> str:
-        return f"{self.method}_{self.head}"
+        return f"{self.method}_original_{self.head}" if self.original else \
+            f"{self.method}_{self.head}"
 
     @property
     def label(self) -> str:
         what = _METHOD_LABELS[self.method]
-        if self.method == "a2":
-            what += f" ({self.attention.label} attention)"
+        notes = [f"{self.attention.label} attention"] if self.method == "a2" else []
+        notes += ["original pixels"] if self.original else []
+        if notes:
+            what += f" ({', '.join(notes)})"
         return f"{what} -> {self.embedding.label} + {_HEAD_LABELS[self.head]}"
 
     def config(self) -> dict:
@@ -178,16 +191,27 @@ class RowSpec:
                 "attention_model": None if self.attention is None else str(self.attention),
                 "embedding_model": str(self.embedding),
                 "crop_sizes": None if self.crop_sizes is None else list(self.crop_sizes),
-                "n_crops": self.n_crops, "layer": self.layer, "C": self.C}
+                "n_crops": self.n_crops, "layer": self.layer, "C": self.C,
+                "crop_source": "original" if self.original else "resized"}
 
 
 def compare_specs(attention, embedding, *, crop_sizes, center_crop_sizes=(128,),
-                  random_crop_sizes=None, heads=("lr", "dfr")) -> list:
-    """The rows of a paper table: full image, center crop, random crops and A², per head."""
+                  random_crop_sizes=None, heads=("lr", "dfr"), crop_source="resized",
+                  a2_original=True) -> list:
+    """The rows of a paper table: full image, center crop, random crops and A², per head.
+
+    ``crop_source`` is that of the center, random and A² rows; with ``a2_original`` (beyond the
+    paper), A² rows with crops cut from the original pixels follow (keys ``a2_original_<head>``),
+    unless ``crop_source`` is already ``"original"``.
+    """
     sizes = {"full": None, "center": tuple(center_crop_sizes), "a2": tuple(crop_sizes),
              "random": tuple(random_crop_sizes or crop_sizes)}
-    return [RowSpec(method, head, embedding, attention if method == "a2" else None, sizes[method])
-            for method in METHODS for head in heads]
+    specs = [RowSpec(method, head, embedding, attention if method == "a2" else None,
+                     sizes[method], crop_source="resized" if method == "full" else crop_source)
+             for method in METHODS for head in heads]
+    if a2_original and crop_source != "original":
+        specs += [replace(s, crop_source="original") for s in specs if s.method == "a2"]
+    return specs
 
 
 def default_tune_grid(crop_sizes, image_size, *, max_crops=3, layers=(-1, -2),
@@ -221,7 +245,7 @@ def _summary(spec, seeds, per_seed, dataset, image_size):
     sizes = spec.crop_sizes
     if sizes is not None and spec.n_crops is not None:
         sizes = (list(sizes) + [sizes[-1]] * spec.n_crops)[:spec.n_crops]
-    reported = match_reported(
+    reported = {} if spec.original else match_reported(  # the paper cuts from the resized image
         dataset=dataset, method=spec.method, head=spec.head, embedding_model=spec.embedding.name,
         attention_model=None if spec.attention is None else spec.attention.name,
         crop_sizes=sizes, image_size=image_size)
@@ -415,11 +439,12 @@ class Protocol:
         from .embedder import CropEmbedder
 
         crop_key, inputs = self.crops(spec, seed)
-        key = (crop_key, spec.embedding)
+        key = (crop_key, spec.embedding, spec.original)
         if key not in self._features:
-            self.log(f"embedding {_METHOD_LABELS[spec.method]} with {spec.embedding.name}")
+            self.log(f"embedding {_METHOD_LABELS[spec.method]} with {spec.embedding.name}"
+                     + (" from the original pixels" if spec.original else ""))
             embedder = CropEmbedder(spec.embedding.name, weights=spec.embedding.weights,
-                                    **self._runtime())
+                                    crop_source=spec.crop_source, **self._runtime())
             self._features[key] = embedder.fit_transform(inputs)
         return self._features[key]
 
@@ -455,7 +480,8 @@ class Protocol:
         names = self.classnames or [d.target_names[c] if d.target_names else str(c)
                                     for c in np.unique(d.y[train])]
         model = ZeroShotCLIPClassifier(spec.embedding.name, weights=spec.embedding.weights,
-                                       classnames=names, **self._runtime())
+                                       classnames=names, crop_source=spec.crop_source,
+                                       **self._runtime())
         model.fit(d.images[train].tolist(), d.y[train])
         test_inputs = inputs[test] if not isinstance(inputs, list) else d.images[test].tolist()
         return model.predict(test_inputs)
@@ -479,7 +505,8 @@ class Protocol:
         return [self.run_row(spec, seeds) for spec in specs]
 
     def cross_model_matrix(self, attentions, embeddings, *, head="lr", crop_sizes,
-                           n_crops=None, layer=-1, C=1.0, seeds=(0,)) -> CrossModelMatrix:
+                           n_crops=None, layer=-1, C=1.0, seeds=(0,),
+                           crop_source="resized") -> CrossModelMatrix:
         """A² with every attention model × every embedding model (Tables 11–15, 24–30).
 
         Each attention model's crops are chosen once and each embedding model embeds each
@@ -488,7 +515,8 @@ class Protocol:
         cells = {}
         for i, a in enumerate(attentions):
             for j, e in enumerate(embeddings):
-                spec = RowSpec("a2", head, e, a, tuple(crop_sizes), n_crops, layer, C)
+                spec = RowSpec("a2", head, e, a, tuple(crop_sizes), n_crops, layer, C,
+                               crop_source)
                 cells[(i, j)] = self.run_row(spec, seeds)
         return CrossModelMatrix(list(attentions), list(embeddings), cells)
 
@@ -499,6 +527,12 @@ class Protocol:
         LogisticRegression, fitted on the train split and scored on the val split (one
         ``PredefinedSplit`` fold) by the worst-group (or worst-class) scorer, groups routed
         through scikit-learn's metadata routing.
+
+        With a ``cache``, the attention maps of every candidate layer are computed first, all
+        from one forward pass per batch (:func:`sk_a2.localization.layer_attention_maps`), and
+        stored under the cropper's keys: the search then runs no attention forward, and each
+        (image, box) is embedded once, so the whole search costs one pass of each model over
+        the train and val images.
         """
         import sklearn
         from sklearn.model_selection import GridSearchCV
@@ -509,6 +543,7 @@ class Protocol:
         self.data.require("val", "tuning", _VAL_HINT)
         grid = grid or default_tune_grid(spec.crop_sizes, self.image_size)
         X, y, fit_params, cv = self._search_inputs()
+        self._prefill_maps(spec, grid, X)
         with sklearn.config_context(enable_metadata_routing=True):
             search = GridSearchCV(self.tune_pipeline(spec), grid, scoring=self.scorer(), cv=cv,
                                   refit=False, error_score="raise")
@@ -519,6 +554,18 @@ class Protocol:
         return TuneResult(dict(search.best_params_), float(search.best_score_), self.metric,
                           table, search)
 
+    def _prefill_maps(self, spec, grid, X):
+        """Cache the maps of every layer ``grid`` searches, in one forward pass per batch."""
+        if self.cache is None:
+            return
+        from .localization import layer_attention_maps
+
+        grids = [grid] if isinstance(grid, dict) else list(grid)
+        layers = list(dict.fromkeys(layer for g in grids
+                                    for layer in g.get("crop__layer", [spec.layer])))
+        self.log(f"attention maps of layers {layers} with {spec.attention.name}, one pass")
+        layer_attention_maps(self.cropper(replace(spec, method="a2")).fit(), X, layers)
+
     def tune_pipeline(self, spec):
         """The pipeline ``tune`` searches (A² with a logistic-regression head)."""
         from sklearn.linear_model import LogisticRegression
@@ -527,7 +574,8 @@ class Protocol:
         from .embedder import CropEmbedder
 
         spec = replace(spec, method="a2")
-        emb = CropEmbedder(spec.embedding.name, weights=spec.embedding.weights, **self._runtime())
+        emb = CropEmbedder(spec.embedding.name, weights=spec.embedding.weights,
+                           crop_source=spec.crop_source, **self._runtime())
         return Pipeline([("crop", self.cropper(spec)), ("emb", emb),
                          ("lr", LogisticRegression(C=spec.C, max_iter=5000))])
 

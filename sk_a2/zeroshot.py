@@ -100,6 +100,9 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         The name used for each class, aligned with ``classes_``.
     templates_ : tuple of str
         The prompt templates.
+    weights_digest_ : str or None
+        Digest of the ``weights`` file's bytes at ``fit`` time (``None`` without a file). A
+        fitted (or unpickled) estimator refuses to run once the file's content differs.
 
     Notes
     -----
@@ -254,7 +257,7 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         classes = np.unique(y)
         classnames = _check_classnames(self.classnames, classes)
         templates = _check_templates(self.templates)
-        vm = self._load()
+        vm = self._fit_model()
         self._text_cache = (vm, self._encode_text(vm, classnames, templates))
         self.classes_ = classes
         self.classnames_ = classnames

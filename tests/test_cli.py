@@ -410,6 +410,12 @@ EARLY = [
      "--head zs only"),
     (["evaluate", "--dataset", "waterbirds", "--root", "{dir}", "--head", "zs",
       "--embedding-model", "dinov2_vits14"], "needs a CLIP model with a text encoder"),
+    (["localize", "--image-size", "230"], "patch size 14 of --models imgfocus_vits14"),
+    (["localize", "--dataset", "imagenet"], "--dataset imagenet needs --root"),
+    (["localize", "--dataset", "folder", "--root", "{dir}"], "needs --boxes"),
+    (["localize", "--out", "{file}"], "is an existing file"),
+    (["localize", "--device", "cuda"], "CUDA is not available"),
+    (["localize", "--models", "dinov9_huge"], "Unknown model 'dinov9_huge'"),
 ]
 
 

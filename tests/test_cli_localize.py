@@ -108,3 +108,10 @@ def test_localize_help_lists_every_option(capsys):
             assert option in out, option
     assert main(["--help"]) == 0
     assert "localize" in capsys.readouterr().out
+
+
+def test_localize_checks_image_size_against_every_model(tmp_path, capsys):
+    argv = ["localize", "--models", "timm:test_vit,dinov2_vits14", "--image-size", "64",
+            "--device", "cpu", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "patch size 14 of --models dinov2_vits14" in _error_line(capsys.readouterr().err)

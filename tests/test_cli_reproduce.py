@@ -8,7 +8,7 @@ import pytest
 from repro_layouts import count_forwards, tiny_vit_weights, write_spawrious, write_waterbirds
 from sklearn.model_selection import ParameterGrid
 
-from sk_a2 import AttentionCropper, CenterCropper, RandomCropper
+from sk_a2 import AttentionCropper, CenterCropper, CropEmbedder, RandomCropper
 from sk_a2.cli import build_parser, main
 from sk_a2.cli.evaluate import plan
 from sk_a2.datasets import load_waterbirds
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::sk_a2.crops.CropOverlapWarning"
 
 SIZE = "64"
 ROW_KEYS = ["full_lr", "full_dfr", "center_lr", "center_dfr", "random_lr", "random_dfr",
-            "a2_lr", "a2_dfr"]
+            "a2_lr", "a2_dfr", "a2_original_lr", "a2_original_dfr"]
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +61,34 @@ def _check_results(result, dataset, head, seeds):
     grid = default_tune_grid(sizes, int(SIZE))
     assert len(tuning["validation_table"]) == len(ParameterGrid(grid))
     best = tuning["best_params"]
-    a2 = result["rows"][ROW_KEYS.index("a2_lr")]
-    assert (a2["crop_sizes"], a2["n_crops"], a2["layer"], a2["C"]) == (
-        best["crop__crop_sizes"], best["crop__n_crops"], best["crop__layer"], best["lr__C"])
+    for key in ("a2_lr", "a2_original_lr"):
+        a2 = result["rows"][ROW_KEYS.index(key)]
+        assert (a2["crop_sizes"], a2["n_crops"], a2["layer"], a2["C"]) == (
+            best["crop__crop_sizes"], best["crop__n_crops"], best["crop__layer"], best["lr__C"])
+    sources = {r["key"]: r["crop_source"] for r in result["rows"]}
+    assert {k for k, v in sources.items() if v == "original"} == {"a2_original_lr",
+                                                                  "a2_original_dfr"}
+
+
+def _original_a2_oracle(files, row):
+    """A² from the original pixels with the row's setting, written with the estimators."""
+    from sklearn.linear_model import LogisticRegression
+
+    from sk_a2.metrics import worst_group_accuracy
+
+    data = load_waterbirds(files["wb"])
+    split = np.asarray(data.split).astype(str)
+    tr, te = split == "train", split == "test"
+    crop = AttentionCropper("timm:test_vit", weights=files["a"], image_size=int(SIZE),
+                            crop_sizes=row["crop_sizes"], n_crops=row["n_crops"],
+                            layer=row["layer"], device="cpu").fit()
+    emb = CropEmbedder("timm:test_vit", weights=files["e"], image_size=int(SIZE), device="cpu",
+                       crop_source="original")
+    F = emb.fit_transform(crop.transform(list(data.images)))
+    pred = LogisticRegression(C=row["C"], max_iter=5000).fit(F[tr], data.target[tr]).predict(
+        F[te])
+    return np.mean(pred == data.target[te]), worst_group_accuracy(data.target[te], pred,
+                                                                   groups=data.groups[te])
 
 
 def test_waterbirds_preset_seeds_tune_compare(files, tmp_path, capsys):
@@ -83,6 +108,12 @@ def test_waterbirds_preset_seeds_tune_compare(files, tmp_path, capsys):
          "--center-crop-size"])
     assert result["settings"]["fit_split"] == {"lr": "train", "dfr": "val"}
     assert "Validation search" in stdout and "± " in stdout and "[—]" in stdout
+    original = result["rows"][ROW_KEYS.index("a2_original_lr")]
+    assert original["reported"] == {} and "original pixels" in original["label"]
+    assert original["label"] in stdout and result["settings"]["crop_source"] == "resized"
+    accuracy, worst = _original_a2_oracle(files, original)
+    assert [s["accuracy"] for s in original["per_seed"]] == [accuracy] * 3
+    assert [s["worst_group_accuracy"] for s in original["per_seed"]] == [worst] * 3
 
 
 def test_spawrious_preset_tune_compare_and_matrix(files, tmp_path, capsys):
@@ -109,24 +140,45 @@ def test_spawrious_preset_tune_compare_and_matrix(files, tmp_path, capsys):
     assert stdout.count("Cross-model matrix") == 2
 
 
-def test_seeds_run_each_model_once_per_image_and_box(files, tmp_path, capsys):
+def _boxes_of(cropper, images, rows=None):
+    """The distinct (image, box) pairs a fitted cropper chooses for ``images`` (or ``rows``)."""
+    rows = range(len(images)) if rows is None else rows
+    boxes = cropper.fit().transform([images[i] for i in rows]).boxes
+    return {(i, tuple(float(v) for v in b)) for i, bs in zip(rows, boxes) for b in bs}
+
+
+def test_seeds_and_tune_run_each_model_once_per_image_and_box(files, tmp_path, capsys):
+    out = tmp_path / "out"
     argv = ["evaluate", "--dataset", "waterbirds", "--root", str(files["wb"]), "--seeds", "3",
-            "--compare", *_models(files), "--crop-sizes", "32,16", "--cache",
-            str(tmp_path / "cache")]
+            "--tune", "--compare", *_models(files), "--crop-sizes", "32,16", "--cache",
+            str(tmp_path / "cache"), "--out", str(out)]
     with count_forwards([files["a"], files["e"]], int(SIZE)) as counts:
         assert main(argv) == 0
-    images = load_waterbirds(files["wb"]).images.tolist()
-    # the boxes of every row, computed here with the croppers themselves
-    common = dict(image_size=int(SIZE), crop_sizes=(32, 16))
-    cropsets = [AttentionCropper("timm:test_vit", weights=files["a"], device="cpu", **common),
-                CenterCropper(image_size=int(SIZE), crop_sizes=(32,))]
-    cropsets += [RandomCropper(random_state=seed, **common) for seed in range(3)]
+    result = json.loads((out / "evaluate_waterbirds_lr.json").read_text())
+    data = load_waterbirds(files["wb"])
+    images = data.images.tolist()
+    # the boxes of every row and of every tuning candidate, computed here with the croppers
+    common = dict(image_size=int(SIZE), device="cpu")
+    attention = dict(model="timm:test_vit", weights=files["a"], **common)
+    grid = ParameterGrid(default_tune_grid((32, 16), int(SIZE)))
+    assert len({params["crop__layer"] for params in grid}) == 2  # two layer candidates
+    tuning_rows = np.flatnonzero(np.asarray(data.split).astype(str) != "test")
     boxes = {(i, (0.0, 0.0, 40.0, 40.0)) for i in range(len(images))}  # the full images
-    for cropper in cropsets:
-        for i, bs in enumerate(cropper.fit().transform(images).boxes):
-            boxes |= {(i, tuple(float(v) for v in b)) for b in bs}
+    for params in grid:
+        crop = {k.split("__")[1]: v for k, v in params.items() if k.startswith("crop__")}
+        boxes |= _boxes_of(AttentionCropper(**attention, **crop), images, tuning_rows)
+    a2 = result["rows"][ROW_KEYS.index("a2_lr")]
+    chosen = _boxes_of(AttentionCropper(**attention, crop_sizes=a2["crop_sizes"],
+                                        n_crops=a2["n_crops"], layer=a2["layer"]), images)
+    boxes |= chosen | _boxes_of(CenterCropper(image_size=int(SIZE), crop_sizes=(32,)), images)
+    for seed in range(3):
+        boxes |= _boxes_of(RandomCropper(random_state=seed, crop_sizes=(32, 16),
+                                         image_size=int(SIZE)),
+                           images)
+    # one pass of the attention model for both layers, then the test images at the chosen one
     assert sum(counts[files["a"]]) == len(images)
-    assert sum(counts[files["e"]]) == len(boxes)
+    # every (image, box) once, and the chosen A² boxes once more from the original pixels
+    assert sum(counts[files["e"]]) == len(boxes) + len(chosen)
     capsys.readouterr()
 
 
@@ -153,6 +205,8 @@ def test_defaults_follow_the_paper():
      "Did you mean 'openclip_vitl14'"),
     (["--dataset", "waterbirds", "--val-size", "0.2", "--seeds", "2"],
      "--val-size: waterbirds has its own val split"),
+    (["--dataset", "waterbirds", "--cropper", "adapter", "--seeds", "2"],
+     "--cropper adapter does not combine with --preset, --seeds"),
     (["--dataset", "waterbirds", "--compare", "--center-crop-size", "128"],
      "center crop (128 px) is larger than --image-size 64"),
 ])
@@ -182,3 +236,19 @@ def test_zero_shot_where_to_look_matrix(files, tmp_path, capsys):
     assert [c["head"] for c in cells] == ["zs", "zs"] and result["rows"] == []
     assert [c["attention_model"] for c in cells] == [f"timm:test_vit={files[k]}" for k in "ae"]
     assert "Cross-model matrix" in capsys.readouterr().out
+
+
+def test_crop_source_original_reaches_the_protocol_rows(files, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["evaluate", "--dataset", "waterbirds", "--root", str(files["wb"]), "--seeds", "2",
+            *_models(files), "--crop-sizes", "32", "--crop-source", "original", "--out",
+            str(out)]
+    assert main(argv) == 0
+    result = json.loads((out / "evaluate_waterbirds_lr.json").read_text())
+    [row] = result["rows"]
+    assert row["key"] == "a2_original_lr" and row["crop_source"] == "original"
+    assert result["settings"]["crop_source"] == "original"
+    accuracy, worst = _original_a2_oracle(files, row)
+    assert [s["accuracy"] for s in row["per_seed"]] == [accuracy] * 2
+    assert [s["worst_group_accuracy"] for s in row["per_seed"]] == [worst] * 2
+    capsys.readouterr()

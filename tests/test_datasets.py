@@ -729,3 +729,109 @@ def test_load_metashift_animals_errors(tmp_path, animals_root):
     )
     with pytest.raises(ValueError, match="split should be"):
         load_metashift_animals(animals_root)
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile metadata: every bad cell is an error naming the file, the row and the value
+# --------------------------------------------------------------------------------------------
+
+WATERBIRDS_HEADER = ["img_id", "img_filename", "y", "split", "place", "place_filename"]
+
+
+def _waterbirds_with(root, row_index, column, value):
+    rows = [list(row) for row in WATERBIRDS_ROWS]
+    rows[row_index][WATERBIRDS_HEADER.index(column)] = value
+    _write_csv(root / "metadata.csv", WATERBIRDS_HEADER, rows)
+    return root / "metadata.csv"
+
+
+@pytest.mark.parametrize("column", ["y", "place", "img_id"])
+@pytest.mark.parametrize("value", ["1.7", "-0.9", "0.5", "inf", "-inf", "nan", "1e400", "one"])
+def test_waterbirds_non_integer_cells_are_errors(waterbirds_root, column, value):
+    path = _waterbirds_with(waterbirds_root, 2, column, value)
+    with pytest.raises(ValueError) as info:
+        load_waterbirds(waterbirds_root)
+    message = str(info.value)
+    assert str(path) in message and "data row 3" in message and repr(value) in message
+    assert column in message
+
+
+@pytest.mark.parametrize("value", ["1.0", " 1 ", "1e0", "+1"])
+def test_waterbirds_integer_written_as_float_is_accepted(waterbirds_root, value):
+    _waterbirds_with(waterbirds_root, 2, "y", value)
+    assert load_waterbirds(waterbirds_root).target[2] == 1
+
+
+def test_waterbirds_non_utf8_metadata_names_the_file(waterbirds_root):
+    path = waterbirds_root / "metadata.csv"
+    path.write_bytes(path.read_bytes().replace(b"Indigo", b"Indig\xff"))
+    with pytest.raises(ValueError, match="not UTF-8") as info:
+        load_waterbirds(waterbirds_root)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_waterbirds_blank_image_name_is_an_error(waterbirds_root, value):
+    _waterbirds_with(waterbirds_root, 1, "img_filename", value)
+    with pytest.raises(ValueError, match=r"data row 2: column 'img_filename' is empty"):
+        load_waterbirds(waterbirds_root)
+
+
+@pytest.mark.parametrize(
+    "value", ["../../etc/passwd", "a/../../outside.jpg", "..", ".", "/etc/passwd"]
+)
+def test_waterbirds_paths_outside_the_root_are_errors(waterbirds_root, value):
+    path = _waterbirds_with(waterbirds_root, 3, "img_filename", value)
+    with pytest.raises(ValueError) as info:
+        load_waterbirds(waterbirds_root)
+    message = str(info.value)
+    assert str(path) in message and "data row 4" in message and repr(value) in message
+
+
+def test_waterbirds_paths_are_normalised(waterbirds_root):
+    written = "014.Indigo_Bunting/./x/../Indigo_Bunting_0002_13012.jpg"
+    _waterbirds_with(waterbirds_root, 3, "img_filename", written)
+    image = load_waterbirds(waterbirds_root).images[3]
+    assert ".." not in Path(image).parts and "." not in Path(image).parts
+    assert Path(image) == (waterbirds_root / WATERBIRDS_ROWS[3][1]).resolve()
+
+
+@pytest.mark.parametrize("line", ["11 1.0 2.0 x 4.0", "11 nan 2.0 3.0 4.0", "eleven 1 2 3 4"])
+def test_cub_malformed_box_line_is_an_error(waterbirds_root, cub_root, line):
+    (cub_root / "bounding_boxes.txt").write_text(line + "\n")
+    with pytest.raises(ValueError, match="line 1: expected"):
+        load_waterbirds(waterbirds_root, cub_root=cub_root)
+
+
+def test_metashift_animals_relative_path_must_stay_inside_root(tmp_path):
+    root = tmp_path / "animals"
+    _write_csv(
+        root / "meta.csv",
+        ["img_filename", "label", "context", "split"],
+        [("a.jpg", 4, "tree", 0), ("../b.jpg", 5, "water", 2)],
+    )
+    with pytest.raises(ValueError, match=r"data row 2: column 'img_filename' \('\.\./b\.jpg'\)"):
+        load_metashift_animals(root, metadata="meta.csv")
+
+
+@pytest.mark.parametrize("label", ["4.5", "inf"])
+def test_metashift_animals_non_integer_label_is_an_error(tmp_path, label):
+    root = tmp_path / "animals"
+    _write_csv(root / "meta.csv", ["img_filename", "label", "context", "split"],
+               [("a.jpg", label, "tree", 0)])
+    with pytest.raises(ValueError, match=rf"data row 1.*{label!r}"):
+        load_metashift_animals(root, metadata="meta.csv")
+
+
+def test_celeba_hostile_files(tmp_path):
+    rows = [("../../escape.jpg", 1, -1, 0), *CELEBA_ROWS[1:]]
+    root = _write_celeba(tmp_path / "escape", rows=CELEBA_ROWS)
+    _write_celeba(root, rows=rows)
+    with pytest.raises(ValueError, match=r"data row 1: column 'file name' \('\.\./\.\./escape"):
+        load_celeba(root)
+    root = _write_celeba(tmp_path / "latin1")
+    attributes = root / "list_attr_celeba.txt"
+    attributes.write_bytes(attributes.read_bytes().replace(b"Bald", b"B\xe4ld"))
+    with pytest.raises(ValueError, match="not UTF-8") as info:
+        load_celeba(root)
+    assert str(attributes) in str(info.value)

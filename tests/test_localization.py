@@ -17,6 +17,7 @@ from sk_a2.attention import cls_attention
 from sk_a2.images import resize_rgb
 from sk_a2.localization import (
     hits,
+    layer_attention_maps,
     localization_report,
     mass_in_boxes,
     normalized_entropy,
@@ -225,6 +226,42 @@ def test_all_layers_report_equals_one_cropper_per_layer(aggregation):
                                        err_msg=f"{name}, layer {layer}")
 
 
+def test_layer_attention_maps_fill_the_croppers_cache(tmp_path, monkeypatch):
+    from sk_a2 import localization
+
+    model = make_timm("test_vit", img_size=48).eval()
+    X = _images(3, seed=4)
+    common = dict(image_size=48, crop_sizes=(16,), batch_size=2)
+    want = [AttentionCropper(model, layer=layer, **common).fit().attention_maps(X)
+            for layer in (-1, 0)]  # one cropper per layer, no cache
+    cache = str(tmp_path / "cache")
+    base = AttentionCropper(model, cache=cache, **common).fit()
+    batches, real = [], localization.layer_cls_attention
+
+    def counting(vm, x, layers):
+        batches.append((len(x), list(layers)))
+        return real(vm, x, layers)
+
+    monkeypatch.setattr(localization, "layer_cls_attention", counting)
+    maps, hws = layer_attention_maps(base, X, [-1, 0, len(model.blocks) - 1])
+    last = len(model.blocks) - 1
+    assert batches == [(2, [last, 0]), (1, [last, 0])]  # one forward per batch, both layers
+    assert maps.shape == (2, 3, 3, 3) and hws.tolist() == [list(x.shape[:2]) for x in X]
+    for got, expected in zip(maps, want):
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model ran although the maps were cached")
+
+    monkeypatch.setattr("sk_a2.cropper.patch_attention", fail)
+    for i, layer in enumerate((-1, 0)):  # the croppers read the maps back under their own keys
+        cropper = AttentionCropper(model, layer=layer, cache=cache, **common).fit()
+        np.testing.assert_array_equal(cropper.attention_maps(X), maps[i])
+        assert cropper.transform(X).boxes.shape == (3, 1, 4)
+    again, _ = layer_attention_maps(base, X, [0])
+    assert len(batches) == 2 and np.array_equal(again[0], maps[1])
+
+
 @pytest.mark.parametrize("factory,size", [(make_clip, 64), (make_dinov3, 64)],
                          ids=["open_clip", "dinov3_rope"])
 def test_one_pass_report_for_clip_and_rope_models(factory, size):
@@ -276,7 +313,7 @@ def test_report_layers_and_errors(reg_model):
     too_wide = [np.array([0, 0, x.shape[1] + 1, 5]) for x in X]
     with pytest.raises(ValueError, match=r"boxes\[0\] .* outside the image"):
         localization_report(cropper, X, too_wide)
-    with pytest.raises(ValueError, match=r"X\[1\]: cannot read image file"):
+    with pytest.raises(ValueError, match=r"X\[1\]: image file .* does not exist"):
         localization_report(cropper, [X[0], "/nonexistent/image.png"], _boxes(X))
     with pytest.raises(Exception, match="not fitted"):
         localization_report(AttentionCropper(reg_model), X, _boxes(X))

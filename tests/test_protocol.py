@@ -179,12 +179,13 @@ def test_parse_model_list(tmp_path):
 # ------------------------------------------------------------------------------------ protocol
 
 
-def _pipeline_oracle(data, files, attention, embedding, sizes):
+def _pipeline_oracle(data, files, attention, embedding, sizes, crop_source="resized"):
     """A²_LR written directly with the estimators: test scores."""
     tr, te = data.mask("train"), data.mask("test")
     crop = AttentionCropper("timm:test_vit", weights=files[attention], crop_sizes=sizes,
                             image_size=SIZE, device="cpu").fit()
-    emb = CropEmbedder("timm:test_vit", weights=files[embedding], image_size=SIZE, device="cpu")
+    emb = CropEmbedder("timm:test_vit", weights=files[embedding], image_size=SIZE, device="cpu",
+                       crop_source=crop_source)
     F = emb.fit_transform(crop.transform(data.images.tolist()))
     pred = LogisticRegression(max_iter=5000).fit(F[tr], data.y[tr]).predict(F[te])
     return score_predictions(data.y[te], pred, data.groups[te])
@@ -246,7 +247,8 @@ def test_seeds_vary_only_the_stochastic_rows(data, files, tmp_path):
     specs = compare_specs(_ref(files, "a"), _ref(files, "e"), crop_sizes=(32,),
                           center_crop_sizes=(32,))
     assert [s.key for s in specs] == ["full_lr", "full_dfr", "center_lr", "center_dfr",
-                                      "random_lr", "random_dfr", "a2_lr", "a2_dfr"]
+                                      "random_lr", "random_dfr", "a2_lr", "a2_dfr",
+                                      "a2_original_lr", "a2_original_dfr"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rows = {r["key"]: r for r in proto.run_rows(specs, seeds=[0, 1, 2])}
@@ -256,9 +258,15 @@ def test_seeds_vary_only_the_stochastic_rows(data, files, tmp_path):
             values = [s[m] for s in row["per_seed"]]
             assert row["mean"][m] == pytest.approx(sum(values) / 3)
             assert row["std"][m] == pytest.approx(np.std(values))
-        if key in ("full_lr", "center_lr", "a2_lr"):
+        if key in ("full_lr", "center_lr", "a2_lr", "a2_original_lr"):
             assert row["std"]["accuracy"] == 0.0
     assert rows["a2_lr"]["per_seed"][0] == _pipeline_oracle(data, files, "a", "e", (32,))
+    # beyond the paper: the same boxes, cut from the original pixels (no reported value)
+    original = rows["a2_original_lr"]
+    assert original["per_seed"][0] == _pipeline_oracle(data, files, "a", "e", (32,), "original")
+    assert original["crop_source"] == "original" and rows["a2_lr"]["crop_source"] == "resized"
+    assert original["reported"] == {} and "original pixels" in original["label"]
+    assert rows["full_lr"]["crop_source"] == "resized"
     # random crops: other boxes for another seed
     boxes = [proto.crops(specs[4], seed)[1].boxes for seed in (0, 1)]
     assert not np.array_equal(*boxes)
@@ -278,7 +286,7 @@ def test_tune_picks_what_an_explicit_grid_search_picks(data, files, tmp_path):
         warnings.simplefilter("ignore")
         with count_forwards([files["a"], files["e"]], SIZE) as counts:
             tuned = proto.tune(spec, grid)
-        # cost: one attention pass per layer, one embedding per distinct (image, box)
+        # cost: one attention pass for both layers, one embedding per distinct (image, box)
         boxes = set()
         for params in ParameterGrid(grid):
             crop = AttentionCropper("timm:test_vit", weights=files["a"], image_size=SIZE,
@@ -286,7 +294,7 @@ def test_tune_picks_what_an_explicit_grid_search_picks(data, files, tmp_path):
                                     **{k.split("__")[1]: v for k, v in params.items()
                                        if k.startswith("crop__")})
             boxes |= _distinct_boxes(crop.fit().transform(data.images[rows].tolist()))
-        assert sum(counts[files["a"]]) == 2 * len(rows)
+        assert sum(counts[files["a"]]) == len(rows)
         assert sum(counts[files["e"]]) == len(boxes)
         pipe = Pipeline([
             ("crop", AttentionCropper("timm:test_vit", weights=files["a"], image_size=SIZE,

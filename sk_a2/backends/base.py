@@ -11,7 +11,18 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Backend", "ModelSpec", "VisionModel"]
+__all__ = ["Backend", "ModelSpec", "VisionModel", "square_side"]
+
+
+def square_side(size) -> int | None:
+    """The side of a square size given as an int or an ``(h, w)`` pair (None stays None)."""
+    if size is None:
+        return None
+    if isinstance(size, (tuple, list)):
+        if len(set(size)) != 1:
+            raise ValueError(f"only square patches and inputs are supported, got {tuple(size)}")
+        size = size[0]
+    return int(size)
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,11 @@ class Backend:
         """Build ``spec`` at ``image_size`` with ``weights`` (or its pretrained checkpoint)."""
         raise NotImplementedError
 
+    def patch_size(self, spec: ModelSpec) -> int | None:
+        """The patch side of ``spec``, found without weights or downloads (None: unknown, e.g.
+        an architecture the library does not have -- :meth:`load` reports that)."""
+        return None
+
     # -- a module passed in --------------------------------------------------------------------
     def claims(self, module: torch.nn.Module) -> bool:
         """Whether ``module`` is a model of this library."""
@@ -78,6 +94,10 @@ class Backend:
 
     def native_image_size(self, module) -> int:
         raise NotImplementedError
+
+    def module_patch_size(self, module) -> int | None:
+        """The patch side of ``module`` (None: unknown)."""
+        return None
 
     def set_image_size(self, module, image_size: int) -> None:
         """Rebuild ``module`` (a private copy) in place for ``image_size`` input, or raise."""

@@ -25,3 +25,6 @@ class ImgFocusBackend(Backend):
 
     def load(self, spec, weights, image_size, device):
         return get_backend("timm").load(spec, weights, image_size, device)
+
+    def patch_size(self, spec):
+        return get_backend("timm").patch_size(spec)

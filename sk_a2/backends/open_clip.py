@@ -7,7 +7,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from . import register_backend
-from .base import Backend, ModelSpec
+from .base import Backend, ModelSpec, square_side
 from .hub import WeightsUnavailableError, hf_reachable, host_reachable, unavailable
 
 __all__ = ["OpenClipBackend"]
@@ -46,6 +46,15 @@ class OpenClipBackend(Backend):
         module = open_clip.create_model(spec.arch, pretrained=pretrained,
                                         force_image_size=image_size)
         return self.finish(module, spec, image_size, device, *self.mean_std(module, spec))
+
+    def patch_size(self, spec):
+        import open_clip
+
+        vision = (open_clip.get_model_config(spec.arch) or {}).get("vision_cfg", {})
+        return square_side(vision.get("patch_size"))
+
+    def module_patch_size(self, module):
+        return square_side(getattr(getattr(module, "visual", None), "patch_size", None))
 
     def claims(self, module):
         return hasattr(module, "visual") and hasattr(module, "encode_image")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from . import register_backend
-from .base import Backend, ModelSpec
+from .base import Backend, ModelSpec, square_side
 from .hub import WeightsUnavailableError, hf_reachable, host_reachable, unavailable
 
 __all__ = ["TimmBackend"]
@@ -30,6 +30,22 @@ class TimmBackend(Backend):
     def load(self, spec, weights, image_size, device):
         module = create_timm(spec, weights, image_size)
         return self.finish(module, spec, image_size, device, *self.mean_std(module))
+
+    def patch_size(self, spec):
+        import timm
+
+        name = spec.arch.split(".")[0]
+        if not timm.is_model(name):
+            return None
+        try:  # on the meta device: no memory, no weights
+            with torch.device("meta"):
+                module = timm.create_model(name, pretrained=False, num_classes=0)
+        except Exception:  # not buildable this way: the real load reports the problem
+            return None
+        return self.module_patch_size(module)
+
+    def module_patch_size(self, module):
+        return square_side(getattr(getattr(module, "patch_embed", None), "patch_size", None))
 
     def claims(self, module):
         return hasattr(module, "blocks") and hasattr(module, "patch_embed")

@@ -11,6 +11,9 @@ Subcommands, one module each in this package:
 ``sk-a2 evaluate --dataset NAME --root DIR``
     One benchmark of the paper (Waterbirds, CelebA, Spawrious, MetaShift), with a logistic
     regression, DFR or zero-shot CLIP head.
+``sk-a2 localize``
+    How much attention falls inside object boxes, per model and block (the paper's Section 2),
+    with its figures.
 
 A subcommand is a module of this package with ``add_parser(subparsers)`` (which adds and returns
 its parser) and ``run(args)``; it is registered by adding its module name to ``SUBCOMMANDS``.

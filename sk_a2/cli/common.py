@@ -80,11 +80,15 @@ def non_negative_int(text):
     return _int_at_least(text, 0, "an integer >= 0")
 
 
-def existing_file(text):
-    path = Path(text).expanduser()
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"file {text!r} does not exist")
-    return str(path)
+def weights_file(text):
+    """A weights file, checked as ``weights=`` is (:func:`sk_a2.weights.check_weights_file`)."""
+    from ..weights import check_weights_file
+
+    try:
+        check_weights_file(Path(text).expanduser())
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return str(Path(text).expanduser())
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,7 +106,7 @@ def add_model_options(parser, prefix, default, role, default_text=None):
                              "'timm:<name>' or 'open_clip:<arch>:<tag>' "
                              f"(default: {default_text}; "
                              f"{OFFLINE_MODEL} works offline)")
-    parser.add_argument(f"--{dash}weights", type=existing_file, default=None, metavar="FILE",
+    parser.add_argument(f"--{dash}weights", type=weights_file, default=None, metavar="FILE",
                         help="local state-dict file (.safetensors/.pth/.bin) for that model "
                              "(default: the model's own pretrained weights)")
 

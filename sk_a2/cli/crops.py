@@ -72,10 +72,14 @@ def check_readable(images):
     """Each image's header must be one that PIL can read."""
     from PIL import Image
 
+    from ..images import decompression_bomb_error
+
     for image in images:
         try:
             with Image.open(image):
                 pass
+        except Image.DecompressionBombError as exc:
+            raise CLIError(str(decompression_bomb_error(image, exc))) from None
         except (OSError, SyntaxError, ValueError):
             raise CLIError(f"{image!r} is not an image file that can be read "
                            "(JPEG, PNG, ...)") from None

@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from . import common
+from .common import CLIError, info
 
 __all__ = ["add_parser", "run"]
 
@@ -42,12 +44,6 @@ def _layers(text):
         raise argparse.ArgumentTypeError(
             f"expected 'all', 'last' or comma-separated block indices, got {text!r}"
         ) from None
-
-
-def _positive_int(text):
-    if not str(text).strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
 
 
 def add_parser(subparsers):
@@ -90,14 +86,10 @@ def add_parser(subparsers):
     p.add_argument("--head-aggregation", type=_names, default=["mean"], metavar="A[,B...]",
                    help="head aggregations, comma-separated, of " + ", ".join(HEAD_AGGREGATIONS)
                         + " (default: mean)")
-    p.add_argument("--n-images", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--n-images", type=common.positive_int, default=None, metavar="N",
                    help="images measured: a seeded random subset (default: all; 64 synthetic)")
-    p.add_argument("--image-size", type=_positive_int, default=224, metavar="PX",
-                   help="side of the models' square input (default: 224)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
-                   help="images per forward pass (default: 32)")
-    p.add_argument("--device", default="auto",
-                   help="'auto', 'cpu', 'cuda' or 'cuda:N' (default: auto)")
+    common.add_image_size_option(p, 224)
+    common.add_runtime_options(p)
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="folder caching attention maps across runs (default: none)")
     p.add_argument("--seed", type=int, default=0, metavar="INT",
@@ -115,20 +107,13 @@ def _dataset(args):
         data = datasets.make_spurious_images(args.n_images or 64, image_size=args.image_size,
                                              random_state=args.seed)
         return data.images, data.boxes
-    if args.root is None:
-        raise ValueError(f"--dataset {args.dataset} needs --root DIR")
     if args.dataset == "waterbirds":
-        if args.cub_root is None:
-            raise ValueError("--dataset waterbirds needs --cub-root DIR (the CUB-200-2011 folder "
-                             "with bounding_boxes.txt) for the bird boxes")
         data = datasets.load_waterbirds(args.root, cub_root=args.cub_root)
         keep = data.split == args.split
         return data.images[keep], data.boxes[keep]
     if args.dataset == "imagenet":
         data = datasets.load_imagenet_val(args.root)
     else:
-        if args.boxes is None:
-            raise ValueError("--dataset folder needs --boxes CSV (columns image,x0,y0,x1,y1)")
         data = datasets.load_image_folder(args.root, boxes=args.boxes)
     return data.images, data.boxes
 
@@ -181,41 +166,62 @@ def _print_summary(cols):
               f"{cols['top10_mass_mean'][i]:.3f}\t{cols['patch_share_mean'][i]:.3f}")
 
 
-def _check_args(args):
+def check(args):
+    """Every check that needs no data and no model, before any work."""
     from ..attention import HEAD_AGGREGATIONS
 
+    if args.dataset != "synthetic" and args.root is None:
+        raise CLIError(f"--dataset {args.dataset} needs --root DIR")
+    if args.dataset == "waterbirds" and args.cub_root is None:
+        raise CLIError("--dataset waterbirds needs --cub-root DIR (the CUB-200-2011 folder "
+                       "with bounding_boxes.txt) for the bird boxes")
+    if args.dataset == "folder" and args.boxes is None:
+        raise CLIError("--dataset folder needs --boxes CSV (columns image,x0,y0,x1,y1)")
     bad = [a for a in args.head_aggregation if a not in HEAD_AGGREGATIONS]
     if bad:
-        raise ValueError(f"--head-aggregation {bad[0]!r} is not one of "
-                         f"{', '.join(HEAD_AGGREGATIONS)}")
+        raise CLIError(f"--head-aggregation {bad[0]!r} is not one of "
+                       f"{', '.join(HEAD_AGGREGATIONS)}")
     if args.weights is not None and len(args.weights) != len(args.models):
-        raise ValueError(f"--weights names {len(args.weights)} file(s) for "
-                         f"{len(args.models)} model(s): give one per model")
+        raise CLIError(f"--weights names {len(args.weights)} file(s) for "
+                       f"{len(args.models)} model(s): give one per model")
     for w in args.weights or ():
         if not Path(w).expanduser().is_file():
-            raise FileNotFoundError(f"weights file {w!r} does not exist")
+            raise CLIError(f"--weights file {w!r} does not exist")
+    common.check_extras("localize", [common.model_extra(m) for m in args.models])
+    common.check_device(args.device)
+    for model in args.models:
+        common.check_image_size(args.image_size, {"--models": model})
+    common.check_out_dir(args.out)
+
+
+def _measure(args, images, boxes):
+    """One localization report per (model, head aggregation)."""
+    from ..cropper import AttentionCropper
+    from ..localization import localization_report
+
+    layers = {"all": "all", "last": None}.get(args.layers) if isinstance(args.layers, str) \
+        else args.layers
+    reports = []
+    for model, weights in zip(args.models, args.weights or [None] * len(args.models)):
+        for agg in args.head_aggregation:
+            info(f"{model} ({agg}): {len(images)} images")
+            with common.model_errors("--models", "--weights"):
+                cropper = AttentionCropper(model, weights=weights, image_size=args.image_size,
+                                           crop_sizes=(min(64, args.image_size),),
+                                           head_aggregation=agg, cache=args.cache,
+                                           verbose=True, **common.runtime_kwargs(args)).fit()
+                reports.append(localization_report(cropper, images, boxes, layers=layers))
+    return reports
 
 
 def run(args):
     """Run ``sk-a2 localize``; returns the summary written to ``summary.json``."""
-    from ..cropper import AttentionCropper
-    from ..localization import localization_report, report_columns, summarize_report
+    from ..localization import report_columns, summarize_report
 
-    _check_args(args)
+    check(args)
     started = time.perf_counter()
     images, boxes = _subset(*_dataset(args), args.n_images, args.seed)
-    layers = {"all": "all", "last": None}.get(args.layers, args.layers) \
-        if isinstance(args.layers, str) else args.layers
-    reports = []
-    for model, weights in zip(args.models, args.weights or [None] * len(args.models)):
-        for agg in args.head_aggregation:
-            print(f"{model} ({agg}): {len(images)} images", file=sys.stderr)
-            cropper = AttentionCropper(model, weights=weights, image_size=args.image_size,
-                                       crop_sizes=(min(64, args.image_size),),
-                                       head_aggregation=agg, batch_size=args.batch_size,
-                                       device=args.device, cache=args.cache,
-                                       verbose=True).fit()
-            reports.append(localization_report(cropper, images, boxes, layers=layers))
+    reports = _measure(args, images, boxes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = report_columns(reports)
@@ -232,8 +238,7 @@ def run(args):
     try:
         written = _figures(summarize_report(reports), out, len(set(table["layer"].tolist())))
     except ImportError as exc:
-        print(f"sk-a2: no figures ({exc})", file=sys.stderr)
+        info(f"no figures ({exc})")
         written = []
-    print(f"wrote localization.csv, summary.json and {len(written)} figure(s) to {out}",
-          file=sys.stderr)
+    info(f"wrote localization.csv, summary.json and {len(written)} figure(s) to {out}")
     return payload

@@ -57,7 +57,8 @@ def add_options(parser):
                             "refit on train and score on test")
     group.add_argument("--compare", action="store_true",
                        help="the rows of a paper table: full image, center crop, random crops "
-                            "and A², each with LR and DFR, same splits and seeds")
+                            "and A², and A² with crops cut from the original pixels, each "
+                            "with LR and DFR, same splits and seeds")
     group.add_argument("--attention-models", default=None, metavar="M[,M...]",
                        help="cross-model matrix: attention models, each NAME or "
                             "NAME=WEIGHTS_FILE, comma-separated (default: --attention-model)")
@@ -168,6 +169,9 @@ def check(args, settings, attention, embedding):
         raise CLIError(f"--val-size must be in (0, 1), got {args.val_size}")
     if args.classnames is not None and args.head != "zs":
         raise CLIError("--classnames applies to --head zs only")
+    if args.cropper not in _METHOD_OF_CROPPER:
+        raise CLIError(f"--cropper {args.cropper} does not combine with --preset, --seeds, "
+                       "--tune, --compare or the model lists; run it without them")
     if args.head == "zs" and (args.tune or args.compare):
         raise CLIError("--tune and --compare fit LR and DFR heads; use them with --head lr "
                        "or dfr")
@@ -227,19 +231,22 @@ def row_specs(args, settings, attention, embedding):
     if args.compare:
         specs = compare_specs(a, e, crop_sizes=tuple(v["crop_sizes"]),
                               center_crop_sizes=tuple(v["center_crop_sizes"]),
-                              random_crop_sizes=tuple(v["random_crop_sizes"]))
+                              random_crop_sizes=tuple(v["random_crop_sizes"]),
+                              crop_source=args.crop_source)
         return [replace(s, n_crops=args.n_crops) if s.method == "a2" else s for s in specs]
     method = _METHOD_OF_CROPPER[args.cropper]
     sizes = {"full": None, "center": v["center_crop_sizes"], "random": v["random_crop_sizes"],
              "a2": v["crop_sizes"]}[method]
     return [RowSpec(method, args.head, e, a if method == "a2" else None,
-                    None if sizes is None else tuple(sizes), args.n_crops)]
+                    None if sizes is None else tuple(sizes), args.n_crops,
+                    crop_source=args.crop_source)]
 
 
 def run_tuning(args, proto, settings, attention, embedding):
     """The validation search; prints the chosen setting and the best candidates."""
     v = settings.values
-    spec = RowSpec("a2", "lr", embedding[0], attention[0], tuple(v["crop_sizes"]))
+    spec = RowSpec("a2", "lr", embedding[0], attention[0], tuple(v["crop_sizes"]),
+                   crop_source=args.crop_source)
     try:
         proto.data.require("val", "--tune", "Hold one out of train with --val-size 0.2 "
                                             "(Spawrious, MetaShift).")
@@ -307,7 +314,8 @@ def run_matrix(args, proto, settings, attention, embedding, seeds, tuned):
     with common.model_errors("--attention-models", "--embedding-models"):
         matrix = proto.cross_model_matrix(attention, embedding, head=args.head,
                                           crop_sizes=spec.crop_sizes, n_crops=spec.n_crops,
-                                          layer=spec.layer, C=spec.C, seeds=seeds)
+                                          layer=spec.layer, C=spec.C, seeds=seeds,
+                                          crop_source=args.crop_source)
     files = []
     for metric in columns_of(settings):
         print(f"\nCross-model matrix, {_TITLES[metric]} (%), rows = attention, "
@@ -331,6 +339,7 @@ def make_results(args, settings, proto, seeds, rows, tuned, matrix):
         "n_images": {s: int(proto.data.mask(s).sum()) for s in ("train", "val", "test")},
         "preset": None if settings.preset is None else settings.preset.to_dict(),
         "settings": {**settings.values, "seeds": seeds, "dfr_mode": proto.dfr_mode,
+                     "crop_source": args.crop_source,
                      "fit_split": {h: proto.fit_split(h) for h in ("lr", "dfr")}},
         "overridden_by_options": settings.overrides,
         "tuning": None if tuned is None else tuned.to_dict(),

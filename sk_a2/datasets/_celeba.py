@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from ._common import SPLIT_NAMES, make_bunch, missing_file_error, read_fields, resolve_root
+from ._common import (
+    SPLIT_NAMES,
+    decoding,
+    make_bunch,
+    member_path,
+    missing_file_error,
+    read_fields,
+    resolve_root,
+)
 
 CELEBA_SOURCE = (
     "CelebA (Liu et al., 2015, 'Deep Learning Face Attributes in the Wild') can be downloaded "
@@ -55,7 +61,7 @@ def _find(root, candidates, what):
 
 def _read_attributes(path):
     """File names and the target and spurious columns (0/1) of ``list_attr_celeba.txt``."""
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8") as handle, decoding(path, "CelebA attribute file"):
         lines = handle.read().splitlines()
     if len(lines) < 2:
         raise ValueError(
@@ -108,7 +114,7 @@ def _read_attributes(path):
 
 def _read_partition(path):
     partition = {}
-    for line_number, fields, line in read_fields(path):
+    for line_number, fields, line in read_fields(path, "CelebA partition file"):
         if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
             raise ValueError(
                 f"CelebA partition file {str(path)!r}, line {line_number}: expected "
@@ -174,10 +180,12 @@ def load_celeba(root):
             f"CelebA partition file {str(partition_path)!r} has no split for {len(missing)} "
             f"image(s), e.g. {missing[0]!r}. {CELEBA_SOURCE}"
         )
-    base = str(image_dir)
+    images = [
+        member_path(image_dir, name, attr_path, row, column="file name")
+        for row, name in enumerate(filenames, start=1)
+    ]
     return make_bunch(
-        [os.path.join(base, name) for name in filenames], target, 2 * target + spurious,
-        [partition[name] for name in filenames], spurious,
+        images, target, 2 * target + spurious, [partition[name] for name in filenames], spurious,
         target_names=TARGET_NAMES, group_names=GROUP_NAMES, spurious_names=SPURIOUS_NAMES,
         descr=DESCR, root=root,
     )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import math
 import numbers
+import os
 from pathlib import Path
 
 import numpy as np
@@ -95,10 +98,11 @@ def resolve_root(root, marker, candidates, what, source):
     raise missing_file_error(what, root / markers[0], source)
 
 
-def read_fields(path):
+def read_fields(path, what="text file"):
     """Yield ``(line_number, fields, line)`` for each non-blank line of a whitespace-separated
-    text file (``fields`` from ``line.split()``)."""
-    with open(path, encoding="utf-8") as handle:
+    text file (``fields`` from ``line.split()``); a file that is not UTF-8 is a ``ValueError``
+    naming it as ``what``."""
+    with open(path, encoding="utf-8") as handle, decoding(path, what):
         for line_number, line in enumerate(handle, start=1):
             fields = line.split()
             if fields:
@@ -127,11 +131,11 @@ def read_csv_rows(path, required_columns, what, source):
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If the header lacks a required column or the file has no data rows.
+        If the header lacks a required column, the file has no data rows or is not UTF-8 text.
     """
     if not path.is_file():
         raise missing_file_error(what, path, source)
-    with open(path, newline="", encoding="utf-8-sig") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle, decoding(path, what):
         reader = csv.DictReader(handle)
         header = [name.strip() for name in (reader.fieldnames or [])]
         missing = [name for name in required_columns if name not in header]
@@ -149,15 +153,96 @@ def read_csv_rows(path, required_columns, what, source):
     return rows
 
 
-def parse_int(value, column, path, line):
-    """Parse an integer cell of a metadata file, with a helpful error message."""
+@contextlib.contextmanager
+def decoding(path, what):
+    """Turn a :class:`UnicodeDecodeError` raised inside into a ``ValueError`` naming ``path``.
+
+    Parameters
+    ----------
+    path : path-like
+        The text file being read.
+    what : str
+        Short description of the file, e.g. ``"Waterbirds metadata file"``.
+    """
     try:
-        return int(float(value))
-    except ValueError:
+        yield
+    except UnicodeDecodeError as exc:
         raise ValueError(
-            f"{str(path)!r}, data row {line}: column {column!r} should be an integer, got "
-            f"{value!r}."
+            f"{what} {str(path)!r} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it "
+            "as UTF-8."
         ) from None
+
+
+def parse_int(value, column, path, line):
+    """Parse an integer cell of a metadata file, with a helpful error message.
+
+    ``"3"``, ``" 3 "`` and an integer written as a float (``"3.0"``, ``"3e0"``) are accepted;
+    anything else -- a fraction (``"1.7"``), ``inf``, ``nan``, text -- raises ``ValueError``
+    naming the file, the data row and the value (a label is never rounded).
+    """
+    text = value.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if math.isfinite(number) and number.is_integer():
+        return int(number)
+    raise ValueError(
+        f"{str(path)!r}, data row {line}: column {column!r} should be an integer, got {value!r}."
+    )
+
+
+def member_path(root, relative, path, line, column="img_filename", *, allow_absolute=False):
+    """The absolute path of a file named by a metadata row, confined to the dataset ``root``.
+
+    Parameters
+    ----------
+    root : pathlib.Path
+        Resolved dataset folder.
+    relative : str
+        The path written in the metadata, relative to ``root``.
+    path : path-like
+        The metadata file (for error messages).
+    line : int
+        Data row (or line) number of the metadata file.
+    column : str, default="img_filename"
+        Column (or field) holding the path.
+    allow_absolute : bool, default=False
+        Accept an absolute path (normalised), for layouts documented to use them.
+
+    Returns
+    -------
+    str
+        ``root / relative`` normalised (no ``..`` or ``.`` parts).
+
+    Raises
+    ------
+    ValueError
+        If ``relative`` is blank, absolute (unless ``allow_absolute``), or leads outside ``root``
+        through ``..`` parts (symbolic links are not followed: only the written path counts).
+    """
+    if not relative.strip():
+        raise ValueError(f"{str(path)!r}, data row {line}: column {column!r} is empty.")
+    absolute = os.path.isabs(relative) or bool(os.path.splitdrive(relative)[0])
+    if absolute and allow_absolute:
+        return os.path.normpath(relative)
+    if absolute:
+        raise ValueError(
+            f"{str(path)!r}, data row {line}: column {column!r} is an absolute path "
+            f"({relative!r}); image paths must be relative to the dataset folder {str(root)!r}."
+        )
+    base = os.path.normpath(str(root))
+    full = os.path.normpath(os.path.join(base, relative))
+    if os.path.commonpath([base, full]) != base or full == base:
+        raise ValueError(
+            f"{str(path)!r}, data row {line}: column {column!r} ({relative!r}) does not name a "
+            f"file inside the dataset folder {str(root)!r}."
+        )
+    return full
 
 
 def parse_split(value, path, line):

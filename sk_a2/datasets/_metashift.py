@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from ._common import (
     hold_out_val,
     list_images,
     make_bunch,
+    member_path,
     missing_file_error,
     parse_int,
     parse_split,
@@ -92,7 +91,9 @@ Expected layout::
 ``metadata.csv`` is comma-separated with a header line starting
 ``img_filename,label,context,split`` (column order is free) and these columns:
 
-* ``img_filename`` -- image path relative to ``root`` (an absolute path is kept as is);
+* ``img_filename`` -- image path relative to ``root``, which must stay inside ``root`` (no
+  ``..`` leading out); an absolute path is accepted (normalised), as the CSV is written by
+  the user and may point into a shared Visual Genome image folder;
 * ``label`` -- class name (one of the eight above) or its index 0-7 in that order;
 * ``context`` -- the Visual Genome context tag of the image;
 * ``split`` -- ``train``/``val``/``test`` (or 0/1/2).
@@ -249,16 +250,13 @@ def load_metashift_animals(root, *, metadata="metadata.csv", val_size=0.0, rando
         path, ANIMALS_COLUMNS, "MetaShift Animals metadata file", METASHIFT_ANIMALS_SOURCE
     )
     images, target, contexts, split = [], [], [], []
-    base = str(folder)
     for line, row in enumerate(rows, start=1):
         if not row["context"]:
             raise ValueError(f"{str(path)!r}, data row {line}: the context column is empty.")
-        if not row["img_filename"]:
-            raise ValueError(f"{str(path)!r}, data row {line}: the img_filename column is empty.")
         target.append(_parse_animal(row["label"], path, line))
         contexts.append(row["context"])
         split.append(parse_split(row["split"], path, line))
-        images.append(os.path.join(base, row["img_filename"]))
+        images.append(member_path(folder, row["img_filename"], path, line, allow_absolute=True))
 
     target = np.asarray(target, dtype=np.int64)
     context_names = sorted(set(contexts))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 
 from ._common import (
+    decoding,
     make_bunch,
+    member_path,
     parse_int,
     parse_split,
     read_csv_rows,
@@ -42,6 +45,9 @@ CUB-200-2011 birds pasted onto Places backgrounds. Expected layout (the released
     <root>/<img_filename>     e.g. 001.Black_footed_Albatross/Black_Footed_Albatross_0046_18.jpg
 
 ``metadata.csv`` has the columns ``img_id,img_filename,y,split,place,place_filename``.
+``img_filename`` must be a relative path inside ``<root>`` (absolute paths, ``..`` leading
+outside and blank names are errors); ``y``, ``place`` and ``img_id`` must be integers
+(``1`` or ``1.0``; ``1.7``, ``inf`` or text are errors naming the row).
 
 * ``target`` -- ``y``: 0 = landbird, 1 = waterbird.
 * ``spurious`` -- ``place``: 0 = land background, 1 = water background.
@@ -58,6 +64,15 @@ https://nlp.stanford.edu/data/dro/waterbird_complete95_forest2water2.tar.gz
 """
 
 
+def _is_box(fields):
+    try:
+        int(fields[0])
+        values = [float(value) for value in fields[1:]]
+    except ValueError:
+        return False
+    return all(math.isfinite(value) for value in values)
+
+
 def _read_cub_boxes(cub_root):
     """Map CUB image file names (and ids) to ``(x0, y0, x1, y1)`` boxes."""
     folder = resolve_root(
@@ -65,8 +80,8 @@ def _read_cub_boxes(cub_root):
     )
     boxes_path = folder / "bounding_boxes.txt"
     by_id = {}
-    for line_number, fields, line in read_fields(boxes_path):
-        if len(fields) != 5:
+    for line_number, fields, line in read_fields(boxes_path, "CUB box file"):
+        if len(fields) != 5 or not _is_box(fields):
             raise ValueError(
                 f"{str(boxes_path)!r}, line {line_number}: expected '<image_id> <x> <y> "
                 f"<width> <height>', got {line.strip()!r}. {CUB_SOURCE}"
@@ -76,7 +91,7 @@ def _read_cub_boxes(cub_root):
     by_name = {}
     images_path = folder / "images.txt"
     if images_path.is_file():
-        with open(images_path, encoding="utf-8") as handle:
+        with open(images_path, encoding="utf-8") as handle, decoding(images_path, "CUB image list"):
             for line in handle:
                 fields = line.split()
                 if len(fields) == 2 and int(fields[0]) in by_id:
@@ -149,7 +164,6 @@ def load_waterbirds(root, *, cub_root=None):
     )
 
     images, target, place, split, img_id = [], [], [], [], []
-    base = str(folder)
     for line, row in enumerate(rows, start=1):
         label = parse_int(row["y"], "y", path, line)
         background = parse_int(row["place"], "place", path, line)
@@ -158,7 +172,7 @@ def load_waterbirds(root, *, cub_root=None):
                 f"{str(path)!r}, data row {line}: y and place must be 0 or 1, got "
                 f"y={row['y']!r}, place={row['place']!r}."
             )
-        images.append(os.path.join(base, row["img_filename"]))
+        images.append(member_path(folder, row["img_filename"], path, line))
         target.append(label)
         place.append(background)
         split.append(parse_split(row["split"], path, line))
