@@ -535,6 +535,21 @@ def layer_attention_maps(cropper, X, layers):
         Each map sums to 1; layers in the given order (repeats removed).
     image_sizes : ndarray of shape (n, 2), int64
         Original ``(height, width)`` of each image.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sk_a2 import AttentionCropper
+    >>> from sk_a2.datasets import make_spurious_images
+    >>> from sk_a2.localization import layer_attention_maps
+    >>> images = make_spurious_images(n_samples=10, image_size=56, random_state=0).images[:3]
+    >>> cropper = AttentionCropper("imgfocus_vits14", crop_sizes=(28,), image_size=56,
+    ...                            device="cpu", cache="memory").fit()
+    >>> maps, image_sizes = layer_attention_maps(cropper, images, [-2, -1])
+    >>> maps.shape, image_sizes.tolist()[0]
+    ((2, 3, 4, 4), [56, 56])
+    >>> bool(np.allclose(maps[1], cropper.attention_maps(images)))  # the cropper's own layer
+    True
     """
     check_is_fitted(cropper)
     sources = as_sources(X)
