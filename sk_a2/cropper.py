@@ -10,13 +10,14 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import MODEL_CONSTRAINTS, ImageModelMixin, check_finite
-from ._data import autocast, iter_image_batches
-from ._param_validation import Interval, StrOptions, validate_params
+from ._data import iter_image_batches
+from ._param_validation import Boolean, Interval, StrOptions, validate_params
 from .attention import HEAD_AGGREGATIONS, aggregate_heads, patch_attention, resolve_layer
-from .cache import EntryLayout, cached_rows, digest, image_key
+from .cache import EntryLayout, cached_rows, digest, image_key, model_key
 from .crops import greedy_boxes, upsample_maps
 from .cropset import CROP_CONSTRAINTS, CropSet, effective_crop_sizes, to_original
 from .images import as_sources, take
+from .precision import autocast
 
 __all__ = ["AttentionCropper", "CropSet"]  # CropSet re-exported from sk_a2.cropset
 
@@ -56,6 +57,14 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         to 8 on CUDA and none on CPU (where the model already uses every core).
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+    precision : {"auto", "float32", "bfloat16"}, default="auto"
+        Numeric precision of the attention forward. ``"auto"``: bf16 autocast on CUDA, float32
+        on CPU (bf16 moves the boxes of too many images there; see :mod:`sk_a2.precision`).
+    embed_full_image : bool, default=False
+        Also keep each full image's embedding by this model from the same forward pass (which
+        then runs to the end instead of stopping at block ``layer``), in the returned
+        ``CropSet``. A :class:`CropEmbedder` with the same model, weights, image size and
+        precision and ``include_full_image=True`` uses it instead of a second forward.
     cache : None, "memory" or path, default=None
         Keep attention maps keyed by image content and every parameter that changes them, so
         refits (``GridSearchCV`` candidates and folds, other crop counts or sizes) reselect crops
@@ -104,6 +113,8 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         batch_size=32,
         num_workers="auto",
         device="auto",
+        precision="auto",
+        embed_full_image=False,
         cache=None,
         verbose=False,
     ):
@@ -117,6 +128,8 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.device = device
+        self.precision = precision
+        self.embed_full_image = embed_full_image
         self.cache = cache
         self.verbose = verbose
 
@@ -132,10 +145,12 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         **CROP_CONSTRAINTS,
         "head_aggregation": [StrOptions(HEAD_AGGREGATIONS)],
         "layer": [Interval(numbers.Integral, None, None, closed="neither")],
+        "embed_full_image": [Boolean()],
     }
 
     def _validate(self):
         validate_params(self)
+        self._check_precision()
         return effective_crop_sizes(self.crop_sizes, self.n_crops, self.image_size)
 
     def fit(self, X=None, y=None):
@@ -159,25 +174,29 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         self.grid_size_ = vm.grid_size
         return self
 
-    def _map_keys(self, sources):
+    def _map_keys(self, sources, embed=False):
         """Cache keys of the attention maps of ``sources`` (None without a cache)."""
         args = self._cache_args()
         if args["cache"] is None:
             return None
         layer = resolve_layer(self.layer, self._load().num_layers)
-        return [digest("attention-map", args["model_id"], self.image_size, layer,
-                       self.head_aggregation, image_key(src)) for src in sources]
+        return [attention_map_key(args["model_id"], self.image_size, layer,
+                                  self.head_aggregation, self._precision("attention"),
+                                  image_key(src), embed) for src in sources]
 
-    def _compute_maps(self, sources, keys=None):
-        """Aggregated patch maps (n, grid_h, grid_w) float32 and original sizes (n, 2).
+    def _compute_maps(self, sources, keys=None, embed=False):
+        """Aggregated patch maps ``"map"`` (n, grid_h, grid_w) float32, original sizes
+        ``"image_size"`` (n, 2) and, with ``embed``, full-image embeddings ``"embedding"``
+        (n, d) from the same forward pass.
 
         With a cache, maps of images seen before (same content, model, weights, image size,
-        layer and aggregation) are read back instead of recomputed.
+        layer, aggregation and precision) are read back instead of recomputed.
         """
         vm = self._load()
         cache = self._cache_args()["cache"]
         if cache is not None and keys is None:
-            keys = self._map_keys(sources)
+            keys = self._map_keys(sources, embed)
+        precision = self._precision("attention")
 
         def compute(todo):
             batches = iter_image_batches(
@@ -186,16 +205,18 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
                 desc="attention",
             )
             for start, pixels, hw in batches:
-                with autocast(vm.device):
-                    attn = patch_attention(vm, vm.normalize(pixels), self.layer)
+                with autocast(vm.device, precision):
+                    out = patch_attention(vm, vm.normalize(pixels), self.layer,
+                                          return_embedding=embed)
+                attn, values = (out[0], {"embedding": out[1].cpu().numpy()}) if embed else (out, {})
                 m = aggregate_heads(attn.float(), self.head_aggregation)
-                m = m.reshape(-1, *vm.grid_size).cpu().numpy()
+                values["map"] = m.reshape(-1, *vm.grid_size).cpu().numpy()
                 rows = todo[start:start + len(hw)]
-                check_finite(m, "attention maps", vm, sources, rows)
-                yield rows, {"image_size": hw, "map": m}
+                check_finite(values["map"], "attention maps", vm, sources, rows)
+                yield rows, {"image_size": hw, **values}
 
-        rows = cached_rows(map_entry(vm.grid_size), len(sources), compute, cache, keys)
-        return rows["map"], rows["image_size"]
+        layout = map_entry(vm.grid_size, vm.embed_dim if embed else 0)
+        return cached_rows(layout, len(sources), compute, cache, keys)
 
     def attention_maps(self, X):
         """Aggregated CLS-to-patch attention, one map per image.
@@ -207,7 +228,7 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         self._validate()
-        return self._compute_maps(as_sources(X))[0]
+        return self._compute_maps(as_sources(X))["map"]
 
     def transform(self, X):
         """Choose the crops of each image.
@@ -220,28 +241,39 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         -------
         CropSet
             ``boxes`` (n, k, 4) in original-image pixels and ``scores`` (n, k), the fraction of
-            the upsampled attention inside each box.
+            the upsampled attention inside each box; with ``embed_full_image``, also
+            ``full_embeddings`` (n, d).
         """
         check_is_fitted(self)
         sizes = self._validate()
         sources = as_sources(X)
         cache = self._cache_args()["cache"]
-        map_keys = self._map_keys(sources)
+        embed = bool(self.embed_full_image)
+        map_keys = self._map_keys(sources, embed)
         box_keys = None
         if cache is not None:  # boxes are kept per (map, crop sizes): refits only look them up
             box_keys = [digest("boxes", key, tuple(sizes)) for key in map_keys]
 
         def compute(todo):
-            maps, hws = self._compute_maps(
-                take(sources, todo), None if map_keys is None else [map_keys[i] for i in todo]
+            rows = self._compute_maps(
+                take(sources, todo), None if map_keys is None else [map_keys[i] for i in todo],
+                embed,
             )
-            for i in range(0, len(todo), max(self.batch_size, 256)):
-                part = slice(i, i + max(self.batch_size, 256))
-                boxes, scores = self._select_boxes(maps[part], hws[part], sizes)
-                yield todo[part], {"image_size": hws[part], "boxes": boxes, "scores": scores}
+            step = max(self.batch_size, 256)
+            for i in range(0, len(todo), step):
+                part = {name: v[i:i + step] for name, v in rows.items()}
+                boxes, scores = self._select_boxes(part.pop("map"), part["image_size"], sizes)
+                yield todo[i:i + step], {"boxes": boxes, "scores": scores, **part}
 
-        rows = cached_rows(box_entry(len(sizes)), len(sources), compute, cache, box_keys)
-        return CropSet(sources, rows["boxes"], rows["scores"], rows["image_size"])
+        vm = self._load()
+        layout = box_entry(len(sizes), vm.embed_dim if embed else 0)
+        rows = cached_rows(layout, len(sources), compute, cache, box_keys)
+        source = None
+        if embed:
+            source = {"model_id": model_key(self.model, self.weights),
+                      "image_size": self.image_size, "precision": self._precision("attention")}
+        return CropSet(sources, rows["boxes"], rows["scores"], rows["image_size"],
+                       rows.get("embedding"), source)
 
     def _select_boxes(self, maps, hws, sizes):
         """Greedy boxes (original pixels, float32) and their attention mass for some maps."""
@@ -251,13 +283,25 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         return to_original(boxes.cpu().numpy(), hws, self.image_size), scores.cpu().numpy()
 
 
-def map_entry(grid_size) -> EntryLayout:
-    """Cache entry of one attention map: original (height, width), then the patch map."""
+def attention_map_key(model_id, image_size, layer, head_aggregation, precision, image_id,
+                      embed=False) -> str:
+    """Cache key of one image's attention map (``embed``: stored with its full-image
+    embedding)."""
+    return digest("attention-map", model_id, image_size, layer, head_aggregation, precision,
+                  embed, image_id)
+
+
+def map_entry(grid_size, embed_dim=0) -> EntryLayout:
+    """Cache entry of one attention map: original (height, width), the patch map and, with
+    ``embed_dim``, the full image's embedding."""
+    extra = {"embedding": ((embed_dim,), np.float32)} if embed_dim else {}
     return EntryLayout(np.float32, image_size=((2,), np.int64),
-                       map=(tuple(grid_size), np.float32))
+                       map=(tuple(grid_size), np.float32), **extra)
 
 
-def box_entry(k) -> EntryLayout:
-    """Cache entry of one image's crops: original (height, width), ``k`` boxes, ``k`` scores."""
+def box_entry(k, embed_dim=0) -> EntryLayout:
+    """Cache entry of one image's crops: original (height, width), ``k`` boxes, ``k`` scores
+    and, with ``embed_dim``, the full image's embedding."""
+    extra = {"embedding": ((embed_dim,), np.float32)} if embed_dim else {}
     return EntryLayout(np.float64, image_size=((2,), np.int64), boxes=((k, 4), np.float32),
-                       scores=((k,), np.float32))
+                       scores=((k,), np.float32), **extra)

@@ -68,6 +68,12 @@ class CropSet:
         Attention mass inside each box (NaN where a cropper has no attention).
     image_sizes : array-like of shape (n, 2)
         Original ``(height, width)`` of each image.
+    full_embeddings : ndarray of shape (n, d), optional
+        Each full image's embedding, when the cropper's attention pass computed it
+        (``AttentionCropper(embed_full_image=True)``); :class:`~sk_a2.CropEmbedder` with
+        ``include_full_image=True`` and the same model then uses it instead of a second forward.
+    full_embedding_source : dict, optional
+        Where ``full_embeddings`` come from: ``model_id``, ``image_size`` and ``precision``.
 
     Notes
     -----
@@ -92,8 +98,11 @@ class CropSet:
     1
     """
 
-    def __init__(self, images, boxes, scores, image_sizes):
+    def __init__(self, images, boxes, scores, image_sizes, full_embeddings=None,
+                 full_embedding_source=None):
         self.images = images
+        self.full_embeddings = full_embeddings
+        self.full_embedding_source = full_embedding_source
         self.boxes = np.asarray(boxes, dtype=np.float32)
         self.scores = np.asarray(scores, dtype=np.float32)
         self.image_sizes = np.asarray(image_sizes, dtype=np.int64)
@@ -106,6 +115,10 @@ class CropSet:
             )
         if self.image_sizes.shape != (n, 2):
             raise ValueError(f"image_sizes must have shape ({n}, 2), got {self.image_sizes.shape}")
+        if full_embeddings is not None and (np.ndim(full_embeddings) != 2
+                                            or len(full_embeddings) != n):
+            raise ValueError(f"full_embeddings must have shape ({n}, d), got "
+                             f"{np.shape(full_embeddings)}")
 
     def __len__(self):
         return len(self.images)
@@ -144,13 +157,16 @@ class CropSet:
             images = self.images[idx]
         else:
             images = [self.images[i] for i in idx]
-        return CropSet(images, self.boxes[idx], self.scores[idx], self.image_sizes[idx])
+        full = None if self.full_embeddings is None else self.full_embeddings[idx]
+        return CropSet(images, self.boxes[idx], self.scores[idx], self.image_sizes[idx],
+                       full, self.full_embedding_source)
 
     def first(self, k: int) -> CropSet:
         """The same images with only their first ``k`` boxes."""
         if not 1 <= k <= self.n_crops:
             raise ValueError(f"k must be in [1, {self.n_crops}], got {k}")
-        return CropSet(self.images, self.boxes[:, :k], self.scores[:, :k], self.image_sizes)
+        return CropSet(self.images, self.boxes[:, :k], self.scores[:, :k], self.image_sizes,
+                       self.full_embeddings, self.full_embedding_source)
 
     def frame_boxes(self, size: int) -> np.ndarray:
         """Boxes in the pixels of the image resized to ``size × size`` (float64).

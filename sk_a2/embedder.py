@@ -8,9 +8,9 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import MODEL_CONSTRAINTS, ImageModelMixin, check_finite
-from ._data import autocast, iter_image_batches, resolve_num_workers
+from ._data import iter_image_batches, resolve_num_workers
 from ._param_validation import Boolean, StrOptions, validate_params
-from .cache import EntryLayout, cached_rows, digest, image_key
+from .cache import EntryLayout, cached_rows, digest, image_key, model_key
 from .crops import crop_resize
 from .cropset import CropSet
 from .images import as_sources, take
@@ -20,6 +20,7 @@ from .original_crops import (
     iter_original_crop_batches,
     original_boxes,
 )
+from .precision import autocast
 
 __all__ = ["CropEmbedder"]
 
@@ -39,15 +40,36 @@ def embedding_boxes(X, size, include_full_image):
     return np.broadcast_to(full, (len(X), 1, 4)).copy()
 
 
+def shared_full_embeddings(X, model_id, image_size, precision, resolved):
+    """The full-image embeddings a :class:`CropSet` carries from its attention pass, when they
+    are what the embedder would compute, else None.
+
+    They are when they come from the same model (``model_id``) at the same ``image_size`` and
+    the same ``resolved`` precision, or in float32 where ``precision="auto"`` would have used
+    bf16 (the attention pass's result is then the more precise one).
+    """
+    if not isinstance(X, CropSet) or X.full_embeddings is None:
+        return None
+    source = X.full_embedding_source or {}
+    if source.get("model_id") != model_id or source.get("image_size") != image_size:
+        return None
+    made = source.get("precision")
+    if made == resolved or (precision == "auto" and made == "float32"):
+        return X.full_embeddings
+    return None
+
+
 def embed_boxes(vm, sources, boxes, *, size, batch_size, num_workers=0, verbose=False,
-                cache=None, model_id=None, desc="embedding", originals=None):
+                cache=None, model_id=None, desc="embedding", originals=None,
+                precision="float32"):
     """Embed every box of every image: (n, m, d) float32.
 
     Each box (in pixels of the image resized to ``size × size``) is cut and resized bilinearly to
     ``size`` in one batched operation per batch, normalised and embedded with ``vm.embed``. A
     full-image box takes the resized image itself. With a ``cache`` (and ``model_id``, the
-    model's identity), embeddings already known for (image content, box) are read back and only
-    the missing boxes are computed.
+    model's identity), embeddings already known for (image content, box, precision) are read
+    back and only the missing boxes are computed. ``precision`` is a resolved precision,
+    ``"float32"`` or ``"bfloat16"`` (see :mod:`sk_a2.precision`).
 
     With ``originals`` (from :func:`crop_inputs`), boxes are cut from the decoded originals
     instead, in the decoding workers (:mod:`sk_a2.original_crops`), and cached under other keys.
@@ -56,8 +78,8 @@ def embed_boxes(vm, sources, boxes, *, size, batch_size, num_workers=0, verbose=
     keys = None
     if cache is not None:
         tag = () if originals is None else ("original",)
-        keys = [digest("embedding", model_id, size, image_key(src), tuple(round(v, 4) for v in b),
-                       *tag)
+        keys = [digest("embedding", model_id, size, precision, image_key(src),
+                       tuple(round(v, 4) for v in b), *tag)
                 for src, image_boxes in zip(sources, boxes) for b in image_boxes.tolist()]
     embed = _embed_missing if originals is None else _embed_missing_original
 
@@ -66,7 +88,7 @@ def embed_boxes(vm, sources, boxes, *, size, batch_size, num_workers=0, verbose=
         missing[todo] = True
         for rows, j_idx, emb in embed(vm, sources, boxes if originals is None else originals,
                                       missing.reshape(n, m), size, batch_size, num_workers,
-                                      verbose, desc):
+                                      verbose, desc, precision):
             yield rows * m + j_idx, {"embedding": emb}
 
     out = cached_rows(embedding_entry(vm.embed_dim), n * m, compute, cache, keys)["embedding"]
@@ -78,7 +100,8 @@ def embedding_entry(embed_dim) -> EntryLayout:
     return EntryLayout(np.float32, embedding=((embed_dim,), np.float32))
 
 
-def _embed_missing(vm, sources, boxes, todo, size, batch_size, num_workers, verbose, desc):
+def _embed_missing(vm, sources, boxes, todo, size, batch_size, num_workers, verbose, desc,
+                   precision):
     """Yield ``(image rows, box indices, embeddings)`` for the boxes where ``todo`` is set."""
     rows = np.flatnonzero(todo.any(1))
     full = np.array([0, 0, size, size], dtype=np.float64)
@@ -98,7 +121,7 @@ def _embed_missing(vm, sources, boxes, todo, size, batch_size, num_workers, verb
             sel = torch.as_tensor(b_idx[~is_full], device=pixels.device)
             crop_boxes = torch.as_tensor(b_boxes[~is_full], device=pixels.device)[:, None]
             inputs[torch.as_tensor(~is_full)] = crop_resize(pixels[sel], crop_boxes, size)[:, 0]
-        emb = _forward_embed(vm, inputs, batch_size).cpu().numpy()
+        emb = _forward_embed(vm, inputs, batch_size, precision).cpu().numpy()
         check_finite(emb, "embeddings", vm, sources, batch_rows[b_idx])
         yield batch_rows[b_idx], j_idx, emb
 
@@ -115,7 +138,7 @@ def crop_inputs(X, size, include_full_image, crop_source):
 
 
 def _embed_missing_original(vm, sources, originals, todo, size, batch_size, num_workers,
-                            verbose, desc):
+                            verbose, desc, precision):
     """:func:`_embed_missing` with every box cut from the decoded original, in the workers."""
     boxes, full, image_sizes = originals
     rows = np.flatnonzero(todo.any(1))
@@ -130,16 +153,16 @@ def _embed_missing_original(vm, sources, originals, todo, size, batch_size, num_
     ):
         batch_rows = rows[start:start + len(counts)]
         b_idx, j_idx = np.nonzero(todo[batch_rows])
-        emb = _forward_embed(vm, crops, batch_size).cpu().numpy()
+        emb = _forward_embed(vm, crops, batch_size, precision).cpu().numpy()
         check_finite(emb, "embeddings", vm, sources, batch_rows[b_idx])
         yield batch_rows[b_idx], j_idx, emb
 
 
 @torch.no_grad()
-def _forward_embed(vm, inputs, batch_size):
+def _forward_embed(vm, inputs, batch_size, precision):
     chunks = []
     for i in range(0, len(inputs), batch_size):
-        with autocast(vm.device):
+        with autocast(vm.device, precision):
             chunks.append(vm.embed(vm.normalize(inputs[i:i + batch_size])).float())
     return torch.cat(chunks)
 
@@ -151,7 +174,11 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
     to ``image_size`` (``align_corners=False``, edge pixels clamped to the box), normalised with
     the model's own mean and std and embedded: the CLS token after the model's final norm (for an
     open_clip model, its image embedding). All boxes of a batch are cut and resized in one batched
-    operation on the device. CUDA runs under bf16 autocast; CPU computes in float32.
+    operation on the device, at the precision set by ``precision`` (see :mod:`sk_a2.precision`).
+
+    With ``include_full_image``, a :class:`CropSet` whose attention pass already embedded the
+    full images with this same model (``AttentionCropper(embed_full_image=True)``, same model,
+    weights, image size and precision) gives those embeddings instead of a second forward.
 
     With ``crop_source="original"``, each box (kept by the ``CropSet`` in original-image pixels)
     is cut from the decoded original instead, rounded to whole pixels and clipped to the image,
@@ -181,9 +208,12 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         to 8 on CUDA and none on CPU (where the model already uses every core).
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+    precision : {"auto", "float32", "bfloat16"}, default="auto"
+        Numeric precision of the forwards. ``"auto"``: bf16 autocast on CUDA and on a CPU with
+        native bf16 (AVX-512 BF16, AMX), float32 on other CPUs. See :mod:`sk_a2.precision`.
     cache : None, "memory" or path, default=None
-        Keep embeddings keyed by (image content, box, model, image size, crop source):
-        refits with more crops embed only the new boxes. See :mod:`sk_a2.cache`.
+        Keep embeddings keyed by (image content, box, model, image size, crop source,
+        precision): refits with more crops embed only the new boxes. See :mod:`sk_a2.cache`.
     verbose : bool, default=False
         Show a progress bar over images.
 
@@ -225,6 +255,7 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         batch_size=32,
         num_workers="auto",
         device="auto",
+        precision="auto",
         cache=None,
         verbose=False,
     ):
@@ -236,6 +267,7 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.device = device
+        self.precision = precision
         self.cache = cache
         self.verbose = verbose
 
@@ -250,6 +282,7 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
 
     def _validate(self):
         validate_params(self)
+        self._check_precision()
 
     def fit(self, X, y=None):
         """Load the embedding model and record the layout of ``X``.
@@ -289,13 +322,21 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
             raise ValueError(f"CropEmbedder was fitted on {fitted}; transform got {what}")
         vm = self._load()
         sources = X.images if isinstance(X, CropSet) else as_sources(X)
-        boxes, originals = crop_inputs(X, self.image_size, self.include_full_image,
+        resolved = self._precision("embedding")
+        shared = None
+        if self.include_full_image:
+            shared = shared_full_embeddings(X, model_key(self.model, self.weights),
+                                            self.image_size, self.precision, resolved)
+        boxes, originals = crop_inputs(X, self.image_size,
+                                       self.include_full_image and shared is None,
                                        self.crop_source)
         emb = embed_boxes(
             vm, sources, boxes, size=self.image_size, batch_size=self.batch_size,
             num_workers=self.num_workers, verbose=self.verbose, originals=originals,
-            **self._cache_args(),
+            precision=resolved, **self._cache_args(),
         )
+        if shared is not None:
+            emb = np.concatenate([emb, shared[:, None, :]], axis=1)
         return emb.reshape(len(sources), -1)
 
     def get_feature_names_out(self, input_features=None):

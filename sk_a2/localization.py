@@ -45,13 +45,14 @@ from sklearn.base import clone
 from sklearn.utils import Bunch
 from sklearn.utils.validation import check_is_fitted
 
-from ._data import autocast, iter_image_batches
+from ._data import iter_image_batches
 from .attention import aggregate_heads, cls_softmax, resolve_layer
 from .baselines import image_sizes as read_image_sizes
 from .cache import digest, image_key, model_key, resolve_cache
-from .cropper import AttentionCropper, map_entry
+from .cropper import AttentionCropper, attention_map_key, map_entry
 from .images import as_sources, take
 from .models import load_model, resolve_device
+from .precision import autocast, resolve_precision
 
 __all__ = [
     "METRICS",
@@ -439,15 +440,15 @@ def _resolve_layers(layers, own_layer, num_layers):
     return list(dict.fromkeys(out))
 
 
-def _cache_keys(cropper, sources, layers):
+def _cache_keys(cropper, sources, layers, precision):
     """Per image and layer: the cropper's attention-map key and the token-share key."""
     mkey = model_key(cropper.model, cropper.weights)
     keys = []
     for src in sources:
         ik = image_key(src)
         keys.append([
-            (digest("attention-map", mkey, cropper.image_size, layer, cropper.head_aggregation,
-                    ik),
+            (attention_map_key(mkey, cropper.image_size, layer, cropper.head_aggregation,
+                               precision, ik),
              digest("token-shares", mkey, cropper.image_size, layer, ik))
             for layer in layers
         ])
@@ -483,9 +484,10 @@ def _layer_maps(cropper, vm, sources, layers, need_shares=True):
     shares = np.empty((L, n, 3), dtype=np.float64)
     hws = np.empty((n, 2), dtype=np.int64)
     cache = resolve_cache(cropper.cache)
+    precision = resolve_precision(cropper.precision, vm.device, "attention")
     todo, keys = np.arange(n), None
     if cache is not None:
-        keys = _cache_keys(cropper, sources, layers)
+        keys = _cache_keys(cropper, sources, layers, precision)
         todo = _read_cached(cache, keys, maps, shares, hws, need_shares)
     if not len(todo):
         return maps, shares, hws
@@ -496,7 +498,7 @@ def _layer_maps(cropper, vm, sources, layers, need_shares=True):
                                                 **params):
         rows = todo[start:start + len(hw)]
         hws[rows] = hw
-        with autocast(vm.device):
+        with autocast(vm.device, precision):
             per_layer = layer_cls_attention(vm, vm.normalize(pixels), layers)
         for li, a in enumerate(per_layer):
             m = aggregate_heads(a[..., npt:].float(), cropper.head_aggregation)

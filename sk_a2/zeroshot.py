@@ -11,7 +11,6 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from ._base import MODEL_CONSTRAINTS, ImageModelMixin
-from ._data import autocast
 from ._param_validation import SequenceOf, StrOptions, validate_params
 from .backends import get_backend
 from .cropset import CropSet
@@ -19,6 +18,7 @@ from .embedder import crop_inputs, embed_boxes
 from .images import as_sources
 from .models import resolve_model_spec
 from .original_crops import CROP_SOURCES
+from .precision import autocast
 
 __all__ = ["CROP_AGGREGATIONS", "ZeroShotCLIPClassifier"]
 
@@ -54,8 +54,8 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
     * ``"max"``: for each class the largest probability over crops, renormalised to sum to 1;
     * ``"logits_mean"``: the softmax of the mean over crops of the logits.
 
-    With one crop per image all three give the softmax of that crop's logits. CUDA runs under
-    bf16 autocast; CPU computes in float32.
+    With one crop per image all three give the softmax of that crop's logits. Both towers run at
+    the precision set by ``precision`` (see :mod:`sk_a2.precision`).
 
     Parameters
     ----------
@@ -86,9 +86,12 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         to 8 on CUDA and none on CPU (where the model already uses every core).
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+    precision : {"auto", "float32", "bfloat16"}, default="auto"
+        Numeric precision of the forwards. ``"auto"``: bf16 autocast on CUDA and on a CPU with
+        native bf16 (AVX-512 BF16, AMX), float32 on other CPUs.
     cache : None, "memory" or path, default=None
-        Keep image embeddings keyed by (image content, box, model, image size, crop source),
-        shared with :class:`~sk_a2.CropEmbedder` for the same model. See :mod:`sk_a2.cache`.
+        Keep image embeddings keyed by (image content, box, model, image size, crop source,
+        precision), shared with :class:`~sk_a2.CropEmbedder` for the same model. See :mod:`sk_a2.cache`.
     verbose : bool, default=False
         Show a progress bar over images.
 
@@ -152,6 +155,7 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         batch_size=32,
         num_workers="auto",
         device="auto",
+        precision="auto",
         cache=None,
         verbose=False,
     ):
@@ -165,6 +169,7 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.device = device
+        self.precision = precision
         self.cache = cache
         self.verbose = verbose
 
@@ -187,6 +192,7 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
 
     def _validate(self):
         validate_params(self)
+        self._check_precision()
 
     def _load(self):
         if isinstance(self.model, str) and not _has_text_tower(self.model):
@@ -215,7 +221,7 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         chunks = []
         for i in range(0, len(texts), self.batch_size):
             tokens = tokenizer(texts[i:i + self.batch_size]).to(vm.device)
-            with autocast(vm.device):
+            with autocast(vm.device, self._precision("embedding")):
                 chunks.append(F.normalize(vm.module.encode_text(tokens).float(), dim=-1))
         emb = torch.cat(chunks).reshape(len(classnames), len(templates), -1)
         return F.normalize(emb.mean(1), dim=-1)
@@ -281,7 +287,7 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         emb = embed_boxes(
             vm, sources, boxes, size=self.image_size, batch_size=self.batch_size,
             num_workers=self.num_workers, verbose=self.verbose, desc="zero-shot",
-            originals=originals, **self._cache_args(),
+            originals=originals, precision=self._precision("embedding"), **self._cache_args(),
         )
         emb = F.normalize(torch.from_numpy(emb), dim=-1)
         return (vm.module.logit_scale.exp().float().cpu() * emb @ text.T).numpy()

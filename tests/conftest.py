@@ -17,6 +17,17 @@ from safetensors.torch import save_file
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+
+
+@pytest.fixture(autouse=True)
+def _cpu_without_native_bf16(monkeypatch):
+    """Every test sees a CPU without native bf16, so ``precision="auto"`` is float32 and float32
+    oracles hold on any CI machine; tests of the bf16 paths patch ``native_bf16`` back to True."""
+    import sk_a2.precision
+
+    monkeypatch.setattr(sk_a2.precision, "native_bf16", lambda: False)
+
+
 TINY_CLIP = "SkA2-Tiny"
 open_clip.factory._MODEL_CONFIGS.setdefault(
     TINY_CLIP,

@@ -92,17 +92,26 @@ def embed(args, images):
     from ..embedder import CropEmbedder
 
     kwargs = dict(image_size=args.image_size, verbose=True, **common.runtime_kwargs(args))
+    # one model for both: the full-image embeddings come from the attention pass
+    shared = (args.attention_model == args.embedding_model
+              and args.attention_weights == args.embedding_weights)
     with common.model_errors("--attention-model", "--attention-weights"):
         cropper = AttentionCropper(args.attention_model, weights=args.attention_weights,
-                                   crop_sizes=args.crop_sizes, **kwargs).fit()
+                                   crop_sizes=args.crop_sizes, embed_full_image=shared,
+                                   **kwargs).fit()
         info(f"choosing crops {list(cropper.crop_sizes_)} with {args.attention_model} attention")
         crops = cropper.transform(images)
     with common.model_errors("--embedding-model", "--embedding-weights"):
         embedder = CropEmbedder(args.embedding_model, weights=args.embedding_weights, **kwargs)
-        info(f"embedding the full images with {args.embedding_model}")
-        full = embedder.fit_transform(images)
-        info(f"embedding the crops with {args.embedding_model}")
-        a2 = embedder.fit_transform(crops)
+        if shared:
+            info(f"embedding the crops with {args.embedding_model} (full images: attention pass)")
+            both = embedder.set_params(include_full_image=True).fit_transform(crops)
+            a2, full = both[:, :-embedder.embed_dim_], both[:, -embedder.embed_dim_:]
+        else:
+            info(f"embedding the full images with {args.embedding_model}")
+            full = embedder.fit_transform(images)
+            info(f"embedding the crops with {args.embedding_model}")
+            a2 = embedder.fit_transform(crops)
     return cropper, crops, {"full": full, "a2": a2}
 
 

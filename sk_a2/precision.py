@@ -1,0 +1,132 @@
+"""Numeric precision of the model forwards: the ``precision`` parameter of every model estimator.
+
+``precision`` takes three values:
+
+``"float32"``
+    Every forward in float32.
+``"bfloat16"``
+    Every forward under bf16 autocast (``torch.autocast(device, dtype=torch.bfloat16)``): matrix
+    products in bfloat16, reductions and norms in float32. On a CPU without native bf16 this is
+    emulated and slower than float32 (a warning says so), but it works.
+``"auto"`` (default)
+    On CUDA, bf16 autocast for every forward. On a CPU with native bf16 arithmetic (x86 AVX-512
+    BF16 or AMX-BF16, ARM BF16), the *embedding* forwards run under bf16 autocast while the
+    *attention* forwards that choose the boxes stay float32: crop embeddings feed a linear head,
+    where bf16's relative error of about 1e-3 is harmless (cosine to float32 ≥ 0.999), while the
+    boxes come from an argmax over attention, where a small perturbation can move a box far
+    (see ``docs/performance.md`` for the measurement). On any other CPU, float32.
+
+:func:`native_bf16` is the capability check; it reads torch's own CPU feature report
+(``torch.cpu.get_capabilities()``), or ``/proc/cpuinfo`` on a torch that lacks it.
+
+A resolved precision (``"float32"`` or ``"bfloat16"``) is part of every cache key, so results
+computed at different precisions never mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import warnings
+
+import torch
+
+__all__ = [
+    "PRECISIONS",
+    "SlowPrecisionWarning",
+    "autocast",
+    "check_precision",
+    "has_native_bf16",
+    "native_bf16",
+    "resolve_precision",
+    "warn_if_slow",
+]
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+ROLES = ("attention", "embedding")
+
+#: CPU feature flags that mean bf16 arithmetic in hardware.
+_NATIVE_FLAGS = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+
+
+class SlowPrecisionWarning(UserWarning):
+    """``precision="bfloat16"`` on a CPU that emulates bf16: slower than float32."""
+
+
+def _cpu_flags() -> dict:
+    caps = getattr(getattr(torch, "cpu", None), "get_capabilities", None)
+    if caps is not None:
+        try:
+            return dict(caps())
+        except RuntimeError:  # pragma: no cover - cpuinfo failed to initialise
+            pass
+    try:  # pragma: no cover - torch without get_capabilities
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f
+                          if ln.startswith(("flags", "Features"))), [])
+    except OSError:  # pragma: no cover
+        flags = []
+    return dict.fromkeys(flags, True)
+
+
+def has_native_bf16(flags) -> bool:
+    """Whether CPU feature ``flags`` (a mapping of flag names to True/False, as
+    ``torch.cpu.get_capabilities()`` gives) include bf16 arithmetic in hardware."""
+    return any(flags.get(f) is True for f in _NATIVE_FLAGS)
+
+
+@functools.lru_cache(maxsize=None)
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16, AMX-BF16 or ARM BF16)."""
+    return has_native_bf16(_cpu_flags())
+
+
+def check_precision(precision) -> str:
+    """Validate a ``precision`` parameter."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(
+            f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}"
+        )
+    return precision
+
+
+def resolve_precision(precision, device, role="embedding") -> str:
+    """The precision a forward actually runs at: ``"float32"`` or ``"bfloat16"``.
+
+    Parameters
+    ----------
+    precision : {"auto", "float32", "bfloat16"}
+    device : torch.device
+    role : {"attention", "embedding"}
+        ``"attention"`` for forwards whose attention chooses boxes, ``"embedding"`` for forwards
+        whose output is an embedding.
+    """
+    check_precision(precision)
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bfloat16"
+    if device.type == "cpu" and role == "embedding" and native_bf16():
+        return "bfloat16"
+    return "float32"
+
+
+def warn_if_slow(precision, device) -> None:
+    """Warn when ``precision="bfloat16"`` is asked for on a CPU without native bf16."""
+    if precision == "bfloat16" and device.type == "cpu" and not native_bf16():
+        warnings.warn(
+            "precision='bfloat16' on a CPU without native bf16 (no AVX-512 BF16, AMX or ARM "
+            "BF16): bf16 is emulated there and will be slower than float32; "
+            "precision='auto' picks float32 on this CPU",
+            SlowPrecisionWarning,
+            stacklevel=3,
+        )
+
+
+def autocast(device, resolved: str):
+    """The autocast context of a resolved precision on ``device``."""
+    if resolved == "bfloat16" and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
