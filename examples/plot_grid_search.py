@@ -11,7 +11,7 @@ through metadata routing), on 160 images of 112 px (96 to train) of the syntheti
 with the offline ``imgfocus_vits14`` weights for both models. A shared disk cache computes each
 attention map and each crop embedding once over all candidates and folds.
 
-Run time: about 20 to 45 s on two CPU cores.
+Run time: 20 s to about a minute on two CPU cores (more when they are shared).
 """
 
 import sys
