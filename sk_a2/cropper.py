@@ -18,8 +18,17 @@ from .crops import greedy_boxes, upsample_maps
 from .cropset import CROP_CONSTRAINTS, CropSet, effective_crop_sizes, to_original
 from .images import as_sources, take
 from .precision import autocast
+from .ray_engine import ENGINE_CONSTRAINTS, check_engine, run_sharded
 
 __all__ = ["AttentionCropper", "CropSet"]  # CropSet re-exported from sk_a2.cropset
+
+
+def crop_columns(crops: CropSet) -> dict:
+    """A :class:`CropSet`'s per-image arrays, named as the cropper's cache entries."""
+    columns = {"boxes": crops.boxes, "scores": crops.scores, "image_size": crops.image_sizes}
+    if crops.full_embeddings is not None:
+        columns["embedding"] = crops.full_embeddings
+    return columns
 
 
 class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
@@ -69,6 +78,10 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         Keep attention maps keyed by image content and every parameter that changes them, so
         refits (``GridSearchCV`` candidates and folds, other crop counts or sizes) reselect crops
         without running the model again. See :mod:`sk_a2.cache`.
+    engine : None or "ray", default=None
+        ``"ray"``: the attention forwards run on a Ray cluster (``docs/ray.md``).
+    engine_options : dict, default=None
+        Ray engine settings for the attention forwards (:data:`sk_a2.ray_engine.ENGINE_OPTIONS`).
     verbose : bool, default=False
         Show a progress bar over images.
 
@@ -117,6 +130,8 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         embed_full_image=False,
         cache=None,
         verbose=False,
+        engine=None,
+        engine_options=None,
     ):
         self.model = model
         self.weights = weights
@@ -132,6 +147,8 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         self.embed_full_image = embed_full_image
         self.cache = cache
         self.verbose = verbose
+        self.engine = engine
+        self.engine_options = engine_options
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -143,6 +160,7 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
     _parameter_constraints = {
         **MODEL_CONSTRAINTS,
         **CROP_CONSTRAINTS,
+        **ENGINE_CONSTRAINTS,
         "head_aggregation": [StrOptions(HEAD_AGGREGATIONS)],
         "layer": [Interval(numbers.Integral, None, None, closed="neither")],
         "embed_full_image": [Boolean()],
@@ -151,6 +169,7 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
     def _validate(self):
         validate_params(self)
         self._check_precision()
+        check_engine(self.engine, self.engine_options)
         return effective_crop_sizes(self.crop_sizes, self.n_crops, self.image_size)
 
     def fit(self, X=None, y=None):
@@ -247,6 +266,9 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         sizes = self._validate()
         sources = as_sources(X)
+        if self.engine == "ray":
+            return self._crop_set(sources, run_sharded(self, "transform", sources,
+                                                       columns=crop_columns))
         cache = self._cache_args()["cache"]
         embed = bool(self.embed_full_image)
         map_keys = self._map_keys(sources, embed)
@@ -268,8 +290,13 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         vm = self._load()
         layout = box_entry(len(sizes), vm.embed_dim if embed else 0)
         rows = cached_rows(layout, len(sources), compute, cache, box_keys)
+        return self._crop_set(sources, rows)
+
+    def _crop_set(self, sources, rows):
+        """The :class:`CropSet` of the per-image ``rows`` (boxes, scores, image_size,
+        embedding)."""
         source = None
-        if embed:
+        if self.embed_full_image:
             source = {"model_id": model_key(self.model, self.weights),
                       "image_size": self.image_size, "precision": self._precision("attention")}
         return CropSet(sources, rows["boxes"], rows["scores"], rows["image_size"],

@@ -9,7 +9,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import MODEL_CONSTRAINTS, ImageModelMixin, check_finite
 from ._data import iter_image_batches, resolve_num_workers
-from ._param_validation import Boolean, StrOptions, validate_params
+from ._param_validation import PATH, Boolean, StrOptions, Text, validate_params
 from .cache import EntryLayout, cached_rows, digest, image_key, model_key
 from .crops import crop_resize
 from .cropset import CropSet
@@ -20,7 +20,9 @@ from .original_crops import (
     iter_original_crop_batches,
     original_boxes,
 )
+from .outputs import open_output
 from .precision import autocast
+from .ray_engine import ENGINE_CONSTRAINTS, check_engine, run_sharded
 
 __all__ = ["CropEmbedder"]
 
@@ -167,6 +169,18 @@ def _forward_embed(vm, inputs, batch_size, precision):
     return torch.cat(chunks)
 
 
+#: Images per block written to an ``output_dir`` file by the in-process engine.
+OUTPUT_BLOCK = 4096
+
+
+def _rows(X, start, count):
+    """Images ``start:start + count`` of a :class:`CropSet` or of image sources."""
+    if isinstance(X, CropSet):
+        return X[start:start + count]
+    sources = as_sources(X)
+    return take(sources, range(start, min(start + count, len(sources))))
+
+
 class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
     """Embed each crop of a :class:`CropSet` with a ViT and concatenate the embeddings.
 
@@ -214,6 +228,14 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
     cache : None, "memory" or path, default=None
         Keep embeddings keyed by (image content, box, model, image size, crop source,
         precision): refits with more crops embed only the new boxes. See :mod:`sk_a2.cache`.
+    engine : None or "ray", default=None
+        ``"ray"``: the embedding forwards run on a Ray cluster (``docs/ray.md``).
+    engine_options : dict, default=None
+        Ray engine settings for the embedding forwards (see ``sk_a2.ray_engine``).
+    output_dir : None or path, default=None
+        Write the output of ``transform`` to a new ``.npy`` file in this directory and return it
+        as a :class:`numpy.memmap` (an ndarray, so scikit-learn heads take it), filled in blocks
+        of images, so the output need not fit in memory.
     verbose : bool, default=False
         Show a progress bar over images.
 
@@ -258,6 +280,9 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         precision="auto",
         cache=None,
         verbose=False,
+        engine=None,
+        engine_options=None,
+        output_dir=None,
     ):
         self.model = model
         self.weights = weights
@@ -270,6 +295,9 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         self.precision = precision
         self.cache = cache
         self.verbose = verbose
+        self.engine = engine
+        self.engine_options = engine_options
+        self.output_dir = output_dir
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -277,12 +305,18 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         tags.transformer_tags.preserves_dtype = []
         return tags
 
-    _parameter_constraints = {**MODEL_CONSTRAINTS, "include_full_image": [Boolean()],
-                              "crop_source": [StrOptions(CROP_SOURCES)]}
+    _parameter_constraints = {
+        **MODEL_CONSTRAINTS,
+        **ENGINE_CONSTRAINTS,
+        "include_full_image": [Boolean()],
+        "crop_source": [StrOptions(CROP_SOURCES)],
+        "output_dir": [None, Text(lambda v: isinstance(v, PATH), "a directory path")],
+    }
 
     def _validate(self):
         validate_params(self)
         self._check_precision()
+        check_engine(self.engine, self.engine_options)
 
     def fit(self, X, y=None):
         """Load the embedding model and record the layout of ``X``.
@@ -320,6 +354,26 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
             what = f"a CropSet with {k} crops per image" if k else "plain images"
             fitted = f"{self.n_crops_} crops per image" if self.n_crops_ else "plain images"
             raise ValueError(f"CropEmbedder was fitted on {fitted}; transform got {what}")
+        n = len(X) if isinstance(X, CropSet) else len(as_sources(X))
+        allocate = None
+        if self.output_dir is not None:
+            def allocate(name, shape, dtype):
+                return open_output(self.output_dir, shape, dtype)
+        if self.engine == "ray":
+            out = run_sharded(self, "transform", X, allocate=allocate,
+                              worker_params={"output_dir": None})["out"]
+        elif allocate is not None:
+            out = allocate("out", (n, self.n_features_out_), np.float32)
+            for start in range(0, n, OUTPUT_BLOCK):
+                out[start:start + OUTPUT_BLOCK] = self._embed(_rows(X, start, OUTPUT_BLOCK))
+        else:
+            return self._embed(X)
+        if isinstance(out, np.memmap):
+            out.flush()
+        return out
+
+    def _embed(self, X):
+        """The in-process embeddings of ``X``: (n, n_features_out_) float32."""
         vm = self._load()
         sources = X.images if isinstance(X, CropSet) else as_sources(X)
         resolved = self._precision("embedding")

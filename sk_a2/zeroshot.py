@@ -19,6 +19,7 @@ from .images import as_sources
 from .models import resolve_model_spec
 from .original_crops import CROP_SOURCES
 from .precision import autocast
+from .ray_engine import ENGINE_CONSTRAINTS, check_engine, run_sharded
 
 __all__ = ["CROP_AGGREGATIONS", "ZeroShotCLIPClassifier"]
 
@@ -92,6 +93,10 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
     cache : None, "memory" or path, default=None
         Keep image embeddings keyed by (image content, box, model, image size, crop source,
         precision), shared with :class:`~sk_a2.CropEmbedder` for the same model. See :mod:`sk_a2.cache`.
+    engine : None or "ray", default=None
+        ``"ray"``: the image forwards run on a Ray cluster (``docs/ray.md``).
+    engine_options : dict, default=None
+        Ray engine settings for the image forwards (:data:`sk_a2.ray_engine.ENGINE_OPTIONS`).
     verbose : bool, default=False
         Show a progress bar over images.
 
@@ -158,6 +163,8 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         precision="auto",
         cache=None,
         verbose=False,
+        engine=None,
+        engine_options=None,
     ):
         self.model = model
         self.weights = weights
@@ -172,6 +179,8 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         self.precision = precision
         self.cache = cache
         self.verbose = verbose
+        self.engine = engine
+        self.engine_options = engine_options
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -182,6 +191,7 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
 
     _parameter_constraints = {
         **MODEL_CONSTRAINTS,
+        **ENGINE_CONSTRAINTS,
         "classnames": [SequenceOf(lambda c: isinstance(c, str), "a sequence of str (one per class)",
                                   allow_empty=True), None],
         "templates": [str, SequenceOf(lambda t: isinstance(t, str), "a sequence of str",
@@ -193,6 +203,7 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
     def _validate(self):
         validate_params(self)
         self._check_precision()
+        check_engine(self.engine, self.engine_options)
 
     def _load(self):
         if isinstance(self.model, str) and not _has_text_tower(self.model):
@@ -278,19 +289,26 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         if isinstance(X, CropSet):
             if len(X) == 0:
                 raise ValueError("X is an empty CropSet: at least one image is needed")
-            sources = X.images
         else:
-            X = sources = as_sources(X)
+            X = as_sources(X)
+        if self.engine == "ray":
+            emb = run_sharded(self, "_crop_embeddings", X)["out"]
+        else:
+            emb = self._crop_embeddings(X)
         vm = self._load()
         text = self._text_embeddings(vm).cpu()
+        emb = F.normalize(torch.from_numpy(emb), dim=-1)
+        return (vm.module.logit_scale.exp().float().cpu() * emb @ text.T).numpy()
+
+    def _crop_embeddings(self, X):
+        """Image embeddings of every crop: (n, n_inputs_per_image, d), float32."""
+        sources = X.images if isinstance(X, CropSet) else as_sources(X)
         boxes, originals = crop_inputs(X, self.image_size, False, self.crop_source)
-        emb = embed_boxes(
-            vm, sources, boxes, size=self.image_size, batch_size=self.batch_size,
+        return embed_boxes(
+            self._load(), sources, boxes, size=self.image_size, batch_size=self.batch_size,
             num_workers=self.num_workers, verbose=self.verbose, desc="zero-shot",
             originals=originals, precision=self._precision("embedding"), **self._cache_args(),
         )
-        emb = F.normalize(torch.from_numpy(emb), dim=-1)
-        return (vm.module.logit_scale.exp().float().cpu() * emb @ text.T).numpy()
 
     def _scores(self, X):
         """Aggregated ``(decision, log_proba)``, both (n, n_classes), float64."""

@@ -1,0 +1,224 @@
+"""The Ray engine: an estimator's model work sharded over a Ray cluster with Ray Data.
+
+``AttentionCropper``, ``CropEmbedder`` and ``ZeroShotCLIPClassifier`` take ``engine="ray"``
+(and ``engine_options``, a dict). Their ``transform`` (the classifier's scores) then runs as a
+Ray Data pipeline: the image positions, in blocks of one batch,, a pool of actors
+(``num_gpus=1`` each when the cluster has GPUs, else CPU actors) each loads the model once and
+runs the estimator's own in-process code on its batches of images (reading and decoding them,
+at the estimator's ``precision``, with its ``cache``), and the driver writes every batch's rows
+at their positions, so the result is in input order and equal to the in-process result.
+
+Actors that die are restarted and their batches retried (``max_restarts`` and
+``max_task_retries`` on the actor pool). A disk ``cache`` on a path every node sees is filled by
+the actors, so later in-process fits read it back without running a model. See ``docs/ray.md``.
+
+This module imports Ray only when the engine runs; without Ray, asking for it raises an
+ImportError that gives the install command.
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import numbers
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from ._param_validation import StrOptions, Text
+from .cropset import CropSet
+from .images import as_sources, take
+
+__all__ = ["ENGINE_CONSTRAINTS", "ENGINE_OPTIONS", "check_engine", "connect", "run_sharded"]
+
+INSTALL = 'pip install "sk-a2[ray]"'
+
+#: ``engine_options`` keys and what each accepts.
+ENGINE_OPTIONS = {
+    "num_actors": "number of model actors (int >= 1; default: one per GPU, else 2)",
+    "batch_size": "images per Ray batch (int >= 1; default: the estimator's batch_size)",
+    "num_gpus": "GPUs per actor (number >= 0; default: 1 when the cluster has GPUs, else 0)",
+    "num_cpus": "CPUs per actor (number > 0; default: 1)",
+    "max_restarts": "restarts of a dead actor (int >= -1, -1: unlimited; default: 3)",
+    "max_task_retries": "retries of a dead actor's batch (int >= -1; default: 3)",
+    "address": 'Ray cluster address (str; default: "auto" when a cluster runs, else local)',
+}
+
+#: Parameter rules of ``engine`` and ``engine_options`` (merged into ``_parameter_constraints``).
+ENGINE_CONSTRAINTS = {
+    "engine": [None, StrOptions(["ray"])],
+    "engine_options": [None, Text(lambda v: isinstance(v, dict), "a dict of engine options")],
+}
+
+
+def _is_count(value, low):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+
+
+def _is_amount(value, positive):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return value > 0 if positive else value >= 0
+
+
+_OPTION_CHECKS = {
+    "num_actors": lambda v: _is_count(v, 1),
+    "batch_size": lambda v: _is_count(v, 1),
+    "num_gpus": lambda v: _is_amount(v, False),
+    "num_cpus": lambda v: _is_amount(v, True),
+    "max_restarts": lambda v: _is_count(v, -1),
+    "max_task_retries": lambda v: _is_count(v, -1),
+    "address": lambda v: isinstance(v, str),
+}
+
+
+def require_ray():
+    """Import Ray and Ray Data, or raise an ImportError with the install command."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"engine='ray' needs Ray with Ray Data, which is not installed: {INSTALL}"
+        ) from exc
+    return ray
+
+
+def check_engine(engine, options) -> None:
+    """Check ``engine_options`` against :data:`ENGINE_OPTIONS` and that Ray can be imported
+    when ``engine="ray"`` (``engine`` itself is checked by the parameter constraints)."""
+    options = options or {}
+    unknown = sorted(set(options) - set(_OPTION_CHECKS), key=str)
+    if unknown:
+        raise ValueError(f"engine_options has unknown keys {unknown}; known: "
+                         f"{sorted(ENGINE_OPTIONS)}")
+    for key, value in options.items():
+        if not _OPTION_CHECKS[key](value):
+            raise ValueError(f"engine_options[{key!r}] must be the {ENGINE_OPTIONS[key]}, "
+                             f"got {value!r}")
+    if options and engine is None:
+        raise ValueError("engine_options is set but engine is None; set engine='ray'")
+    if engine == "ray":
+        require_ray()
+
+
+def connect(address=None):
+    """Connect to Ray: ``address`` when given; else a running cluster (``address="auto"``);
+    else start a local instance, shut down at process exit. Returns the ``ray`` module."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return ray
+    if address is not None:
+        ray.init(address=address)
+        return ray
+    try:
+        ray.init(address="auto")
+    except ConnectionError:
+        ray.init(address="local")
+        atexit.register(ray.shutdown)
+    return ray
+
+
+class _Shard:
+    """A Ray Data actor: one copy of the estimator, its model loaded once; each batch of image
+    positions is run through the estimator's in-process ``method``."""
+
+    def __init__(self, payload):
+        import ray
+
+        self.estimator, self.X, self.method, self.columns = ray.get(payload[0])
+        self.estimator._load()  # the one model load of this actor
+        self.actor = ray.get_runtime_context().get_actor_id() or "driver"
+
+    def __call__(self, batch):
+        idx = np.asarray(batch["data"], dtype=np.int64)
+        start = time.perf_counter()
+        X = self.X[idx] if isinstance(self.X, CropSet) else take(self.X, idx)
+        out = self.columns(getattr(self.estimator, self.method)(X))
+        seconds = time.perf_counter() - start
+        return {"id": idx, **out, "_actor": np.full(len(idx), self.actor),
+                "_seconds": np.full(len(idx), seconds / max(1, len(idx)))}
+
+
+def array_columns(out):
+    """The columns of a method returning one array: ``{"out": out}``."""
+    return {"out": np.asarray(out)}
+
+
+def _pool_args(options, batch_size, ray):
+    gpus = ray.cluster_resources().get("GPU", 0)
+    num_gpus = options.get("num_gpus", 1 if gpus else 0)
+    default_actors = max(1, int(gpus // num_gpus)) if num_gpus else 2
+    retries = {"max_restarts": options.get("max_restarts", 3),
+               "max_task_retries": options.get("max_task_retries", 3)}
+    return {
+        "ray_remote_args_fn": lambda: dict(retries),
+        "batch_size": options.get("batch_size", batch_size),
+        "compute": ray.data.ActorPoolStrategy(size=options.get("num_actors", default_actors)),
+        "num_gpus": num_gpus,
+        "num_cpus": options.get("num_cpus", 1),
+    }
+
+
+def run_sharded(estimator, method, X, *, columns=array_columns, allocate=None,
+                worker_params=None):
+    """Run ``estimator.<method>`` over ``X`` on Ray actors; a dict of arrays in input order.
+
+    ``X`` is image sources or a :class:`CropSet`; ``columns`` turns one batch's result into a
+    dict of arrays with the batch's images as rows; ``allocate(name, shape, dtype)`` gives each
+    output array (default: ``np.empty``; e.g. a memory-mapped file). The estimator is copied
+    with ``engine=None``, ``verbose=False`` and ``worker_params`` for the actors; with
+    ``verbose`` the driver reports each actor's throughput.
+    """
+    options = dict(estimator.engine_options or {})
+    ray = connect(options.pop("address", None))
+    from ray.data import DataContext
+
+    X = X if isinstance(X, CropSet) else as_sources(X)
+    worker = copy.copy(estimator)
+    worker.set_params(engine=None, engine_options=None, verbose=False, **(worker_params or {}))
+    payload = [ray.put((worker, X, method, columns))]
+    DataContext.get_current().enable_progress_bars = bool(estimator.verbose)
+    pool = _pool_args(options, estimator.batch_size, ray)
+    # positions in blocks of one batch each, made on the driver (no read tasks to schedule
+    # beside the actors), so batches spread over the actors
+    blocks = np.array_split(np.arange(len(X)), max(1, -(-len(X) // pool["batch_size"])))
+    ds = ray.data.from_numpy(blocks).map_batches(
+        _Shard, fn_constructor_args=(payload,), batch_format="numpy", **pool,
+    )
+    out, stats = _gather(ds, len(X), allocate or (lambda name, shape, dtype: np.empty(shape,
+                                                                                     dtype)))
+    if estimator.verbose:
+        report_throughput(stats)
+    return out
+
+
+def _gather(ds, n, allocate):
+    """Write every batch's rows at their positions; per-actor (images, seconds)."""
+    out, seen = {}, np.zeros(n, dtype=bool)
+    stats = defaultdict(lambda: [0, 0.0])
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        idx = batch.pop("id")
+        for actor, seconds in zip(batch.pop("_actor"), batch.pop("_seconds")):
+            stats[str(actor)][0] += 1
+            stats[str(actor)][1] += float(seconds)
+        for name, rows in batch.items():
+            rows = np.asarray(rows)
+            if name not in out:
+                out[name] = allocate(name, (n, *rows.shape[1:]), rows.dtype)
+            out[name][idx] = rows
+        seen[idx] = True
+    if not seen.all():  # pragma: no cover - Ray Data returns every row or raises
+        raise RuntimeError(f"the Ray pipeline returned {seen.sum()} of {n} images")
+    return out, dict(stats)
+
+
+def report_throughput(stats) -> None:
+    """Print each actor's images, model-side seconds and images per second."""
+    total = sum(images for images, _ in stats.values())
+    print(f"[sk-a2] ray engine: {total} images on {len(stats)} actor(s)", flush=True)
+    for actor, (images, seconds) in sorted(stats.items()):
+        rate = images / seconds if seconds > 0 else float("inf")
+        print(f"[sk-a2]   actor {actor[:12]}: {images} images in {seconds:.2f} s "
+              f"({rate:.1f} images/s)", flush=True)

@@ -1,0 +1,184 @@
+"""The Ray engine on a local Ray instance with 2 CPU actors, against the in-process results."""
+
+import copy
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+
+from conftest import blob_images, make_clip, make_timm
+from sk_a2 import AttentionCropper, CropEmbedder, ZeroShotCLIPClassifier
+from sk_a2.backends.base import VisionModel
+
+ray = pytest.importorskip("ray")
+
+S = 64
+# Ray batches of 4 images: whole in-process forward batches (2 images × 2 crops), so every
+# forward sees the same inputs as in-process and results are bit-identical
+RAY = {"engine": "ray", "engine_options": {"num_actors": 2, "batch_size": 4}}
+COMMON = {"image_size": S, "batch_size": 4, "device": "cpu", "precision": "float32"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    """One local Ray instance (2 CPUs) for the module, shut down after it."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Ten small PNG files (paths, so cache keys are file digests) and their labels."""
+    folder = tmp_path_factory.mktemp("ray_images")
+    X, y = blob_images(10, size=S, seed=4)
+    paths = []
+    for i, image in enumerate(X):
+        paths.append(str(folder / f"{i}.png"))
+        Image.fromarray(image).save(paths[-1])
+    return paths, y
+
+
+@pytest.fixture(scope="module")
+def vit():
+    return make_timm(img_size=S, seed=1)
+
+
+def cropper(model, **kw):
+    return AttentionCropper(model, crop_sizes=(32, 16), **{**COMMON, **kw})
+
+
+def test_crops_equal_in_process(images, vit):
+    paths, _ = images
+    ref = cropper(vit, embed_full_image=True).fit().transform(paths)
+    got = cropper(vit, embed_full_image=True, **RAY).fit().transform(paths)
+    assert got.images == paths
+    np.testing.assert_array_equal(got.boxes, ref.boxes)
+    np.testing.assert_array_equal(got.scores, ref.scores)
+    np.testing.assert_array_equal(got.image_sizes, ref.image_sizes)
+    np.testing.assert_array_equal(got.full_embeddings, ref.full_embeddings)
+    assert got.full_embedding_source == ref.full_embedding_source
+
+
+def test_embeddings_and_memmap_equal_in_process(images, vit, tmp_path, capsys):
+    paths, _ = images
+    crops = cropper(vit).fit().transform(paths)
+    embedder = CropEmbedder(vit, include_full_image=True, **COMMON)
+    ref = embedder.fit(crops).transform(crops)
+    got = clone(embedder).set_params(**RAY).fit(crops).transform(crops)
+    assert type(got) is np.ndarray and got.dtype == np.float32
+    np.testing.assert_array_equal(got, ref)
+    mapped = clone(embedder).set_params(**RAY, output_dir=tmp_path / "out", verbose=True)
+    mapped = mapped.fit(crops).transform(crops)
+    report = capsys.readouterr().out  # verbose: per-actor throughput
+    assert f"{len(paths)} images on" in report and "images/s" in report
+    assert isinstance(mapped, np.memmap)
+    np.testing.assert_array_equal(mapped, ref)
+    (saved,) = (tmp_path / "out").glob("*.npy")
+    np.testing.assert_array_equal(np.load(saved), ref)
+    # the in-process engine writes the same file in blocks
+    local = clone(embedder).set_params(output_dir=tmp_path / "local").fit(crops).transform(crops)
+    assert isinstance(local, np.memmap)
+    np.testing.assert_array_equal(local, ref)
+
+
+def test_zero_shot_scores_equal_in_process(images, vit):
+    paths, y = images
+    crops = cropper(vit).fit().transform(paths)
+    clf = ZeroShotCLIPClassifier(make_clip(seed=3), classnames=["blue", "red"], **COMMON)
+    ref = clf.fit(crops, y).predict_proba(crops)
+    got = clone(clf).set_params(**RAY).fit(crops, y).predict_proba(crops)
+    np.testing.assert_array_equal(got, ref)
+    plain = clone(clf).set_params(**RAY).fit(paths, y).decision_function(paths)
+    np.testing.assert_array_equal(plain, clf.decision_function(paths))
+
+
+@pytest.fixture
+def count_forwards(monkeypatch):
+    """Count the model passes run in this (the driver's) process."""
+    calls = []
+    for name in ("forward_tokens", "embed"):
+        original = getattr(VisionModel, name)
+
+        def counted(self, x, _original=original, _name=name):
+            calls.append(_name)
+            return _original(self, x)
+
+        monkeypatch.setattr(VisionModel, name, counted)
+    return calls
+
+
+def test_grid_search_after_ray_transform_runs_no_model(images, vit, tmp_path, count_forwards):
+    paths, y = images
+    cache = tmp_path / "cache"
+    crops = cropper(vit, n_crops=2, cache=cache, **RAY).fit().transform(paths)
+    CropEmbedder(vit, cache=cache, **COMMON, **RAY).fit(crops).transform(crops)
+    assert count_forwards == []  # the actors did the model work, not the driver
+    pipe = make_pipeline(cropper(vit, cache=cache), CropEmbedder(vit, cache=cache, **COMMON),
+                         LogisticRegression(max_iter=200))
+    grid = {"attentioncropper__n_crops": [1, 2], "logisticregression__C": [0.1, 1.0]}
+    search = GridSearchCV(pipe, grid, cv=2).fit(paths, y)
+    assert len(search.cv_results_["params"]) == 4
+    assert count_forwards == []
+    # control: the counter sees the forwards an empty cache needs
+    CropEmbedder(vit, cache=tmp_path / "empty", **COMMON).fit(paths).transform(paths)
+    assert count_forwards
+
+
+def dying_norm(norm, armed):
+    """``norm`` that kills its process the first time it runs while ``armed`` (a file) exists."""
+
+    class DieOnce(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = norm
+
+        def forward(self, x):
+            try:
+                os.rename(armed, armed + ".fired")  # one caller wins
+            except FileNotFoundError:
+                return self.inner(x)
+            os._exit(1)
+
+    return DieOnce()
+
+
+def test_killed_actor_batches_are_retried(images, vit, tmp_path):
+    paths, _ = images
+    ref = CropEmbedder(vit, **COMMON).fit(paths).transform(paths)
+    armed = tmp_path / "armed"
+    armed.touch()
+    dying = copy.deepcopy(vit)
+    dying.norm = dying_norm(dying.norm, str(armed))
+    got = CropEmbedder(dying, **COMMON, **RAY).fit(paths).transform(paths)
+    assert not armed.exists() and (tmp_path / "armed.fired").exists()  # an actor did die
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_engine_parameters_clone_and_check(vit):
+    est = CropEmbedder(vit, **RAY)
+    assert clone(est).get_params()["engine_options"] == RAY["engine_options"]
+    with pytest.raises(ValueError, match="unknown keys.*'actors'"):
+        CropEmbedder(vit, engine="ray", engine_options={"actors": 2}).fit(["a.png"])
+    with pytest.raises(ValueError, match=r"engine_options\['num_actors'\]"):
+        CropEmbedder(vit, engine="ray", engine_options={"num_actors": 0}).fit(["a.png"])
+    with pytest.raises(ValueError, match="engine='ray'"):
+        CropEmbedder(vit, engine_options={"num_actors": 1}).fit(["a.png"])
+    with pytest.raises(ValueError, match="engine"):
+        AttentionCropper(vit, engine="spark").fit()
+
+
+def test_without_ray_a_clear_error(vit, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    for est in (AttentionCropper(vit, engine="ray"), CropEmbedder(vit, engine="ray")):
+        with pytest.raises(ImportError, match=r'pip install "sk-a2\[ray\]"'):
+            est.fit(["a.png"])
+    AttentionCropper(vit, image_size=S).fit()  # the in-process engine needs no Ray
