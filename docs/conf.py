@@ -106,5 +106,11 @@ def _fill_contents(app, docname, source):
         source[0] = source[0].replace("{user_guide_pages}", "\n   ".join(user_guide_pages()))
 
 
+def _reread_contents(app, env, added, changed, removed):
+    """The start page's toctree depends on which Markdown pages exist: reread it every build."""
+    return [root_doc]
+
+
 def setup(app):
     app.connect("source-read", _fill_contents)
+    app.connect("env-get-outdated", _reread_contents)
