@@ -43,6 +43,32 @@ def adapt_maps(maps, coefs, intercepts):
 
     The MLP is ``tanh(x W₁ + b₁) W₂ + b₂`` on ``x = G·A − 1`` (the map scaled to mean 0); with
     ``W₂ = b₂ = 0`` (the initial state) ``Ã = A``.
+
+    Parameters
+    ----------
+    maps : ndarray or Tensor of shape (n, G)
+        Attention maps over the G patches, each summing to 1.
+    coefs : sequence of two arrays or Tensors
+        ``W₁`` of shape (G, hidden) and ``W₂`` of shape (hidden, G).
+    intercepts : sequence of two arrays or Tensors
+        ``b₁`` of shape (hidden,) and ``b₂`` of shape (G,).
+
+    Returns
+    -------
+    ndarray or Tensor of shape (n, G)
+        The adapted maps ``Ã``, each summing to 1 (same type as ``maps``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sk_a2.adapter import adapt_maps
+    >>> maps = np.array([[0.1, 0.2, 0.3, 0.4]])
+    >>> zero = [np.zeros((4, 2)), np.zeros((2, 4))], [np.zeros(2), np.zeros(4)]
+    >>> np.allclose(adapt_maps(maps, *zero), maps)  # the initial MLP leaves A unchanged
+    True
+    >>> bias = [np.zeros((4, 2)), np.zeros((2, 4))], [np.zeros(2), np.log([4.0, 1, 1, 1])]
+    >>> adapt_maps(maps, *bias).round(3)  # a bias on the first patch quadruples its odds
+    array([[0.308, 0.154, 0.231, 0.308]])
     """
     lib = torch if isinstance(maps, torch.Tensor) else np
     x = maps * maps.shape[-1] - 1.0
@@ -60,6 +86,30 @@ def selection_scores(maps, mass_matrix):
     The log of the fraction of each map's upsampled mass inside each candidate, standardised
     per image (mean 0, standard deviation 1 over the candidates), so ``sigma`` is in units of
     an image's own spread of scores. Ranking equals ranking by mass.
+
+    Parameters
+    ----------
+    maps : Tensor of shape (n, G)
+        Attention maps over the G patches.
+    mass_matrix : Tensor of shape (G, m + 1)
+        :func:`sk_a2.dps.box_mass_matrix` of the m candidates: column ``c`` gives the mass
+        inside candidate ``c``, the last column the mass in the whole frame.
+
+    Returns
+    -------
+    Tensor of shape (n, m)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sk_a2.adapter import selection_scores
+    >>> from sk_a2.dps import box_mass_matrix
+    >>> boxes = [[0, 0, 28, 28], [28, 28, 56, 56]]  # two corners of a 56 px frame
+    >>> mass = torch.as_tensor(box_mass_matrix((4, 4), 56, boxes))
+    >>> maps = torch.zeros(1, 16, dtype=torch.float64)
+    >>> maps[0, 0] = 1.0  # all attention on the top-left patch
+    >>> selection_scores(maps, mass).argmax(-1).tolist()
+    [0]
     """
     mass = maps @ mass_matrix
     logm = torch.log(mass[:, :-1].clamp_min(1e-30)) - torch.log(mass[:, -1:])
@@ -163,6 +213,19 @@ class AttentionAdapter(ImageModelMixin, TransformerMixin, BaseEstimator):
         Labels seen in ``fit``.
     loss_curve_ : list of float
         Mean held-out cross-entropy of each outer epoch.
+
+    Examples
+    --------
+    >>> from sk_a2 import AttentionAdapter
+    >>> from sk_a2.datasets import make_spurious_images
+    >>> data = make_spurious_images(n_samples=20, image_size=56, random_state=0)
+    >>> adapter = AttentionAdapter("imgfocus_vits14", "imgfocus_vits14", image_size=56,
+    ...                            n_crops=1, outer_epochs=1, device="cpu", random_state=0)
+    >>> crops = adapter.fit(data.images[:12], data.target[:12]).transform(data.images[:3])
+    >>> crops
+    CropSet(n_images=3, n_crops=1)
+    >>> adapter.adapted_maps(data.images[:3]).shape
+    (3, 4, 4)
     """
 
     _parameter_constraints: dict = {

@@ -97,10 +97,20 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
 
     Examples
     --------
-    >>> from sk_a2 import AttentionCropper                             # doctest: +SKIP
-    >>> crops = AttentionCropper("dinov2_vits14", crop_sizes=(64, 32)).fit_transform(paths)
-    >>> crops.boxes.shape                                              # doctest: +SKIP
-    (n_images, 2, 4)
+    With the offline DINOv2 ViT-S/14 weights, on images of the embedded synthetic benchmark:
+
+    >>> from sk_a2 import AttentionCropper
+    >>> from sk_a2.datasets import make_spurious_images
+    >>> data = make_spurious_images(n_samples=10, image_size=112, random_state=0)
+    >>> cropper = AttentionCropper("imgfocus_vits14", crop_sizes=(48, 24), image_size=112,
+    ...                            device="cpu")
+    >>> crops = cropper.fit_transform(data.images[:3])
+    >>> crops.boxes.shape  # (n_images, n_crops, 4): (x0, y0, x1, y1) in original pixels
+    (3, 2, 4)
+    >>> (crops.boxes[:, :, 2] - crops.boxes[:, :, 0]).tolist()  # largest crop first
+    [[48.0, 24.0], [48.0, 24.0], [48.0, 24.0]]
+    >>> cropper.attention_maps(data.images[:3]).shape  # the 8 x 8 patch grid
+    (3, 8, 8)
     """
 
     def __init__(

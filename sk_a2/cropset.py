@@ -80,6 +80,22 @@ class CropSet:
     Indexing with an int array, a boolean mask or a slice gives the ``CropSet`` of those images,
     so scikit-learn's cross-validation can split it. ``len`` is the number of images and
     ``n_crops`` the number of boxes per image.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sk_a2 import CropSet
+    >>> images = np.zeros((2, 64, 96, 3), dtype=np.uint8)
+    >>> boxes = [[[0, 0, 32, 32], [40, 8, 72, 40]], [[10, 10, 42, 42], [50, 20, 82, 52]]]
+    >>> crops = CropSet(images, boxes, scores=np.full((2, 2), np.nan), image_sizes=[[64, 96]] * 2)
+    >>> crops
+    CropSet(n_images=2, n_crops=2)
+    >>> len(crops), crops.shape
+    (2, (2, 2))
+    >>> crops[[1]].boxes.tolist()
+    [[[10.0, 10.0, 42.0, 42.0], [50.0, 20.0, 82.0, 52.0]]]
+    >>> crops.first(1).n_crops
+    1
     """
 
     def __init__(self, images, boxes, scores, image_sizes, full_embeddings=None,

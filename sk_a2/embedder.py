@@ -250,6 +250,20 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
     weights_digest_ : str or None
         Digest of the ``weights`` file's bytes at ``fit`` time (``None`` without a file). A
         fitted (or unpickled) estimator refuses to run once the file's content differs.
+
+    Examples
+    --------
+    >>> from sk_a2 import AttentionCropper, CropEmbedder
+    >>> from sk_a2.datasets import make_spurious_images
+    >>> data = make_spurious_images(n_samples=10, image_size=56, random_state=0)
+    >>> crops = AttentionCropper("imgfocus_vits14", crop_sizes=(28,), image_size=56,
+    ...                          device="cpu").fit_transform(data.images[:4])
+    >>> embedder = CropEmbedder("imgfocus_vits14", image_size=56, device="cpu")
+    >>> embedder.fit_transform(crops).shape  # one 384-d ViT-S CLS token per crop
+    (4, 384)
+    >>> CropEmbedder("imgfocus_vits14", image_size=56, include_full_image=True,
+    ...              device="cpu").fit_transform(crops).shape
+    (4, 768)
     """
 
     def __init__(

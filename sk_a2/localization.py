@@ -131,6 +131,16 @@ def check_boxes(boxes, n, image_sizes=None, *, name="boxes"):
     Returns
     -------
     list of ndarray
+
+    Examples
+    --------
+    >>> from sk_a2.localization import check_boxes
+    >>> [b.tolist() for b in check_boxes([[0, 0, 4, 4], [[1, 1, 3, 3], [4, 4, 8, 8]]], 2)]
+    [[[0.0, 0.0, 4.0, 4.0]], [[1.0, 1.0, 3.0, 3.0], [4.0, 4.0, 8.0, 8.0]]]
+    >>> check_boxes([[0, 0, 20, 4]], 1, image_sizes=[[8, 8]])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: boxes[0] box [0.0, 0.0, 20.0, 4.0] is outside the image (8 wide, 8 high)...
     """
     if isinstance(boxes, np.ndarray) and boxes.dtype != object:
         if boxes.ndim not in (2, 3) or boxes.shape[-1] != 4:
@@ -235,6 +245,15 @@ def mass_in_boxes(maps, boxes, image_sizes, image_size):
     Returns
     -------
     ndarray of shape (n,), float64
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sk_a2.localization import mass_in_boxes
+    >>> maps = np.array([[[1.0, 1.0], [0.0, 0.0]]])  # all attention on the top row of patches
+    >>> # the top half of the image; bilinear upsampling spreads 1/8 of the mass below it
+    >>> mass_in_boxes(maps, [[0, 0, 64, 32]], image_sizes=[[64, 64]], image_size=64).round(3)
+    array([0.875])
     """
     return _box_stats(maps, boxes, image_sizes, image_size)[0]
 
@@ -242,11 +261,24 @@ def mass_in_boxes(maps, boxes, image_sizes, image_size):
 def hits(maps, boxes, image_sizes, image_size):
     """1 where the argmax pixel of the upsampled map is inside a box, else 0.
 
-    Parameters are those of :func:`mass_in_boxes`; ties go to the first pixel in row-major order.
+    Ties go to the first pixel in row-major order.
 
     Returns
     -------
     ndarray of shape (n,), int64
+
+    Parameters
+    ----------
+    maps, boxes, image_sizes, image_size
+        As in :func:`mass_in_boxes`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sk_a2.localization import hits
+    >>> maps = np.array([[[0.0, 1.0], [0.0, 0.0]], [[0.0, 0.0], [1.0, 0.0]]])
+    >>> hits(maps, [[32, 0, 64, 32]] * 2, image_sizes=[[64, 64]] * 2, image_size=64)
+    array([1, 0])
     """
     return _box_stats(maps, boxes, image_sizes, image_size)[1]
 
@@ -261,6 +293,14 @@ def normalized_entropy(maps):
     Returns
     -------
     ndarray of shape (n,), float64, in [0, 1]
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sk_a2.localization import normalized_entropy
+    >>> uniform, peaked = [1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]
+    >>> normalized_entropy(np.array([uniform, peaked])).round(3) + 0.0
+    array([1., 0.])
     """
     p, _ = _check_maps(maps)
     logs = np.log(np.where(p > 0, p, 1.0))
@@ -279,6 +319,13 @@ def top_mass(maps, q):
     Returns
     -------
     ndarray of shape (n,), float64
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sk_a2.localization import top_mass
+    >>> top_mass(np.array([[4.0, 3.0, 2.0, 1.0]]), 0.5)  # the 2 largest of 4, out of 10
+    array([0.7])
     """
     if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0 < q <= 1:
         raise ValueError(f"q must be a fraction in (0, 1], got {q!r}")
@@ -315,7 +362,30 @@ def layer_cls_attention(vm, x, layers):
 
     Returns
     -------
-    list of Tensor, in the order of ``layers``
+    list of Tensor
+        In the order of ``layers``: each ``(B, H, N)``, N counting the CLS, register and patch
+        tokens.
+
+    Parameters
+    ----------
+    vm : VisionModel
+        A loaded model (:func:`sk_a2.models.load_model`).
+    x : Tensor of shape (B, 3, S, S)
+        Normalised images at the model's input size.
+    layers : sequence of int
+        Block indices from 0.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sk_a2.localization import layer_cls_attention
+    >>> from sk_a2.models import load_model
+    >>> vm = load_model("imgfocus_vits14", image_size=56, device="cpu")
+    >>> rows = layer_cls_attention(vm, torch.zeros(2, 3, 56, 56), [0, 11])
+    >>> [tuple(r.shape) for r in rows]  # 6 heads, CLS + 16 patches
+    [(2, 6, 17), (2, 6, 17)]
+    >>> bool(torch.allclose(rows[1].sum(-1), torch.ones(2, 6)))
+    True
     """
     idx = [resolve_layer(layer, vm.num_layers) for layer in layers]
     last = max(idx)
@@ -467,6 +537,21 @@ def layer_attention_maps(cropper, X, layers):
         Each map sums to 1; layers in the given order (repeats removed).
     image_sizes : ndarray of shape (n, 2), int64
         Original ``(height, width)`` of each image.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sk_a2 import AttentionCropper
+    >>> from sk_a2.datasets import make_spurious_images
+    >>> from sk_a2.localization import layer_attention_maps
+    >>> images = make_spurious_images(n_samples=10, image_size=56, random_state=0).images[:3]
+    >>> cropper = AttentionCropper("imgfocus_vits14", crop_sizes=(28,), image_size=56,
+    ...                            device="cpu", cache="memory").fit()
+    >>> maps, image_sizes = layer_attention_maps(cropper, images, [-2, -1])
+    >>> maps.shape, image_sizes.tolist()[0]
+    ((2, 3, 4, 4), [56, 56])
+    >>> bool(np.allclose(maps[1], cropper.attention_maps(images)))  # the cropper's own layer
+    True
     """
     check_is_fitted(cropper)
     sources = as_sources(X)
@@ -492,7 +577,26 @@ def _table(columns):
 
 
 def report_columns(report):
-    """The columns of a report or summary (DataFrame, Bunch or a list of them) as NumPy arrays."""
+    """The columns of a report or summary (DataFrame, Bunch or a list of them) as NumPy arrays.
+
+    Parameters
+    ----------
+    report : DataFrame or Bunch, or a list of them
+        :func:`localization_report` or :func:`summarize_report` results.
+
+    Returns
+    -------
+    dict of str to ndarray
+        One array per column; several reports are concatenated.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from sk_a2.localization import report_columns
+    >>> columns = report_columns([pd.DataFrame({"hit": [1, 0]}), pd.DataFrame({"hit": [1]})])
+    >>> columns["hit"].tolist()
+    [1, 0, 1]
+    """
     if isinstance(report, (list, tuple)):
         parts = [report_columns(r) for r in report]
         if not parts:
@@ -537,6 +641,21 @@ def localization_report(cropper, X, boxes, *, layers=None):
         ``n_params``, ``layer`` (block index from 0), ``image`` (position in ``X``), the
         :data:`METRICS` and the :data:`TOKEN_SHARES`. A Bunch of equal-length arrays when pandas
         is not installed.
+
+    Examples
+    --------
+    >>> from sk_a2 import AttentionCropper
+    >>> from sk_a2.datasets import make_spurious_images
+    >>> from sk_a2.localization import localization_report, summarize_report
+    >>> data = make_spurious_images(n_samples=10, image_size=56, random_state=0)
+    >>> cropper = AttentionCropper("imgfocus_vits14", crop_sizes=(28,), image_size=56,
+    ...                             device="cpu")
+    >>> report = localization_report(cropper.fit(data.images[:4]), data.images[:4],
+    ...                              data.boxes[:4], layers=[10, 11])
+    >>> report[["layer", "image", "hit"]].shape
+    (8, 3)
+    >>> bool(((report.mass_in_box >= 0) & (report.mass_in_box <= 1)).all())
+    True
     """
     check_is_fitted(cropper)
     sources = as_sources(X)
@@ -579,6 +698,18 @@ def summarize_report(report):
         One row per (model, head_aggregation, layer) in order of first appearance, with
         ``n_params``, ``n_images`` and ``<metric>_mean`` / ``<metric>_std`` (sample standard
         deviation, ``ddof=1``; 0 for one image) for the metrics and token shares.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from sk_a2.localization import METRICS, TOKEN_SHARES, summarize_report
+    >>> report = pd.DataFrame({"model": "vit", "head_aggregation": "mean", "n_params": 10**7,
+    ...                        "layer": [0, 0, 1, 1], "image": [0, 1, 0, 1]})
+    >>> for column in METRICS + TOKEN_SHARES:
+    ...     report[column] = [0.2, 0.4, 0.6, 0.6]
+    >>> summary = summarize_report(report)
+    >>> summary[["layer", "n_images", "hit_mean", "hit_std"]].round(3).values.tolist()
+    [[0.0, 2.0, 0.3, 0.141], [1.0, 2.0, 0.6, 0.0]]
     """
     cols = report_columns(report)
     names = (*METRICS, *TOKEN_SHARES)
@@ -667,6 +798,19 @@ def select_attention(candidates, X, boxes, *, base=None, return_ranking=False):
     ranking : DataFrame or Bunch
         Only with ``return_ranking=True``: ``candidate`` (its position), ``model``, ``layer``,
         ``head_aggregation``, ``mass_in_box``, ``hit_rate``.
+
+    Examples
+    --------
+    >>> from sk_a2 import AttentionCropper
+    >>> from sk_a2.datasets import make_spurious_images
+    >>> from sk_a2.localization import select_attention
+    >>> data = make_spurious_images(n_samples=10, image_size=56, random_state=0)
+    >>> base = AttentionCropper("imgfocus_vits14", crop_sizes=(28,), image_size=56,
+    ...                             device="cpu")
+    >>> best = select_attention([{"layer": -1}, {"layer": -2}, {"head_aggregation": "max"}],
+    ...                         data.images[:4], data.boxes[:4], base=base)
+    >>> type(best).__name__, best.model
+    ('AttentionCropper', 'imgfocus_vits14')
     """
     croppers = _candidate_croppers(candidates, base)
     sources = as_sources(X)

@@ -79,18 +79,96 @@ def _draw_per_layer(ax, cols, series, metric, several):
 
 
 def plot_mass_hit_vs_size(summary):
-    """Mass in box (± std) and hit rate of each model's last reported block against its size."""
+    """Mass in box (± std) and hit rate of each model's last reported block against its size.
+
+    Parameters
+    ----------
+    summary : DataFrame or Bunch
+        :func:`sk_a2.localization.summarize_report` of several models: ``n_params``,
+        ``mass_in_box_*`` and ``hit_*`` of each model's last block are drawn.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two panels (mass in box, hit rate), parameters on a log axis.
+
+    Examples
+    --------
+    Two models, their last block each:
+
+    >>> import pandas as pd
+    >>> from sk_a2.localization_plot import plot_mass_hit_vs_size
+    >>> summary = pd.DataFrame({"model": ["vit_s", "vit_g"], "head_aggregation": "mean",
+    ...                         "layer": 11, "n_params": [2.2e7, 1.1e9], "n_images": 8,
+    ...                         "mass_in_box_mean": [0.4, 0.5], "mass_in_box_std": 0.1,
+    ...                         "hit_mean": [0.8, 0.9], "hit_std": 0.0})
+    >>> len(plot_mass_hit_vs_size(summary).axes)
+    2
+    """
     return _two_panels(summary, _draw_vs_size, "parameters (millions)", "vs. model size",
                        xscale="log")
 
 
 def plot_per_layer(summary):
-    """Mass in box and hit rate per block, one line per model (stars: the last block)."""
+    """Mass in box and hit rate per block, one line per model (stars: the last block).
+
+    Parameters
+    ----------
+    summary : DataFrame or Bunch
+        :func:`sk_a2.localization.summarize_report` with several blocks per model
+        (``layers="all"``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two panels (mass in box, hit rate) against the block index.
+
+    Examples
+    --------
+    One model, three blocks (built from :func:`~sk_a2.localization.summarize_report`'s
+    columns):
+
+    >>> import numpy as np
+    >>> from sklearn.utils import Bunch
+    >>> from sk_a2.localization_plot import plot_per_layer
+    >>> rising = np.array([0.2, 0.3, 0.5])
+    >>> summary = Bunch(model=np.array(["vit_s"] * 3), head_aggregation=np.array(["max"] * 3),
+    ...                 layer=np.arange(3), n_params=np.full(3, 2.2e7), n_images=np.full(3, 4),
+    ...                 mass_in_box_mean=rising, mass_in_box_std=rising / 10,
+    ...                 hit_mean=rising + 0.3, hit_std=np.zeros(3))
+    >>> fig = plot_per_layer(summary)
+    >>> [ax.get_xlabel() for ax in fig.axes]
+    ['block', 'block']
+    """
     return _two_panels(summary, _draw_per_layer, "block", "per block")
 
 
 def plot_token_shares(summary):
-    """Share of the CLS attention on the CLS, register and patch tokens per block, per model."""
+    """Share of the CLS attention on the CLS, register and patch tokens per block, per model.
+
+    Parameters
+    ----------
+    summary : DataFrame or Bunch
+        :func:`sk_a2.localization.summarize_report` results, with the token shares.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel per model.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from sk_a2.localization_plot import plot_token_shares
+    >>> shares = {"cls_share": [0.3, 0.1], "register_share": [0.0, 0.2],
+    ...           "patch_share": [0.7, 0.7], "mass_in_box": [0.4, 0.5]}
+    >>> summary = pd.DataFrame({"model": "vit_s_reg", "head_aggregation": "mean",
+    ...                         "layer": [10, 11], "n_params": 2.2e7, "n_images": 4,
+    ...                         **{f"{k}_mean": v for k, v in shares.items()},
+    ...                         **{f"{k}_std": 0.0 for k in shares}})
+    >>> plot_token_shares(summary).axes[0].get_xlabel()
+    'block'
+    """
     cols, series = _series(summary)
     several = len({agg for _, agg in series}) > 1
     fig, axes = _figure(len(series), width=4.0)

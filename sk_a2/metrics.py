@@ -136,7 +136,9 @@ def worst_class_accuracy(y_true, y_pred):
 class GroupAccuracyReport:
     """Per-group accuracy with its summaries; ``str()`` gives a table.
 
-    Attributes
+    Made by :func:`group_accuracy_report`.
+
+    Parameters
     ----------
     groups : tuple
         Group labels, sorted.
@@ -152,6 +154,22 @@ class GroupAccuracyReport:
         Unweighted mean of the group accuracies.
     worst_group : object
         Label of the group with the lowest accuracy (the first one on ties).
+
+    Examples
+    --------
+    >>> from sk_a2.metrics import group_accuracy_report
+    >>> report = group_accuracy_report([0, 0, 1, 1], [0, 1, 1, 1], groups=["a", "a", "b", "b"])
+    >>> report.groups, report.accuracies, report.worst_group
+    (('a', 'b'), (0.5, 1.0), 'a')
+    >>> print(report)
+    group         size  accuracy
+    ----------------------------
+    a                2    0.5000
+    b                2    1.0000
+    ----------------------------
+    mean             4    0.7500
+    balanced              0.7500
+    worst                 0.5000  (group a)
     """
 
     groups: tuple

@@ -107,6 +107,14 @@ def list_models(pattern: str | None = None) -> list[str]:
     names : list of str
         Sorted short names. ``"timm:<name>"`` and ``"open_clip:<arch>:<pretrained>"`` reach any
         other model of those libraries.
+
+    Examples
+    --------
+    >>> from sk_a2 import list_models
+    >>> list_models("dinov2_vits14*")
+    ['dinov2_vits14', 'dinov2_vits14_reg']
+    >>> "imgfocus_vits14" in list_models()
+    True
     """
     names = sorted(_MODELS)
     if pattern is None:

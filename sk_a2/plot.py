@@ -37,7 +37,26 @@ BOX_COLORS = ("#00ff66", "#00d0ff", "#ffdd00", "#ff3df5", "#ff7a00", "#ffffff")
 
 
 def require_matplotlib():
-    """matplotlib's modules used here, or an ImportError saying how to install them."""
+    """matplotlib and the classes used here, or an ImportError saying how to install them.
+
+    Returns
+    -------
+    tuple
+        ``(matplotlib, Figure, FigureCanvasAgg, Rectangle)``: the module and the classes this
+        module draws with.
+
+    Raises
+    ------
+    ImportError
+        If matplotlib is not installed, saying ``pip install "sk-a2[plot]"``.
+
+    Examples
+    --------
+    >>> from sk_a2.plot import require_matplotlib
+    >>> matplotlib, Figure, FigureCanvasAgg, Rectangle = require_matplotlib()
+    >>> Figure.__module__
+    'matplotlib.figure'
+    """
     try:
         import matplotlib
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -80,6 +99,15 @@ def fade_outside(image, boxes, fade=0.6):
     ndarray of shape (H, W, 3), uint8
         The image unchanged inside the boxes, multiplied by ``1 - fade`` elsewhere. Without
         boxes, the image unchanged.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> image = np.full((64, 64, 3), 200, dtype=np.uint8)
+    >>> from sk_a2.plot import fade_outside
+    >>> faded = fade_outside(image, [[0, 0, 32, 32]], fade=0.5)
+    >>> int(faded[0, 0, 0]), int(faded[63, 63, 0])
+    (200, 100)
     """
     if not 0.0 <= float(fade) <= 1.0:
         raise ValueError(f"fade must be in [0, 1], got {fade!r}")
@@ -128,6 +156,16 @@ def plot_crops(image, boxes, attention=None, ax=None, *, fade=0.6, heatmap_alpha
     Returns
     -------
     matplotlib.axes.Axes
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> image = np.full((64, 64, 3), 200, dtype=np.uint8)
+    >>> from sk_a2.plot import plot_crops
+    >>> attention = np.random.default_rng(0).random((4, 4))
+    >>> ax = plot_crops(image, [[0, 0, 32, 32], [32, 32, 64, 64]], attention=attention)
+    >>> len(ax.patches)  # one outline per box
+    2
     """
     _, Figure, _, Rectangle = require_matplotlib()
     rgb = fade_outside(image, boxes, fade)
@@ -184,6 +222,17 @@ def plot_crop_grid(images, cropset, attention_maps=None, ncols=4, titles=None, *
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from sk_a2 import CenterCropper
+    >>> from sk_a2.datasets import make_spurious_images
+    >>> from sk_a2.plot import plot_crop_grid
+    >>> data = make_spurious_images(n_samples=10, image_size=56, random_state=0)
+    >>> crops = CenterCropper(crop_sizes=(28,), image_size=56).fit_transform(data.images[:6])
+    >>> fig = plot_crop_grid(None, crops, ncols=3)
+    >>> len(fig.axes)
+    6
     """
     _, Figure, _, _ = require_matplotlib()
     if not isinstance(cropset, CropSet):
@@ -220,7 +269,29 @@ def plot_crop_grid(images, cropset, attention_maps=None, ncols=4, titles=None, *
 
 
 def save_figure(fig, path, *, dpi=100):
-    """Write a figure to ``path`` with the Agg backend (PNG unless the suffix says otherwise)."""
+    """Write a figure to ``path`` with the Agg backend (PNG unless the suffix says otherwise).
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+    path : str or path-like
+        The file to write; its folder is created if needed.
+    dpi : float, default=100
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from sk_a2.plot import plot_matrix, save_figure
+    >>> path = save_figure(plot_matrix([[0.5]], ["a"], ["b"]), Path(tempfile.mkdtemp()) / "m.png")
+    >>> path.suffix, path.stat().st_size > 0
+    ('.png', True)
+    """
     _, _, FigureCanvasAgg, _ = require_matplotlib()
     FigureCanvasAgg(fig)
     path = Path(path)
@@ -272,6 +343,18 @@ def save_overlays(cropper, X, out_dir, *, cropset=None, attention_maps=None, hea
     -------
     list of pathlib.Path
         The written files, ``<out_dir>/<name>_crops.png``, in the order of ``X``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from sk_a2 import CenterCropper
+    >>> from sk_a2.datasets import make_spurious_images
+    >>> from sk_a2.plot import save_overlays
+    >>> data = make_spurious_images(n_samples=10, image_size=56, random_state=0)
+    >>> cropper = CenterCropper(crop_sizes=(28,))
+    >>> paths = save_overlays(cropper, data.images[:2], tempfile.mkdtemp())
+    >>> [p.name for p in paths]
+    ['image_0000_crops.png', 'image_0001_crops.png']
     """
     from sklearn.base import clone
     from sklearn.exceptions import NotFittedError
@@ -324,6 +407,14 @@ def plot_matrix(values, row_labels, col_labels, *, title="", xlabel="embedding m
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from sk_a2.plot import plot_matrix
+    >>> fig = plot_matrix([[0.8, 0.9], [0.7, 0.95]], ["ViT-S", "ViT-B"], ["ViT-S", "ViT-G"],
+    ...                   title="worst-group accuracy")
+    >>> fig.axes[0].get_title()
+    'worst-group accuracy'
     """
     _, Figure, _, _ = require_matplotlib()
     values = np.asarray(values, dtype=np.float64)

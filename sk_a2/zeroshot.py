@@ -121,13 +121,30 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
 
     Examples
     --------
+    A tiny randomly initialised open_clip model stands in for ``openclip_vitl14`` here (its
+    predictions are meaningless, the data flow is the real one):
+
+    >>> import torch
+    >>> from open_clip.model import CLIP
     >>> from sklearn.pipeline import Pipeline
     >>> from sk_a2 import AttentionCropper, ZeroShotCLIPClassifier
+    >>> from sk_a2.datasets import make_spurious_images
+    >>> _ = torch.manual_seed(0)
+    >>> clip = CLIP(embed_dim=32,
+    ...             vision_cfg={"image_size": 64, "layers": 2, "width": 64, "patch_size": 16,
+    ...                         "head_width": 32},
+    ...             text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32,
+    ...                       "heads": 2, "layers": 1}).eval()
+    >>> data = make_spurious_images(n_samples=10, image_size=56, random_state=0)
     >>> pipe = Pipeline([
-    ...     ("crop", AttentionCropper("dinov2_vits14", crop_sizes=(128,))),
-    ...     ("zs", ZeroShotCLIPClassifier(classnames=["landbird", "waterbird"])),
+    ...     ("crop", AttentionCropper("imgfocus_vits14", crop_sizes=(28,), image_size=56,
+    ...                               device="cpu")),
+    ...     ("zs", ZeroShotCLIPClassifier(clip, classnames=["disk", "square"], image_size=64,
+    ...                                   device="cpu")),
     ... ])
-    >>> pipe.fit(images, y).predict(images)  # doctest: +SKIP
+    >>> proba = pipe.fit(data.images[:4], data.target[:4]).predict_proba(data.images[:4])
+    >>> proba.shape, bool(abs(proba.sum(1) - 1).max() < 1e-5)
+    ((4, 2), True)
     """
 
     def __init__(

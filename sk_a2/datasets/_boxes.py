@@ -149,6 +149,15 @@ def load_imagenet_val(root, *, annotations="auto"):
         If ``root`` holds no validation image or no annotations of the requested kind.
     ValueError
         If an annotation file is malformed or an image has none.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from sk_a2.datasets import load_imagenet_val
+    >>> load_imagenet_val(tempfile.mkdtemp())  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: ImageNet validation images (ILSVRC2012_val_*.JPEG) not found: expected ...
     """
     if annotations not in ("auto", "csv", "xml"):
         raise ValueError(f"annotations must be 'auto', 'csv' or 'xml', got {annotations!r}")
@@ -235,6 +244,25 @@ def load_image_folder(root, *, boxes=None):
         If ``root`` or the box file does not exist, or no sub-folder holds images.
     ValueError
         If the box file is malformed, names an unknown image, or misses an image.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from PIL import Image
+    >>> from sk_a2.datasets import load_image_folder
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for name in ("cat/a.png", "cat/b.png", "dog/c.png"):
+    ...     (root / name).parent.mkdir(exist_ok=True)
+    ...     Image.new("RGB", (8, 8)).save(root / name)
+    >>> lines = ["image,x0,y0,x1,y1", "cat/a.png,0,0,4,4", "cat/b.png,2,2,6,6",
+    ...          "cat/b.png,0,4,4,8", "dog/c.png,1,1,7,7", ""]
+    >>> _ = (root / "boxes.csv").write_text(chr(10).join(lines))
+    >>> data = load_image_folder(root, boxes=root / "boxes.csv")
+    >>> data.target_names.tolist(), data.target.tolist()
+    (['cat', 'dog'], [0, 0, 1])
+    >>> data.boxes[0].tolist(), data.boxes[1].shape
+    ([[0.0, 0.0, 4.0, 4.0]], (2, 4))
     """
     root = Path(root).expanduser()
     if not root.is_dir():

@@ -148,6 +148,15 @@ def load_celeba(root):
         If ``root``, one of the two text files or the image folder is missing.
     ValueError
         If a text file is malformed or an image has no partition.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from sk_a2.datasets import load_celeba
+    >>> load_celeba(tempfile.mkdtemp())  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: CelebA attribute file not found: expected ...
     """
     root = resolve_root(root, ("list_attr_celeba.txt", "Anno"), ("celeba",),
                         "CelebA attribute file", CELEBA_SOURCE)

@@ -138,6 +138,15 @@ def load_metashift_cvd(root, *, val_size=0.0, random_state=0):
         If ``root`` or one of the four official image folders is missing.
     ValueError
         If an image folder holds no image.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from sk_a2.datasets import load_metashift_cvd
+    >>> load_metashift_cvd(tempfile.mkdtemp())  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: MetaShift Cats vs. Dogs train folder not found: expected ...
     """
     base = resolve_root(
         root,
@@ -223,6 +232,15 @@ def load_metashift_animals(root, *, metadata="metadata.csv", val_size=0.0, rando
         If ``root`` or the metadata CSV is missing.
     ValueError
         If the CSV lacks a column or holds an unknown class, an empty context or a bad split.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from sk_a2.datasets import load_metashift_animals
+    >>> load_metashift_animals(tempfile.mkdtemp())  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: MetaShift Animals metadata file not found: expected ...
     """
     folder = resolve_root(
         root, metadata, (), "MetaShift Animals metadata file", METASHIFT_ANIMALS_SOURCE

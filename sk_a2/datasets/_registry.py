@@ -16,9 +16,9 @@ from ._waterbirds import load_waterbirds
 
 @dataclass(frozen=True)
 class Benchmark:
-    """One benchmark of the A2 paper.
+    """One benchmark of the A² paper: its loader and the paper's settings for it.
 
-    Attributes
+    Parameters
     ----------
     name : str
         The benchmark's name (``"waterbirds"``, ``"spawrious_o2o_hard"`` ...).
@@ -26,10 +26,17 @@ class Benchmark:
         ``loader(root)`` returns the dataset's :class:`~sklearn.utils.Bunch`.
     crop_sizes : tuple of int
         The paper's crop sides for this benchmark (pixels of a 224 px frame).
-    report_worst_class : bool
+    report_worst_class : bool, default=False
         Whether the paper reports worst-class accuracy for it (MetaShift Animals).
-    splits : tuple of str
+    splits : tuple of str, default=("train", "val", "test")
         The split names its ``split`` column may hold (some may be empty).
+
+    Examples
+    --------
+    >>> from sk_a2.datasets import get_benchmark
+    >>> benchmark = get_benchmark("spawrious_m2m_hard")
+    >>> benchmark.crop_sizes, benchmark.report_worst_class
+    ((64, 32), False)
     """
 
     name: str
@@ -62,6 +69,12 @@ def list_benchmarks() -> list[str]:
     Returns
     -------
     names : list of str
+
+    Examples
+    --------
+    >>> from sk_a2.datasets import list_benchmarks
+    >>> list_benchmarks()[:4]
+    ['waterbirds', 'celeba', 'metashift_cvd', 'metashift_animals']
     """
     return list(_BENCHMARKS)
 
@@ -69,10 +82,25 @@ def list_benchmarks() -> list[str]:
 def get_benchmark(name) -> Benchmark:
     """The :class:`Benchmark` called ``name``.
 
+    Parameters
+    ----------
+    name : str
+        One of :func:`list_benchmarks`.
+
+    Returns
+    -------
+    Benchmark
+
     Raises
     ------
     ValueError
         If ``name`` is not one of :func:`list_benchmarks`.
+
+    Examples
+    --------
+    >>> from sk_a2.datasets import get_benchmark
+    >>> get_benchmark("waterbirds").crop_sizes
+    (64,)
     """
     if name not in _BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(_BENCHMARKS)}")

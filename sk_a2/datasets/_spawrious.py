@@ -100,6 +100,15 @@ def spawrious_plan(benchmark, total=_IMAGES_PER_ENVIRONMENT):
         ``(split, environment, folder, location, breed, limit)`` entries; ``folder`` is the
         sub-folder of ``spawrious224`` (``"0"`` or ``"1"``) and ``limit`` the number of images
         taken (``None`` for all).
+
+    Examples
+    --------
+    >>> from sk_a2.datasets import spawrious_plan
+    >>> plan = spawrious_plan("o2o_easy")
+    >>> plan[0]
+    ('train', 0, '0', 'desert', 'bulldog', 3072)
+    >>> sorted({entry[0] for entry in plan})
+    ['test', 'train']
     """
     key = str(benchmark).lower()
     if key not in _COMBINATIONS:
@@ -171,6 +180,15 @@ def load_spawrious(root, benchmark="o2o_hard", *, val_size=0.0, random_state=0):
         If ``root`` or a folder the benchmark needs is missing.
     ValueError
         If ``benchmark`` is unknown or a needed folder holds no image.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from sk_a2.datasets import load_spawrious
+    >>> load_spawrious(tempfile.mkdtemp())  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: Spawrious image folder not found: expected ...
     """
     plan = spawrious_plan(benchmark)
     base = _spawrious_base(root)

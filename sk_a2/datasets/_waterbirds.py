@@ -127,6 +127,29 @@ def load_waterbirds(root, *, cub_root=None):
         missing.
     ValueError
         If ``metadata.csv`` lacks a column, has an invalid value, or a bird has no CUB box.
+
+    Examples
+    --------
+    A four-image folder in the Waterbirds layout:
+
+    >>> import csv, tempfile
+    >>> from pathlib import Path
+    >>> from PIL import Image
+    >>> from sk_a2.datasets import load_waterbirds
+    >>> root = Path(tempfile.mkdtemp())
+    >>> rows = [(i, f"birds/{i}.png", i % 2, i // 2, i % 2, "") for i in range(4)]
+    >>> for row in rows:
+    ...     (root / "birds").mkdir(exist_ok=True)
+    ...     Image.new("RGB", (8, 8)).save(root / row[1])
+    >>> with open(root / "metadata.csv", "w", newline="") as f:
+    ...     writer = csv.writer(f)
+    ...     _ = writer.writerow(["img_id", "img_filename", "y", "split", "place", "place_filename"])
+    ...     writer.writerows(rows)
+    >>> data = load_waterbirds(root)
+    >>> data.target.tolist(), data.split.tolist()
+    ([0, 1, 0, 1], ['train', 'train', 'val', 'val'])
+    >>> data.group_names[data.groups[:2]].tolist()
+    ['landbird_on_land', 'waterbird_on_water']
     """
     folder = resolve_root(
         root,
