@@ -360,7 +360,9 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
             def allocate(name, shape, dtype):
                 return open_output(self.output_dir, shape, dtype)
         if self.engine == "ray":
-            out = run_sharded(self, "transform", X, allocate=allocate,
+            outputs = None if allocate is None else {
+                "out": allocate("out", (n, self.n_features_out_), np.float32)}
+            out = run_sharded(self, "transform", X, outputs=outputs,
                               worker_params={"output_dir": None})["out"]
         elif allocate is not None:
             out = allocate("out", (n, self.n_features_out_), np.float32)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import copy
 import numbers
+import os
 import time
 from collections import defaultdict
 
@@ -29,6 +30,7 @@ import numpy as np
 from ._param_validation import StrOptions, Text
 from .cropset import CropSet
 from .images import as_sources, take
+from .outputs import write_file_rows, write_rows
 
 __all__ = ["ENGINE_CONSTRAINTS", "ENGINE_OPTIONS", "check_engine", "connect", "run_sharded"]
 
@@ -127,7 +129,7 @@ class _Shard:
     def __init__(self, payload):
         import ray
 
-        self.estimator, self.X, self.method, self.columns = ray.get(payload[0])
+        self.estimator, self.X, self.method, self.columns, self.targets = ray.get(payload[0])
         self.estimator._load()  # the one model load of this actor
         self.actor = ray.get_runtime_context().get_actor_id() or "driver"
 
@@ -136,6 +138,9 @@ class _Shard:
         start = time.perf_counter()
         X = self.X[idx] if isinstance(self.X, CropSet) else take(self.X, idx)
         out = self.columns(getattr(self.estimator, self.method)(X))
+        for name, (filename, offset, dtype) in self.targets.items():
+            if os.path.exists(filename):  # the driver's output file is seen here: write it
+                write_file_rows(filename, offset, dtype, idx, out.pop(name))
         seconds = time.perf_counter() - start
         return {"id": idx, **out, "_actor": np.full(len(idx), self.actor),
                 "_seconds": np.full(len(idx), seconds / max(1, len(idx)))}
@@ -161,13 +166,15 @@ def _pool_args(options, batch_size, ray):
     }
 
 
-def run_sharded(estimator, method, X, *, columns=array_columns, allocate=None,
+def run_sharded(estimator, method, X, *, columns=array_columns, outputs=None,
                 worker_params=None):
     """Run ``estimator.<method>`` over ``X`` on Ray actors; a dict of arrays in input order.
 
     ``X`` is image sources or a :class:`CropSet`; ``columns`` turns one batch's result into a
-    dict of arrays with the batch's images as rows; ``allocate(name, shape, dtype)`` gives each
-    output array (default: ``np.empty``; e.g. a memory-mapped file). The estimator is copied
+    dict of arrays with the batch's images as rows; ``outputs`` maps column names to arrays
+    made beforehand (e.g. memory-mapped ``.npy`` files from :func:`sk_a2.outputs.open_output`;
+    an actor that sees such a file writes its rows there itself, so they never pass through the
+    driver's memory); other columns get ``np.empty`` arrays. The estimator is copied
     with ``engine=None``, ``verbose=False`` and ``worker_params`` for the actors; with
     ``verbose`` the driver reports each actor's throughput.
     """
@@ -178,7 +185,13 @@ def run_sharded(estimator, method, X, *, columns=array_columns, allocate=None,
     X = X if isinstance(X, CropSet) else as_sources(X)
     worker = copy.copy(estimator)
     worker.set_params(engine=None, engine_options=None, verbose=False, **(worker_params or {}))
-    payload = [ray.put((worker, X, method, columns))]
+    outputs = dict(outputs or {})
+    targets = {name: (arr.filename, arr.offset, arr.dtype) for name, arr in outputs.items()
+               if isinstance(arr, np.memmap) and arr.filename}
+    for arr in outputs.values():
+        if isinstance(arr, np.memmap):
+            arr.flush()  # the header is on disk before the actors open the file
+    payload = [ray.put((worker, X, method, columns, targets))]
     DataContext.get_current().enable_progress_bars = bool(estimator.verbose)
     pool = _pool_args(options, estimator.batch_size, ray)
     # positions in blocks of one batch each, made on the driver (no read tasks to schedule
@@ -187,16 +200,16 @@ def run_sharded(estimator, method, X, *, columns=array_columns, allocate=None,
     ds = ray.data.from_numpy(blocks).map_batches(
         _Shard, fn_constructor_args=(payload,), batch_format="numpy", **pool,
     )
-    out, stats = _gather(ds, len(X), allocate or (lambda name, shape, dtype: np.empty(shape,
-                                                                                     dtype)))
+    out, stats = _gather(ds, len(X), outputs)
     if estimator.verbose:
         report_throughput(stats)
     return out
 
 
-def _gather(ds, n, allocate):
-    """Write every batch's rows at their positions; per-actor (images, seconds)."""
-    out, seen = {}, np.zeros(n, dtype=bool)
+def _gather(ds, n, outputs):
+    """Write every batch's rows at their positions (into ``outputs`` where given, else new
+    arrays); the outputs and per-actor (images, seconds)."""
+    out, seen = outputs, np.zeros(n, dtype=bool)
     stats = defaultdict(lambda: [0, 0.0])
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         idx = batch.pop("id")
@@ -206,8 +219,8 @@ def _gather(ds, n, allocate):
         for name, rows in batch.items():
             rows = np.asarray(rows)
             if name not in out:
-                out[name] = allocate(name, (n, *rows.shape[1:]), rows.dtype)
-            out[name][idx] = rows
+                out[name] = np.empty((n, *rows.shape[1:]), rows.dtype)
+            write_rows(out[name], idx, rows)
         seen[idx] = True
     if not seen.all():  # pragma: no cover - Ray Data returns every row or raises
         raise RuntimeError(f"the Ray pipeline returned {seen.sum()} of {n} images")

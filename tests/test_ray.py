@@ -1,8 +1,11 @@
 """The Ray engine on a local Ray instance with 2 CPU actors, against the in-process results."""
 
 import copy
+import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +186,52 @@ def test_without_ray_a_clear_error(vit, monkeypatch):
         with pytest.raises(ImportError, match=r'pip install "sk-a2\[ray\]"'):
             est.fit(["a.png"])
     AttentionCropper(vit, image_size=S).fit()  # the in-process engine needs no Ray
+
+
+# Run in a fresh process for each size: the Ray transform into an ``output_dir`` (memmap), its
+# peak RSS, then the same transform in memory (the control) and the peak RSS after it.
+RSS_PROBE = """
+import json, resource, sys
+import numpy as np, ray, timm, torch
+from sk_a2 import CropEmbedder, RandomCropper
+n, out_dir = int(sys.argv[1]), sys.argv[2]
+torch.manual_seed(0)
+vit = timm.create_model("test_vit", pretrained=False, num_classes=0, img_size=16, patch_size=16,
+                        embed_dim=512, depth=1, num_heads=4)
+rng = np.random.RandomState(0)
+X = [rng.randint(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(n)]
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+crops = RandomCropper(crop_sizes=(8,), n_crops=32, image_size=16, random_state=0).fit().transform(X)
+emb = CropEmbedder(vit, image_size=16, batch_size=256, device="cpu", precision="float32",
+                   engine="ray", engine_options={"num_actors": 1, "batch_size": 100}).fit(crops)
+peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+mapped = emb.set_params(output_dir=out_dir).transform(crops)
+mapped_peak = peak()
+in_memory = emb.set_params(output_dir=None).transform(crops)
+print(json.dumps({"mapped": mapped_peak, "in_memory": peak(), "nbytes": in_memory.nbytes,
+                  "equal": bool(np.array_equal(np.asarray(mapped), in_memory)),
+                  "is_memmap": isinstance(mapped, np.memmap)}))
+"""
+
+
+def test_memmap_output_keeps_driver_memory_flat(tmp_path):
+    """Peak driver RSS for 4n images within 1.2x of that for n with ``output_dir``; the
+    in-memory control grows by about the output's size, so the measurement sees the output."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    runs = {n: subprocess.Popen([sys.executable, "-c", RSS_PROBE, str(n), str(tmp_path / str(n))],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for n in (120, 480)}
+    results = {}
+    for n, proc in runs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-3000:]
+        results[n] = json.loads(stdout.strip().splitlines()[-1])
+    small, large = results[120], results[480]
+    assert small["equal"] and large["equal"] and large["is_memmap"]
+    extra = large["nbytes"] - small["nbytes"]  # 4n - n rows: about 23 MB more output
+    assert extra > 20e6
+    assert large["mapped"] <= 1.2 * small["mapped"], results
+    assert large["mapped"] - small["mapped"] < 0.25 * extra, results
+    # control: held in memory, the output's extra rows do show in the driver's peak
+    assert large["in_memory"] - small["in_memory"] > 0.5 * extra, results
