@@ -122,3 +122,16 @@ class ImageModelMixin:
         """The precision (``"float32"`` or ``"bfloat16"``) of this estimator's ``role`` forwards
         (see :func:`sk_a2.precision.resolve_precision`)."""
         return resolve_precision(self.precision, resolve_device(self.device), role)
+
+
+class ImageTransformerTagsMixin:
+    """Tags of an image transformer whose output is float features or boxes, not ``X``'s dtype;
+    ``fit`` needs ``y`` when the class sets ``_fit_requires_y = True``."""
+
+    _fit_requires_y = False
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = self._fit_requires_y
+        tags.transformer_tags.preserves_dtype = []
+        return tags

@@ -22,7 +22,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import MODEL_CONSTRAINTS, ImageModelMixin
+from ._base import MODEL_CONSTRAINTS, ImageModelMixin, ImageTransformerTagsMixin
 from ._param_validation import RANDOM_STATE, Interval, StrOptions, validate_params
 from .attention import HEAD_AGGREGATIONS
 from .cache import MemoryCache
@@ -131,7 +131,9 @@ def _inner_fit(z, onehot, steps, lr, alpha):
     return W, b
 
 
-class AttentionAdapter(ImageModelMixin, TransformerMixin, BaseEstimator):
+class AttentionAdapter(
+    ImageModelMixin, ImageTransformerTagsMixin, TransformerMixin, BaseEstimator
+):
     """Learned attention adapter with differentiable patch selection (A² + adapter).
 
     Stands where :class:`AttentionCropper` stands: ``fit(X, y)`` learns an MLP that turns the
@@ -302,11 +304,7 @@ class AttentionAdapter(ImageModelMixin, TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.required = True
-        tags.transformer_tags.preserves_dtype = []
-        return tags
+    _fit_requires_y = True
 
     # ------------------------------------------------------------------ validation
 

@@ -197,7 +197,8 @@ class RandomCropper(_BaselineCropper):
     Parameters
     ----------
     crop_sizes : sequence of int, default=(64,)
-        Crop sides in pixels of the ``image_size`` frame; used largest first.
+        Crop sides in pixels of the ``image_size`` frame; used largest first, each box placed
+        before the next smaller one.
     n_crops : int, default=None
         ``None``: one crop per size. ``k``: the first ``k`` sizes, the last size repeating when
         ``k`` exceeds them (as :class:`~sk_a2.AttentionCropper`); each repeat is a new box.

@@ -9,7 +9,7 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import MODEL_CONSTRAINTS, ImageModelMixin, check_finite
+from ._base import MODEL_CONSTRAINTS, ImageModelMixin, ImageTransformerTagsMixin, check_finite
 from ._data import iter_image_batches
 from ._param_validation import Boolean, Interval, StrOptions, validate_params
 from .attention import HEAD_AGGREGATIONS, aggregate_heads, patch_attention, resolve_layer
@@ -31,7 +31,9 @@ def crop_columns(crops: CropSet) -> dict:
     return columns
 
 
-class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
+class AttentionCropper(
+    ImageModelMixin, ImageTransformerTagsMixin, TransformerMixin, BaseEstimator
+):
     """Greedy, non-overlapping crops at the peaks of a ViT's CLS attention (A²'s *where*).
 
     For each image (resized to ``image_size × image_size``), the CLS query's attention over the
@@ -149,13 +151,6 @@ class AttentionCropper(ImageModelMixin, TransformerMixin, BaseEstimator):
         self.verbose = verbose
         self.engine = engine
         self.engine_options = engine_options
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.requires_fit = True
-        tags.target_tags.required = False
-        tags.transformer_tags.preserves_dtype = []
-        return tags
 
     _parameter_constraints = {
         **MODEL_CONSTRAINTS,

@@ -177,17 +177,25 @@ class CropSet:
         return to_frame(self.boxes, self.image_sizes, size)
 
 
+def int_list(value, message) -> list:
+    """``value`` as a list: an int ``v`` gives ``[v]``, an iterable its items.
+
+    Anything else raises ``ValueError(message)``; the items themselves are not checked.
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return [value]
+    try:
+        return list(value)
+    except TypeError:
+        raise ValueError(message) from None
+
+
 def effective_crop_sizes(crop_sizes, n_crops, image_size=None) -> list[int]:
     """Crop sizes largest first; ``n_crops`` takes the first k, repeating the last size.
 
     With ``image_size``, a size larger than it is a ``ValueError``.
     """
-    if isinstance(crop_sizes, numbers.Integral) and not isinstance(crop_sizes, bool):
-        crop_sizes = (crop_sizes,)
-    try:
-        sizes = list(crop_sizes)
-    except TypeError:
-        raise ValueError(f"crop_sizes must be a sequence of ints, got {crop_sizes!r}") from None
+    sizes = int_list(crop_sizes, f"crop_sizes must be a sequence of ints, got {crop_sizes!r}")
     if not sizes:
         raise ValueError("crop_sizes is empty: at least one crop size is needed")
     for s in sizes:

@@ -7,7 +7,7 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import MODEL_CONSTRAINTS, ImageModelMixin, check_finite
+from ._base import MODEL_CONSTRAINTS, ImageModelMixin, ImageTransformerTagsMixin, check_finite
 from ._data import iter_image_batches, resolve_num_workers
 from ._param_validation import PATH, Boolean, StrOptions, Text, validate_params
 from .cache import EntryLayout, cached_rows, digest, image_key, model_key
@@ -181,7 +181,9 @@ def _rows(X, start, count):
     return take(sources, range(start, min(start + count, len(sources))))
 
 
-class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
+class CropEmbedder(
+    ImageModelMixin, ImageTransformerTagsMixin, TransformerMixin, BaseEstimator
+):
     """Embed each crop of a :class:`CropSet` with a ViT and concatenate the embeddings.
 
     Every box is cut from the image resized to ``image_size × image_size`` and resized bilinearly
@@ -298,12 +300,6 @@ class CropEmbedder(ImageModelMixin, TransformerMixin, BaseEstimator):
         self.engine = engine
         self.engine_options = engine_options
         self.output_dir = output_dir
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.required = False
-        tags.transformer_tags.preserves_dtype = []
-        return tags
 
     _parameter_constraints = {
         **MODEL_CONSTRAINTS,

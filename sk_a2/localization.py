@@ -50,6 +50,7 @@ from .attention import aggregate_heads, cls_softmax, resolve_layer
 from .baselines import image_sizes as read_image_sizes
 from .cache import digest, image_key, model_key, resolve_cache
 from .cropper import AttentionCropper, attention_map_key, map_entry
+from .cropset import int_list
 from .images import as_sources, take
 from .models import load_model, resolve_device
 from .precision import autocast, resolve_precision
@@ -322,9 +323,8 @@ def top_mass(maps, q):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from sk_a2.localization import top_mass
-    >>> top_mass(np.array([[4.0, 3.0, 2.0, 1.0]]), 0.5)  # the 2 largest of 4, out of 10
+    >>> top_mass([[4.0, 3.0, 2.0, 1.0]], 0.5)  # the 2 largest of 4, out of 10
     array([0.7])
     """
     if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0 < q <= 1:
@@ -423,12 +423,7 @@ def _resolve_layers(layers, own_layer, num_layers):
         if layers != "all":
             raise ValueError(f"layers must be None, 'all' or a list of ints, got {layers!r}")
         return list(range(num_layers))
-    if isinstance(layers, numbers.Integral) and not isinstance(layers, bool):
-        layers = [layers]
-    try:
-        layers = list(layers)
-    except TypeError:
-        raise ValueError(f"layers must be None, 'all' or a list of ints, got {layers!r}") from None
+    layers = int_list(layers, f"layers must be None, 'all' or a list of ints, got {layers!r}")
     if not layers:
         raise ValueError("layers is empty: give at least one block index, 'all' or None")
     out = []
@@ -801,9 +796,9 @@ def select_attention(candidates, X, boxes, *, base=None, return_ranking=False):
 
     Examples
     --------
+    >>> from sk_a2.localization import select_attention
     >>> from sk_a2 import AttentionCropper
     >>> from sk_a2.datasets import make_spurious_images
-    >>> from sk_a2.localization import select_attention
     >>> data = make_spurious_images(n_samples=10, image_size=56, random_state=0)
     >>> base = AttentionCropper("imgfocus_vits14", crop_sizes=(28,), image_size=56,
     ...                             device="cpu")

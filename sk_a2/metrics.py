@@ -107,10 +107,8 @@ def worst_class_accuracy(y_true, y_pred):
 
     Parameters
     ----------
-    y_true : array-like of shape (n_samples,)
-        True labels.
-    y_pred : array-like of shape (n_samples,)
-        Predicted labels.
+    y_true, y_pred : array-like of shape (n_samples,)
+        True and predicted labels.
 
     Returns
     -------
@@ -121,6 +119,10 @@ def worst_class_accuracy(y_true, y_pred):
     ------
     ValueError
         If the inputs differ in length or are empty.
+
+    See Also
+    --------
+    worst_group_accuracy : the same with groups other than the classes.
 
     Examples
     --------
@@ -209,12 +211,8 @@ def group_accuracy_report(y_true, y_pred, *, groups):
 
     Parameters
     ----------
-    y_true : array-like of shape (n_samples,)
-        True labels.
-    y_pred : array-like of shape (n_samples,)
-        Predicted labels.
-    groups : array-like of shape (n_samples,)
-        Group label of each sample (ints or strings).
+    y_true, y_pred, groups : array-like of shape (n_samples,)
+        As in :func:`worst_group_accuracy`.
 
     Returns
     -------
@@ -225,7 +223,11 @@ def group_accuracy_report(y_true, y_pred, *, groups):
     Raises
     ------
     ValueError
-        If the inputs differ in length or are empty.
+        If ``y_true``, ``y_pred`` and ``groups`` differ in length or are empty.
+
+    See Also
+    --------
+    worst_group_accuracy : the ``worst`` summary alone.
 
     Examples
     --------

@@ -37,6 +37,7 @@ side) that needs originals above about 3,100 px, i.e. multi-megapixel photograph
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -202,6 +203,7 @@ def load_original_crops(source, boxes, size, *, image_size=None, full=None, inde
     return cut_resize(rgb, clip_boxes(boxes, rgb.shape[:2], where=where), size, full=full)
 
 
+@dataclass(eq=False)
 class OriginalCrops(Dataset):
     """Worker-side dataset: item ``i`` is the crops of image ``i`` as ``(m_i, 3, size, size)``.
 
@@ -209,13 +211,12 @@ class OriginalCrops(Dataset):
     full-image boxes; ``m_i`` may differ between images.
     """
 
-    def __init__(self, sources, boxes, full, image_sizes, size, indices=None):
-        self.sources = sources
-        self.boxes = boxes
-        self.full = full
-        self.image_sizes = image_sizes
-        self.size = size
-        self.indices = indices
+    sources: object
+    boxes: object
+    full: object
+    image_sizes: object
+    size: int
+    indices: object = None
 
     def __len__(self):
         return len(self.sources)

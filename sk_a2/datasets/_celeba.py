@@ -151,9 +151,10 @@ def load_celeba(root):
 
     Examples
     --------
-    >>> import tempfile
     >>> from sk_a2.datasets import load_celeba
-    >>> load_celeba(tempfile.mkdtemp())  # doctest: +ELLIPSIS
+    >>> import tempfile
+    >>> empty = tempfile.mkdtemp()
+    >>> load_celeba(empty)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     FileNotFoundError: CelebA attribute file not found: expected ...
@@ -174,8 +175,9 @@ def load_celeba(root):
 
     filenames, target, spurious = _read_attributes(attr_path)
     partition = _read_partition(partition_path)
-    missing = [name for name in filenames if name not in partition]
-    if missing:
+    splits = [partition.get(name) for name in filenames]
+    if None in splits:
+        missing = [name for name, split in zip(filenames, splits) if split is None]
         raise ValueError(
             f"CelebA partition file {str(partition_path)!r} has no split for {len(missing)} "
             f"image(s), e.g. {missing[0]!r}. {CELEBA_SOURCE}"
@@ -185,7 +187,7 @@ def load_celeba(root):
         for row, name in enumerate(filenames, start=1)
     ]
     return make_bunch(
-        images, target, 2 * target + spurious, [partition[name] for name in filenames], spurious,
+        images, target, 2 * target + spurious, splits, spurious,
         target_names=TARGET_NAMES, group_names=GROUP_NAMES, spurious_names=SPURIOUS_NAMES,
         descr=DESCR, root=root,
     )

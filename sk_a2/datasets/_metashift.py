@@ -141,8 +141,8 @@ def load_metashift_cvd(root, *, val_size=0.0, random_state=0):
 
     Examples
     --------
-    >>> import tempfile
     >>> from sk_a2.datasets import load_metashift_cvd
+    >>> import tempfile
     >>> load_metashift_cvd(tempfile.mkdtemp())  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -237,7 +237,8 @@ def load_metashift_animals(root, *, metadata="metadata.csv", val_size=0.0, rando
     --------
     >>> import tempfile
     >>> from sk_a2.datasets import load_metashift_animals
-    >>> load_metashift_animals(tempfile.mkdtemp())  # doctest: +ELLIPSIS
+    >>> root = tempfile.mkdtemp()
+    >>> load_metashift_animals(root)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     FileNotFoundError: MetaShift Animals metadata file not found: expected ...

@@ -184,8 +184,8 @@ def load_spawrious(root, benchmark="o2o_hard", *, val_size=0.0, random_state=0):
     Examples
     --------
     >>> import tempfile
-    >>> from sk_a2.datasets import load_spawrious
-    >>> load_spawrious(tempfile.mkdtemp())  # doctest: +ELLIPSIS
+    >>> from sk_a2 import datasets
+    >>> datasets.load_spawrious(root=tempfile.mkdtemp())  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     FileNotFoundError: Spawrious image folder not found: expected ...
