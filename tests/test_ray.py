@@ -188,10 +188,12 @@ def test_without_ray_a_clear_error(vit, monkeypatch):
     AttentionCropper(vit, image_size=S).fit()  # the in-process engine needs no Ray
 
 
-# Run in a fresh process for each size: the Ray transform into an ``output_dir`` (memmap), its
-# peak RSS, then the same transform in memory (the control) and the peak RSS after it.
+# Run in a fresh process for each size: the Ray transform into an ``output_dir`` (memmap) and the
+# driver's peak RSS during it, then the same transform in memory (the control) and its peak.
+# The peak is reset before each (VmHWM via /proc/self/clear_refs): the process's start-up
+# (imports, ray.init) can peak higher than either transform and would hide both.
 RSS_PROBE = """
-import json, resource, sys
+import json, sys
 import numpy as np, ray, timm, torch
 from sk_a2 import CropEmbedder, RandomCropper
 n, out_dir = int(sys.argv[1]), sys.argv[2]
@@ -204,9 +206,17 @@ ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=Fal
 crops = RandomCropper(crop_sizes=(8,), n_crops=32, image_size=16, random_state=0).fit().transform(X)
 emb = CropEmbedder(vit, image_size=16, batch_size=256, device="cpu", precision="float32",
                    engine="ray", engine_options={"num_actors": 1, "batch_size": 100}).fit(crops)
-peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def reset():  # the peak from here on (Linux: clear_refs resets VmHWM), not the start-up's
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+def peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+reset()
 mapped = emb.set_params(output_dir=out_dir).transform(crops)
 mapped_peak = peak()
+reset()
 in_memory = emb.set_params(output_dir=None).transform(crops)
 print(json.dumps({"mapped": mapped_peak, "in_memory": peak(), "nbytes": in_memory.nbytes,
                   "equal": bool(np.array_equal(np.asarray(mapped), in_memory)),
@@ -217,7 +227,8 @@ print(json.dumps({"mapped": mapped_peak, "in_memory": peak(), "nbytes": in_memor
 def test_memmap_output_keeps_driver_memory_flat(tmp_path):
     """Peak driver RSS for 4n images within 1.2x of that for n with ``output_dir``; the
     in-memory control grows by about the output's size, so the measurement sees the output."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # no parent Ray
+    env = {**env, "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
     runs = {n: subprocess.Popen([sys.executable, "-c", RSS_PROBE, str(n), str(tmp_path / str(n))],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
