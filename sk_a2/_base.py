@@ -33,12 +33,6 @@ MODEL_CONSTRAINTS = {
 }
 
 
-def check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
 def _path_of(source):
     return f" ({os.fspath(source)!r})" if isinstance(source, (str, os.PathLike)) else ""
 

@@ -163,9 +163,6 @@ def cls_query_keys(attn: nn.Module, args, kwargs):
     return q[:, :, :1], k, float(scale)
 
 
-_q_cls_and_k = cls_query_keys
-
-
 @torch.no_grad()
 def cls_attention(vm, x: torch.Tensor, layer: int = -1, *, return_embedding=False):
     """Per-head CLS attention over all tokens at block ``layer``.

@@ -67,9 +67,6 @@ def require_matplotlib():
     return matplotlib, Figure, FigureCanvasAgg, Rectangle
 
 
-_matplotlib = require_matplotlib  # former name, kept for existing callers
-
-
 def _check_boxes(boxes):
     if boxes is None:
         return np.zeros((0, 4), dtype=np.float64)
