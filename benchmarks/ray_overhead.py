@@ -4,9 +4,10 @@
                                       [--device cpu] [--json out.json]
 
 ``CropEmbedder(...).transform`` over the same image files (full images, float32) with the
-in-process engine and with ``engine="ray"`` on a local Ray instance with one actor: on the CPU
-(``--device cpu``: one CPU for the actor, ``OMP_NUM_THREADS`` threads each side), or on the GPU
-(``--device cuda``: the actor takes the GPU, ``num_gpus=1``). The two are timed interleaved, best of 3;
+in-process engine and with ``engine="ray"`` on a local Ray instance with one actor and its
+reading tasks: on the CPU (``--device cpu``: one CPU for the actor, one for the reading tasks,
+``OMP_NUM_THREADS`` threads each side), or on the GPU (``--device cuda``: the actor takes the
+GPU, ``num_gpus=1``). The two are timed interleaved, best of 3;
 the Ray timing includes everything a call costs: starting the actor, loading the model in it,
 shipping the batches and gathering the result (the Ray instance itself is started once, before).
 ``ratio`` is in-process seconds / Ray seconds (the Ray engine's relative throughput; 1.0 = no
@@ -51,7 +52,8 @@ def main(argv=None):
     from sk_a2 import CropEmbedder
 
     gpus = 1 if args.device == "cuda" else 0
-    ray.init(address="local", num_cpus=1, num_gpus=gpus, include_dashboard=False,
+    # two logical CPUs: the actor's and one for the reading tasks beside it
+    ray.init(address="local", num_cpus=2, num_gpus=gpus, include_dashboard=False,
              log_to_driver=False)
     common = dict(weights=args.weights, image_size=args.image_size, batch_size=args.batch_size,
                   device=args.device, precision="float32", num_workers=0)

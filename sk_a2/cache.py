@@ -59,8 +59,10 @@ def image_key(source) -> str:
     :func:`~sk_a2.images.image_digest`."""
     from PIL import Image
 
-    from .images import image_digest
+    from .images import Decoded, image_digest
 
+    if isinstance(source, Decoded):
+        return source.key
     if isinstance(source, (np.ndarray, Image.Image)):
         return image_digest(source).hex()
     try:

@@ -263,7 +263,8 @@ class AttentionCropper(
         sources = as_sources(X)
         if self.engine == "ray":
             return self._crop_set(sources, run_sharded(self, "transform", sources,
-                                                       columns=crop_columns))
+                                                       columns=crop_columns,
+                                                       decode_size=self.image_size))
         cache = self._cache_args()["cache"]
         embed = bool(self.embed_full_image)
         map_keys = self._map_keys(sources, embed)

@@ -123,6 +123,11 @@ class CropSet:
     def __len__(self):
         return len(self.images)
 
+    def with_images(self, images) -> CropSet:
+        """The same boxes on other sources of the same images (e.g. decoded ones)."""
+        return CropSet(images, self.boxes, self.scores, self.image_sizes,
+                       self.full_embeddings, self.full_embedding_source)
+
     @property
     def n_crops(self) -> int:
         return self.boxes.shape[1]

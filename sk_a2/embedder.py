@@ -22,7 +22,7 @@ from .original_crops import (
 )
 from .outputs import open_output
 from .precision import autocast
-from .ray_engine import ENGINE_CONSTRAINTS, check_engine, run_sharded
+from .ray_engine import ENGINE_CONSTRAINTS, check_engine, decode_size, run_sharded
 
 __all__ = ["CropEmbedder"]
 
@@ -360,7 +360,8 @@ class CropEmbedder(
             outputs = None if allocate is None else {
                 "out": allocate("out", (n, self.n_features_out_), np.float32)}
             out = run_sharded(self, "transform", X, outputs=outputs,
-                              worker_params={"output_dir": None})["out"]
+                              worker_params={"output_dir": None},
+                              decode_size=decode_size(self))["out"]
         elif allocate is not None:
             out = allocate("out", (n, self.n_features_out_), np.float32)
             for start in range(0, n, OUTPUT_BLOCK):

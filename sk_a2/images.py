@@ -38,6 +38,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "EXIF_ORIENTATION",
+    "Decoded",
     "Subset",
     "as_sources",
     "decompression_bomb_error",
@@ -143,7 +144,7 @@ def as_sources(X, *, name="X"):
     if not seq:
         raise ValueError(f"{name} is empty: at least one image is needed")
     for i, item in enumerate(seq):
-        if not isinstance(item, (str, os.PathLike, Image.Image, np.ndarray)):
+        if not isinstance(item, (str, os.PathLike, Image.Image, np.ndarray, Decoded)):
             raise ValueError(
                 f"{name}[{i}] is a {type(item).__name__}: expected a file path, a PIL image or a "
                 "uint8 array"
@@ -227,6 +228,9 @@ def load_rgb(source, index=None) -> np.ndarray:
         with open_image(path, where) as img:
             img.load()
             return _pil_rgb(img, f"{where} ({str(path)!r})")
+    if isinstance(source, Decoded):
+        raise ValueError(f"{where} holds only pixels resized to {source.pixels.shape[0]} px, not "
+                         "the original image")
     raise ValueError(f"{where} is a {type(source).__name__}: expected a path, PIL image or array")
 
 
@@ -260,8 +264,41 @@ def load_resized(source, size: int, index=None):
     hw : tuple of int
         The original height and width.
     """
+    if isinstance(source, Decoded):
+        return source.resized(size, index)
     rgb = load_rgb(source, index)
     return resize_rgb(rgb, size), rgb.shape[:2]
+
+
+@dataclass(frozen=True, eq=False)
+class Decoded:
+    """An image already read, decoded and resized to a model's square input, ahead of the model.
+
+    The Ray engine's reading tasks make these, so that the model actors receive pixels instead of
+    decoding. The ``key`` is the source's own cache key (:func:`sk_a2.cache.image_key` of the file
+    or array it came from), so cache entries are shared with runs over the sources themselves.
+
+    Attributes
+    ----------
+    pixels : ndarray of shape (size, size, 3), uint8
+        The resized pixels, as :func:`load_resized` returns them.
+    hw : tuple of int
+        The original height and width.
+    key : str
+        The cache key of the source's content.
+    """
+
+    pixels: np.ndarray
+    hw: tuple
+    key: str
+
+    def resized(self, size: int, index=None):
+        """The pixels and original size, as :func:`load_resized` returns them at ``size``."""
+        if self.pixels.shape[:2] != (size, size):
+            where = "image" if index is None else f"X[{index}]"
+            raise ValueError(f"{where} was decoded at {self.pixels.shape[0]} px, not at the "
+                             f"{size} px asked for")
+        return self.pixels, tuple(self.hw)
 
 
 @dataclass(frozen=True, eq=False)

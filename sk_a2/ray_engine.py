@@ -2,11 +2,13 @@
 
 ``AttentionCropper``, ``CropEmbedder`` and ``ZeroShotCLIPClassifier`` take ``engine="ray"``
 (and ``engine_options``, a dict). Their ``transform`` (the classifier's scores) then runs as a
-Ray Data pipeline: the image positions, in blocks of one batch,, a pool of actors
-(``num_gpus=1`` each when the cluster has GPUs, else CPU actors) each loads the model once and
-runs the estimator's own in-process code on its batches of images (reading and decoding them,
-at the estimator's ``precision``, with its ``cache``), and the driver writes every batch's rows
-at their positions, so the result is in input order and equal to the in-process result.
+Ray Data pipeline: the image positions, in blocks of one batch; CPU tasks that read, decode
+and resize the images of each batch (:func:`read_batch`; crops cut from the original pixels are
+read by the actors instead); a pool of actors (``num_gpus=1`` each when the cluster has GPUs and
+the estimator's device is not the CPU, else CPU actors) each loads the model once and runs the
+estimator's own in-process code on its batches (at the estimator's ``precision``, with its
+``cache``, keyed by the sources' content as in-process); and the driver writes every batch's
+rows at their positions, so the result is in input order and equal to the in-process result.
 
 Actors that die are restarted and their batches retried (``max_restarts`` and
 ``max_task_retries`` on the actor pool). A disk ``cache`` on a path every node sees is filled by
@@ -29,12 +31,17 @@ import numpy as np
 
 from ._param_validation import StrOptions, Text
 from .cropset import CropSet
-from .images import as_sources, take
+from .images import Decoded, Subset, as_sources, load_resized, take
 from .outputs import write_file_rows, write_rows
 
-__all__ = ["ENGINE_CONSTRAINTS", "ENGINE_OPTIONS", "check_engine", "connect", "run_sharded"]
+__all__ = ["ENGINE_CONSTRAINTS", "ENGINE_OPTIONS", "check_engine", "connect", "decode_size",
+           "read_batch", "run_sharded"]
 
 INSTALL = 'pip install "sk-a2[ray]"'
+
+#: Memory (bytes) a reading task reserves besides its decoded batch: one worker process with the
+#: package (and so torch) imported.
+READ_TASK_MEMORY = 1 << 30
 
 #: ``engine_options`` keys and what each accepts.
 ENGINE_OPTIONS = {
@@ -43,8 +50,9 @@ ENGINE_OPTIONS = {
     "num_gpus": "GPUs per actor (number >= 0; default: 1 when the cluster has GPUs and device "
                 "is not 'cpu', else 0)",
     "num_cpus": "CPUs per actor (number > 0; default: 1)",
-    "max_restarts": "restarts of a dead actor (int >= -1, -1: unlimited; default: 3)",
-    "max_task_retries": "retries of a dead actor's batch (int >= -1; default: 3)",
+    "max_restarts": "restarts of a dead actor (int >= -1, -1: unlimited; default: Ray Data's, -1)",
+    "max_task_retries": "retries of a dead actor's batch (int >= -1; default: Ray Data's, -1)",
+    "read_cpus": "CPUs per image-reading task (number > 0; default: 1)",
     "address": 'Ray cluster address (str; default: "auto" when a cluster runs, else local)',
 }
 
@@ -70,6 +78,7 @@ _OPTION_CHECKS = {
     "batch_size": lambda v: _is_count(v, 1),
     "num_gpus": lambda v: _is_amount(v, False),
     "num_cpus": lambda v: _is_amount(v, True),
+    "read_cpus": lambda v: _is_amount(v, True),
     "max_restarts": lambda v: _is_count(v, -1),
     "max_task_retries": lambda v: _is_count(v, -1),
     "address": lambda v: isinstance(v, str),
@@ -137,7 +146,13 @@ class _Shard:
     def __call__(self, batch):
         idx = np.asarray(batch["data"], dtype=np.int64)
         start = time.perf_counter()
-        X = self.X[idx] if isinstance(self.X, CropSet) else take(self.X, idx)
+        if "pixels" in batch:  # decoded by a reading task; this actor holds no sources
+            decoded = Subset([Decoded(p, tuple(int(v) for v in hw), str(key))
+                              for p, hw, key in zip(batch["pixels"], batch["hw"], batch["key"])],
+                             idx)
+            X = self.X[idx].with_images(decoded) if isinstance(self.X, CropSet) else decoded
+        else:
+            X = self.X[idx] if isinstance(self.X, CropSet) else take(self.X, idx)
         out = self.columns(getattr(self.estimator, self.method)(X))
         for name, (filename, offset, dtype) in self.targets.items():
             if os.path.exists(filename):  # the driver's output file is seen here: write it
@@ -145,6 +160,35 @@ class _Shard:
         seconds = time.perf_counter() - start
         return {"id": idx, **out, "_actor": np.full(len(idx), self.actor),
                 "_seconds": np.full(len(idx), seconds / max(1, len(idx)))}
+
+
+def decode_size(estimator):
+    """Where the reading tasks decode for an embedding estimator: at its ``image_size`` when
+    crops are cut from the resized image; None (the actors read) for crops from the originals."""
+    return estimator.image_size if estimator.crop_source == "resized" else None
+
+
+def read_batch(batch, sources, size):
+    """A Ray Data CPU task: read, decode and resize the images at a batch of positions.
+
+    Returns the positions, the ``(size, size, 3)`` pixels, the original sizes and each image's
+    cache key (:func:`sk_a2.cache.image_key` of the source: a file's digest, not the pixels'),
+    so the actors' cache entries are those an in-process run over the same files uses.
+    """
+    import ray
+
+    from .cache import image_key
+
+    sources = ray.get(sources[0])
+    idx = np.asarray(batch["data"], dtype=np.int64)
+    pixels, hws, keys = [], [], []
+    for i in idx:
+        rgb, hw = load_resized(sources[i], size, index=int(i))
+        pixels.append(rgb)
+        hws.append(hw)
+        keys.append(image_key(sources[i]))
+    return {"data": idx, "pixels": np.stack(pixels), "hw": np.asarray(hws, dtype=np.int64),
+            "key": np.asarray(keys)}
 
 
 def array_columns(out):
@@ -158,10 +202,11 @@ def _pool_args(options, batch_size, device, ray):
     gpus = ray.cluster_resources().get("GPU", 0) if str(device) != "cpu" else 0
     num_gpus = options.get("num_gpus", 1 if gpus else 0)
     default_actors = max(1, int(gpus // num_gpus)) if num_gpus else 2
-    retries = {"max_restarts": options.get("max_restarts", 3),
-               "max_task_retries": options.get("max_task_retries", 3)}
+    # Ray Data restarts dead actors and retries their batches without limit by default; the
+    # options bound that (passed only when given: Ray 2.60 deprecates passing remote args)
+    retries = {key: options[key] for key in ("max_restarts", "max_task_retries") if key in options}
     return {
-        "ray_remote_args_fn": lambda: dict(retries),
+        **retries,
         "batch_size": options.get("batch_size", batch_size),
         "compute": ray.data.ActorPoolStrategy(size=options.get("num_actors", default_actors)),
         "num_gpus": num_gpus,
@@ -170,10 +215,13 @@ def _pool_args(options, batch_size, device, ray):
 
 
 def run_sharded(estimator, method, X, *, columns=array_columns, outputs=None,
-                worker_params=None):
+                worker_params=None, decode_size=None):
     """Run ``estimator.<method>`` over ``X`` on Ray actors; a dict of arrays in input order.
 
-    ``X`` is image sources or a :class:`CropSet`; ``columns`` turns one batch's result into a
+    ``X`` is image sources or a :class:`CropSet`. With ``decode_size``, CPU tasks read and decode
+    the images and resize them to that size (:func:`read_batch`) and the actors receive the
+    pixels; without it (crops cut from the original pixels), the actors read the images
+    themselves. ``columns`` turns one batch's result into a
     dict of arrays with the batch's images as rows; ``outputs`` maps column names to arrays
     made beforehand (e.g. memory-mapped ``.npy`` files from :func:`sk_a2.outputs.open_output`;
     an actor that sees such a file writes its rows there itself, so they never pass through the
@@ -194,15 +242,27 @@ def run_sharded(estimator, method, X, *, columns=array_columns, outputs=None,
     for arr in outputs.values():
         if isinstance(arr, np.memmap):
             arr.flush()  # the header is on disk before the actors open the file
-    payload = [ray.put((worker, X, method, columns, targets))]
+    actor_X = X
+    if decode_size is not None:  # the reading tasks get the sources, the actors only the boxes
+        sources = [ray.put(X.images if isinstance(X, CropSet) else X)]
+        actor_X = X.with_images([None] * len(X)) if isinstance(X, CropSet) else None
+    payload = [ray.put((worker, actor_X, method, columns, targets))]
     DataContext.get_current().enable_progress_bars = bool(estimator.verbose)
     pool = _pool_args(options, estimator.batch_size, estimator.device, ray)
     # positions in blocks of one batch each, made on the driver (no read tasks to schedule
     # beside the actors), so batches spread over the actors
     blocks = np.array_split(np.arange(len(X)), max(1, -(-len(X) // pool["batch_size"])))
-    ds = ray.data.from_numpy(blocks).map_batches(
-        _Shard, fn_constructor_args=(payload,), batch_format="numpy", **pool,
-    )
+    ds = ray.data.from_numpy(blocks)
+    if decode_size is not None:
+        # a reading task reserves the memory it uses: its worker process with the package
+        # imported (about 0.5 GiB) and 4x its decoded batch; this also keeps Ray Data from
+        # fusing the tasks into the actors (their remote arguments differ), so decoding stays
+        # on CPUs the actors do not hold
+        memory = READ_TASK_MEMORY + 4 * pool["batch_size"] * decode_size * decode_size * 3
+        ds = ds.map_batches(read_batch, fn_kwargs={"sources": sources, "size": decode_size},
+                            batch_format="numpy", batch_size=pool["batch_size"],
+                            num_cpus=options.get("read_cpus", 1), memory=memory)
+    ds = ds.map_batches(_Shard, fn_constructor_args=(payload,), batch_format="numpy", **pool)
     out, stats = _gather(ds, len(X), outputs)
     if estimator.verbose:
         report_throughput(stats)

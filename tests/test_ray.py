@@ -19,6 +19,9 @@ from sklearn.pipeline import make_pipeline
 from conftest import blob_images, make_clip, make_timm
 from sk_a2 import AttentionCropper, CropEmbedder, ZeroShotCLIPClassifier
 from sk_a2.backends.base import VisionModel
+from sk_a2.cache import image_key
+from sk_a2.images import Decoded, load_resized
+from sk_a2.ray_engine import read_batch
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data", reason='Ray Data (pyarrow) missing: pip install "sk-a2[ray]"')
@@ -32,8 +35,9 @@ COMMON = {"image_size": S, "batch_size": 4, "device": "cpu", "precision": "float
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    """One local Ray instance (2 CPUs) for the module, shut down after it."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    """One local Ray instance for the module (3 logical CPUs: 2 actors and a reading task),
+    shut down after it."""
+    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -57,6 +61,38 @@ def vit():
 
 def cropper(model, **kw):
     return AttentionCropper(model, crop_sizes=(32, 16), **{**COMMON, **kw})
+
+
+def test_reading_tasks_decode_with_the_sources_cache_keys(images):
+    paths, _ = images
+    out = read_batch({"data": np.array([3, 1])}, [ray.put(paths)], S)
+    assert out["data"].tolist() == [3, 1]
+    assert out["key"].tolist() == [image_key(paths[3]), image_key(paths[1])]
+    for row, i in enumerate((3, 1)):
+        pixels, hw = load_resized(paths[i], S)
+        np.testing.assert_array_equal(out["pixels"][row], pixels)
+        assert tuple(out["hw"][row]) == hw
+    broken = [paths[0], __file__]
+    with pytest.raises(ValueError, match=r"X\[1\]"):
+        read_batch({"data": np.array([0, 1])}, [ray.put(broken)], S)
+
+
+def test_decoded_sources_give_the_results_of_their_files(images, vit):
+    """What an actor runs on: decoded pixels with the files' keys, in-process."""
+    paths, _ = images
+    decoded = [Decoded(*load_resized(p, S), image_key(p)) for p in paths]
+    crops = cropper(vit).fit().transform(paths)
+    got = cropper(vit).fit().transform(decoded)
+    np.testing.assert_array_equal(got.boxes, crops.boxes)
+    np.testing.assert_array_equal(got.image_sizes, crops.image_sizes)
+    embedder = CropEmbedder(vit, include_full_image=True, **COMMON).fit(crops)
+    np.testing.assert_array_equal(embedder.transform(crops.with_images(decoded)),
+                                  embedder.transform(crops))
+    with pytest.raises(ValueError, match=r"X\[0\] was decoded at 64 px, not at the 32 px"):
+        cropper(vit, image_size=32).fit().transform(decoded)
+    with pytest.raises(ValueError, match="only pixels resized"):
+        CropEmbedder(vit, crop_source="original", **COMMON).fit(crops).transform(
+            crops.with_images(decoded))
 
 
 def test_crops_equal_in_process(images, vit):
@@ -202,7 +238,7 @@ vit = timm.create_model("test_vit", pretrained=False, num_classes=0, img_size=16
                         embed_dim=512, depth=1, num_heads=4)
 rng = np.random.RandomState(0)
 X = [rng.randint(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(n)]
-ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 crops = RandomCropper(crop_sizes=(8,), n_crops=32, image_size=16, random_state=0).fit().transform(X)
 emb = CropEmbedder(vit, image_size=16, batch_size=256, device="cpu", precision="float32",
                    engine="ray", engine_options={"num_actors": 1, "batch_size": 100}).fit(crops)
