@@ -67,6 +67,31 @@ def check_finite(values, what, vm, sources, rows):
     )
 
 
+class ModelParamsMixin:
+    """The parameters every estimator that runs one named model shares, stored as given.
+
+    :class:`~sk_a2.AttentionCropper`, :class:`~sk_a2.CropEmbedder` and
+    :class:`~sk_a2.ZeroShotCLIPClassifier` list them in their own signatures (which is what
+    scikit-learn's ``get_params`` reads) and pass them here, as scikit-learn's own ensembles pass
+    shared parameters to their base class; rules are in ``MODEL_CONSTRAINTS`` and
+    ``ENGINE_CONSTRAINTS``.
+    """
+
+    def __init__(self, model, *, weights, image_size, batch_size, num_workers, device,
+                 precision, cache, verbose, engine, engine_options):
+        self.model = model
+        self.weights = weights
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.device = device
+        self.precision = precision
+        self.cache = cache
+        self.verbose = verbose
+        self.engine = engine
+        self.engine_options = engine_options
+
+
 class ImageModelMixin:
     """Model loading, precision, cache arguments and input tags from the ``model``, ``weights``,
     ``image_size``, ``device``, ``precision`` and ``cache`` parameters."""

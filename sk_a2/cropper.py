@@ -9,7 +9,13 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import MODEL_CONSTRAINTS, ImageModelMixin, ImageTransformerTagsMixin, check_finite
+from ._base import (
+    MODEL_CONSTRAINTS,
+    ImageModelMixin,
+    ImageTransformerTagsMixin,
+    ModelParamsMixin,
+    check_finite,
+)
 from ._data import iter_image_batches
 from ._param_validation import Boolean, Interval, StrOptions, validate_params
 from .attention import HEAD_AGGREGATIONS, aggregate_heads, patch_attention, resolve_layer
@@ -32,7 +38,7 @@ def crop_columns(crops: CropSet) -> dict:
 
 
 class AttentionCropper(
-    ImageModelMixin, ImageTransformerTagsMixin, TransformerMixin, BaseEstimator
+    ModelParamsMixin, ImageModelMixin, ImageTransformerTagsMixin, TransformerMixin, BaseEstimator
 ):
     """Greedy, non-overlapping crops at the peaks of a ViT's CLS attention (A²'s *where*).
 
@@ -135,22 +141,14 @@ class AttentionCropper(
         engine=None,
         engine_options=None,
     ):
-        self.model = model
-        self.weights = weights
+        super().__init__(model, weights=weights, image_size=image_size, batch_size=batch_size,
+                         num_workers=num_workers, device=device, precision=precision, cache=cache,
+                         verbose=verbose, engine=engine, engine_options=engine_options)
         self.crop_sizes = crop_sizes
         self.n_crops = n_crops
-        self.image_size = image_size
         self.head_aggregation = head_aggregation
         self.layer = layer
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.device = device
-        self.precision = precision
         self.embed_full_image = embed_full_image
-        self.cache = cache
-        self.verbose = verbose
-        self.engine = engine
-        self.engine_options = engine_options
 
     _parameter_constraints = {
         **MODEL_CONSTRAINTS,

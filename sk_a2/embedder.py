@@ -7,7 +7,13 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import MODEL_CONSTRAINTS, ImageModelMixin, ImageTransformerTagsMixin, check_finite
+from ._base import (
+    MODEL_CONSTRAINTS,
+    ImageModelMixin,
+    ImageTransformerTagsMixin,
+    ModelParamsMixin,
+    check_finite,
+)
 from ._data import iter_image_batches, resolve_num_workers
 from ._param_validation import PATH, Boolean, StrOptions, Text, validate_params
 from .cache import EntryLayout, cached_rows, digest, image_key, model_key
@@ -182,7 +188,7 @@ def _rows(X, start, count):
 
 
 class CropEmbedder(
-    ImageModelMixin, ImageTransformerTagsMixin, TransformerMixin, BaseEstimator
+    ModelParamsMixin, ImageModelMixin, ImageTransformerTagsMixin, TransformerMixin, BaseEstimator
 ):
     """Embed each crop of a :class:`CropSet` with a ViT and concatenate the embeddings.
 
@@ -287,19 +293,11 @@ class CropEmbedder(
         engine_options=None,
         output_dir=None,
     ):
-        self.model = model
-        self.weights = weights
-        self.image_size = image_size
+        super().__init__(model, weights=weights, image_size=image_size, batch_size=batch_size,
+                         num_workers=num_workers, device=device, precision=precision, cache=cache,
+                         verbose=verbose, engine=engine, engine_options=engine_options)
         self.include_full_image = include_full_image
         self.crop_source = crop_source
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.device = device
-        self.precision = precision
-        self.cache = cache
-        self.verbose = verbose
-        self.engine = engine
-        self.engine_options = engine_options
         self.output_dir = output_dir
 
     _parameter_constraints = {

@@ -10,7 +10,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from ._base import MODEL_CONSTRAINTS, ImageModelMixin
+from ._base import MODEL_CONSTRAINTS, ImageModelMixin, ModelParamsMixin
 from ._param_validation import SequenceOf, StrOptions, validate_params
 from .backends import get_backend
 from .cropset import CropSet
@@ -27,7 +27,7 @@ __all__ = ["CROP_AGGREGATIONS", "ZeroShotCLIPClassifier"]
 CROP_AGGREGATIONS = ("mean", "max", "logits_mean")
 
 
-class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
+class ZeroShotCLIPClassifier(ModelParamsMixin, ImageModelMixin, ClassifierMixin, BaseEstimator):
     """Zero-shot classification of crops (or images) by a CLIP model and class-name prompts.
 
     The zero-shot variant of A² (A²_ZS in the paper): each crop of a :class:`~sk_a2.CropSet`
@@ -166,21 +166,13 @@ class ZeroShotCLIPClassifier(ImageModelMixin, ClassifierMixin, BaseEstimator):
         engine=None,
         engine_options=None,
     ):
-        self.model = model
-        self.weights = weights
+        super().__init__(model, weights=weights, image_size=image_size, batch_size=batch_size,
+                         num_workers=num_workers, device=device, precision=precision, cache=cache,
+                         verbose=verbose, engine=engine, engine_options=engine_options)
         self.classnames = classnames
         self.templates = templates
         self.crop_aggregation = crop_aggregation
-        self.image_size = image_size
         self.crop_source = crop_source
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.device = device
-        self.precision = precision
-        self.cache = cache
-        self.verbose = verbose
-        self.engine = engine
-        self.engine_options = engine_options
 
     def __getstate__(self):
         state = super().__getstate__()
