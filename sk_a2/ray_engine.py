@@ -10,9 +10,10 @@ estimator's own in-process code on its batches (at the estimator's ``precision``
 ``cache``, keyed by the sources' content as in-process); and the driver writes every batch's
 rows at their positions, so the result is in input order and equal to the in-process result.
 
-Actors that die are restarted and their batches retried (``max_restarts`` and
-``max_task_retries`` on the actor pool). A disk ``cache`` on a path every node sees is filled by
-the actors, so later in-process fits read it back without running a model. See ``docs/ray.md``.
+Actors that die are restarted and their batches retried (Ray Data's default, bounded by the
+``max_restarts`` and ``max_task_retries`` options). A disk ``cache`` on a path every node sees
+is filled by the actors, so later in-process fits read it back without running a model. See
+``docs/ray.md``.
 
 This module imports Ray only when the engine runs; without Ray, asking for it raises an
 ImportError that gives the install command.
@@ -249,8 +250,8 @@ def run_sharded(estimator, method, X, *, columns=array_columns, outputs=None,
     payload = [ray.put((worker, actor_X, method, columns, targets))]
     DataContext.get_current().enable_progress_bars = bool(estimator.verbose)
     pool = _pool_args(options, estimator.batch_size, estimator.device, ray)
-    # positions in blocks of one batch each, made on the driver (no read tasks to schedule
-    # beside the actors), so batches spread over the actors
+    # positions in blocks of one batch each, made on the driver (no Ray datasource to read), so
+    # batches spread over the reading tasks and the actors
     blocks = np.array_split(np.arange(len(X)), max(1, -(-len(X) // pool["batch_size"])))
     ds = ray.data.from_numpy(blocks)
     if decode_size is not None:
