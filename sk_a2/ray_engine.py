@@ -227,7 +227,8 @@ def run_sharded(estimator, method, X, *, columns=array_columns, outputs=None,
     made beforehand (e.g. memory-mapped ``.npy`` files from :func:`sk_a2.outputs.open_output`;
     an actor that sees such a file writes its rows there itself, so they never pass through the
     driver's memory); other columns get ``np.empty`` arrays. The estimator is copied
-    with ``engine=None``, ``verbose=False`` and ``worker_params`` for the actors; with
+    with ``engine=None``, ``verbose=False``, ``num_workers=0`` when the reading tasks decode, and
+    ``worker_params`` for the actors; with
     ``verbose`` the driver reports each actor's throughput.
     """
     options = dict(estimator.engine_options or {})
@@ -236,7 +237,10 @@ def run_sharded(estimator, method, X, *, columns=array_columns, outputs=None,
 
     X = X if isinstance(X, CropSet) else as_sources(X)
     worker = copy.copy(estimator)
-    worker.set_params(engine=None, engine_options=None, verbose=False, **(worker_params or {}))
+    # decoded pixels need no loader processes in the actors (they would start per batch)
+    loaders = {} if decode_size is None else {"num_workers": 0}
+    worker.set_params(engine=None, engine_options=None, verbose=False,
+                      **{**loaders, **(worker_params or {})})
     outputs = dict(outputs or {})
     targets = {name: (arr.filename, arr.offset, arr.dtype) for name, arr in outputs.items()
                if isinstance(arr, np.memmap) and arr.filename}
