@@ -1,6 +1,6 @@
 """Ray-engine throughput vs in-process, side by side in one run.
 
-    python benchmarks/ray_overhead.py [--n-images 96] [--model imgfocus_vits14] [--weights FILE]
+    python benchmarks/ray_overhead.py [--n-images 192] [--model imgfocus_vits14] [--weights FILE]
                                       [--device cpu] [--json out.json]
 
 ``CropEmbedder(...).transform`` over the same image files (full images, float32) with the
@@ -38,7 +38,7 @@ def make_files(folder, n, size=224, seed=0):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-images", type=int, default=96)
+    parser.add_argument("--n-images", type=int, default=192)
     parser.add_argument("--model", default="imgfocus_vits14")
     parser.add_argument("--weights", default=None, help="local weights file for --model")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
