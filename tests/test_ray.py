@@ -211,6 +211,8 @@ def test_engine_parameters_clone_and_check(vit):
         CropEmbedder(vit, engine="ray", engine_options={"actors": 2}).fit(["a.png"])
     with pytest.raises(ValueError, match=r"engine_options\['num_actors'\]"):
         CropEmbedder(vit, engine="ray", engine_options={"num_actors": 0}).fit(["a.png"])
+    with pytest.raises(ValueError, match=r"engine_options\['read_cpus'\].*CPUs per image-reading"):
+        CropEmbedder(vit, engine="ray", engine_options={"read_cpus": 0}).fit(["a.png"])
     with pytest.raises(ValueError, match="engine='ray'"):
         CropEmbedder(vit, engine_options={"num_actors": 1}).fit(["a.png"])
     with pytest.raises(ValueError, match="engine"):
