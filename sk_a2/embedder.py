@@ -28,7 +28,7 @@ from .original_crops import (
 )
 from .outputs import open_output
 from .precision import autocast
-from .ray_engine import ENGINE_CONSTRAINTS, check_engine, decode_size, run_sharded
+from .ray_engine import ENGINE_CONSTRAINTS, check_engine, decode_size_of, run_sharded
 
 __all__ = ["CropEmbedder"]
 
@@ -359,7 +359,7 @@ class CropEmbedder(
                 "out": allocate("out", (n, self.n_features_out_), np.float32)}
             out = run_sharded(self, "transform", X, outputs=outputs,
                               worker_params={"output_dir": None},
-                              decode_size=decode_size(self))["out"]
+                              decode_size=decode_size_of(self))["out"]
         elif allocate is not None:
             out = allocate("out", (n, self.n_features_out_), np.float32)
             for start in range(0, n, OUTPUT_BLOCK):

@@ -35,7 +35,7 @@ from .cropset import CropSet
 from .images import Decoded, Subset, as_sources, load_resized, take
 from .outputs import write_file_rows, write_rows
 
-__all__ = ["ENGINE_CONSTRAINTS", "ENGINE_OPTIONS", "check_engine", "connect", "decode_size",
+__all__ = ["ENGINE_CONSTRAINTS", "ENGINE_OPTIONS", "check_engine", "connect", "decode_size_of",
            "read_batch", "run_sharded"]
 
 INSTALL = 'pip install "sk-a2[ray]"'
@@ -163,7 +163,7 @@ class _Shard:
                 "_seconds": np.full(len(idx), seconds / max(1, len(idx)))}
 
 
-def decode_size(estimator):
+def decode_size_of(estimator):
     """Where the reading tasks decode for an embedding estimator: at its ``image_size`` when
     crops are cut from the resized image; None (the actors read) for crops from the originals."""
     return estimator.image_size if estimator.crop_source == "resized" else None

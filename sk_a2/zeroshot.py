@@ -19,7 +19,7 @@ from .images import as_sources
 from .models import resolve_model_spec
 from .original_crops import CROP_SOURCES
 from .precision import autocast
-from .ray_engine import ENGINE_CONSTRAINTS, check_engine, decode_size, run_sharded
+from .ray_engine import ENGINE_CONSTRAINTS, check_engine, decode_size_of, run_sharded
 
 __all__ = ["CROP_AGGREGATIONS", "ZeroShotCLIPClassifier"]
 
@@ -284,7 +284,7 @@ class ZeroShotCLIPClassifier(ModelParamsMixin, ImageModelMixin, ClassifierMixin,
         else:
             X = as_sources(X)
         if self.engine == "ray":
-            emb = run_sharded(self, "_crop_embeddings", X, decode_size=decode_size(self))["out"]
+            emb = run_sharded(self, "_crop_embeddings", X, decode_size=decode_size_of(self))["out"]
         else:
             emb = self._crop_embeddings(X)
         vm = self._load()
