@@ -8,10 +8,14 @@ attention is computed under each scheme, averaged over heads, upsampled and turn
 them equal the float32 boxes. Schemes:
 
 * ``bf16_trunk``: the whole attention forward under bf16 autocast;
+* ``bf16_model``: the whole attention forward on a copy of the model held in bf16 (weights and
+  activations; the final q·k in float32), which is what ``precision="bfloat16"`` runs;
 * ``bf16_first_K``: blocks ``0..K-1`` under bf16 autocast, the rest (and the final q·k) in
   float32;
 * ``f32_attention`` (attention in float32, embeddings in bf16): boxes are float32 by construction;
-  what is measured is the cosine of the bf16 crop embeddings to the float32 ones.
+  what is measured is the cosine of the bf16 crop embeddings to the float32 ones, from the bf16
+  copy of the model (``emb_cos_*``: what ``precision="auto"`` runs on a native-bf16 CPU) and
+  under bf16 autocast (``autocast_emb_cos_*``).
 
 Real photographs: ``--photos DIR`` (every .jpg/.png in it, RGB); ``--n-photos`` square views of
 them (random position, 50–100 % of the short side), so that a few photographs give many images.
@@ -64,8 +68,10 @@ def _bf16_blocks(vm, first_k):
 
 
 def boxes_of(vm, pixels, scheme):
+    if scheme == "bf16_model":
+        vm = vm.to_dtype(torch.bfloat16)
     x = vm.normalize(pixels)
-    if scheme == "f32":
+    if scheme in ("f32", "bf16_model"):
         ctx = contextlib.nullcontext()
     elif scheme == "bf16_trunk":
         ctx = _bf16()
@@ -79,10 +85,14 @@ def boxes_of(vm, pixels, scheme):
     return greedy_boxes(up, SIZES).numpy(), m.numpy()
 
 
-def embeddings_of(vm, pixels, boxes, bf16):
+def embeddings_of(vm, pixels, boxes, how="f32"):
+    """Crop embeddings in float32 (``"f32"``), under bf16 autocast (``"autocast"``) or from the
+    bf16 copy of the model (``"model"``)."""
     crops = crop_resize(pixels, torch.as_tensor(boxes, dtype=torch.float32), 224)
     flat = crops.reshape(-1, *crops.shape[2:])
-    ctx = _bf16() if bf16 else contextlib.nullcontext()
+    ctx = _bf16() if how == "autocast" else contextlib.nullcontext()
+    if how == "model":
+        vm = vm.to_dtype(torch.bfloat16)
     with torch.no_grad(), ctx:
         return vm.embed(vm.normalize(flat)).float()
 
@@ -119,7 +129,7 @@ def to_pixels(images):
 def measure(vm, images, schemes, batch=25):
     pixels = to_pixels(images)
     res = {s: [] for s in schemes}
-    ref_boxes, emb_cos = [], []
+    ref_boxes, emb_cos = [], {"model": [], "autocast": []}
     for i in range(0, len(pixels), batch):
         p = pixels[i:i + batch]
         b32, _ = boxes_of(vm, p, "f32")
@@ -129,17 +139,21 @@ def measure(vm, images, schemes, batch=25):
             same = np.all(b == b32, axis=(1, 2))
             shift = np.abs(b - b32).max(axis=(1, 2))
             res[s] += list(zip(same.tolist(), shift.tolist()))
-        e32 = embeddings_of(vm, p, b32, False)
-        e16 = embeddings_of(vm, p, b32, True)
-        emb_cos += torch.nn.functional.cosine_similarity(e32, e16, dim=-1).tolist()
+        e32 = embeddings_of(vm, p, b32)
+        for how, cos in emb_cos.items():
+            e16 = embeddings_of(vm, p, b32, how)
+            cos += torch.nn.functional.cosine_similarity(e32, e16, dim=-1).tolist()
     out = {}
     for s, rows in res.items():
         same = np.array([r[0] for r in rows])
         shift = np.array([r[1] for r in rows])
         out[s] = dict(identical=float(same.mean()), changed=int((~same).sum()),
                       over_16px=int((shift > 16).sum()), max_shift_px=float(shift.max()))
-    out["f32_attention"] = dict(identical=1.0, changed=0, emb_cos_min=float(min(emb_cos)),
-                                emb_cos_mean=float(np.mean(emb_cos)))
+    out["f32_attention"] = dict(
+        identical=1.0, changed=0,
+        emb_cos_min=float(min(emb_cos["model"])), emb_cos_mean=float(np.mean(emb_cos["model"])),
+        autocast_emb_cos_min=float(min(emb_cos["autocast"])),
+        autocast_emb_cos_mean=float(np.mean(emb_cos["autocast"])))
     out["n"] = len(pixels)
     return out
 
@@ -149,7 +163,8 @@ def main(argv=None):
     ap.add_argument("--n-synthetic", type=int, default=150)
     ap.add_argument("--photos", default=None)
     ap.add_argument("--n-photos", type=int, default=150)
-    ap.add_argument("--schemes", default="bf16_trunk,bf16_first_6,bf16_first_9,bf16_first_11")
+    ap.add_argument("--schemes",
+                    default="bf16_trunk,bf16_model,bf16_first_6,bf16_first_9,bf16_first_11")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     vm = load_model("imgfocus_vits14", image_size=224, device="cpu")

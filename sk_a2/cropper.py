@@ -23,7 +23,7 @@ from .cache import EntryLayout, cached_rows, digest, image_key, model_key
 from .crops import greedy_boxes, upsample_maps
 from .cropset import CROP_CONSTRAINTS, CropSet, effective_crop_sizes, to_original
 from .images import as_sources, take
-from .precision import autocast
+from .precision import at_precision, precision_key
 from .ray_engine import ENGINE_CONSTRAINTS, check_engine, run_sharded
 
 __all__ = ["AttentionCropper", "CropSet"]  # CropSet re-exported from sk_a2.cropset
@@ -217,8 +217,8 @@ class AttentionCropper(
                 desc="attention",
             )
             for start, pixels, hw in batches:
-                with autocast(vm.device, precision):
-                    out = patch_attention(vm, vm.normalize(pixels), self.layer,
+                with at_precision(vm, precision) as model:
+                    out = patch_attention(model, model.normalize(pixels), self.layer,
                                           return_embedding=embed)
                 attn, values = (out[0], {"embedding": out[1].cpu().numpy()}) if embed else (out, {})
                 m = aggregate_heads(attn.float(), self.head_aggregation)
@@ -308,8 +308,8 @@ def attention_map_key(model_id, image_size, layer, head_aggregation, precision, 
                       embed=False) -> str:
     """Cache key of one image's attention map (``embed``: stored with its full-image
     embedding)."""
-    return digest("attention-map", model_id, image_size, layer, head_aggregation, precision,
-                  embed, image_id)
+    return digest("attention-map", model_id, image_size, layer, head_aggregation,
+                  precision_key(precision), embed, image_id)
 
 
 def map_entry(grid_size, embed_dim=0) -> EntryLayout:

@@ -27,7 +27,7 @@ from .original_crops import (
     original_boxes,
 )
 from .outputs import open_output
-from .precision import autocast
+from .precision import at_precision, precision_key
 from .ray_engine import ENGINE_CONSTRAINTS, check_engine, decode_size_of, run_sharded
 
 __all__ = ["CropEmbedder"]
@@ -86,7 +86,7 @@ def embed_boxes(vm, sources, boxes, *, size, batch_size, num_workers=0, verbose=
     keys = None
     if cache is not None:
         tag = () if originals is None else ("original",)
-        keys = [digest("embedding", model_id, size, precision, image_key(src),
+        keys = [digest("embedding", model_id, size, precision_key(precision), image_key(src),
                        tuple(round(v, 4) for v in b), *tag)
                 for src, image_boxes in zip(sources, boxes) for b in image_boxes.tolist()]
     embed = _embed_missing if originals is None else _embed_missing_original
@@ -169,9 +169,9 @@ def _embed_missing_original(vm, sources, originals, todo, size, batch_size, num_
 @torch.no_grad()
 def _forward_embed(vm, inputs, batch_size, precision):
     chunks = []
-    for i in range(0, len(inputs), batch_size):
-        with autocast(vm.device, precision):
-            chunks.append(vm.embed(vm.normalize(inputs[i:i + batch_size])).float())
+    with at_precision(vm, precision) as model:
+        for i in range(0, len(inputs), batch_size):
+            chunks.append(model.embed(model.normalize(inputs[i:i + batch_size])).float())
     return torch.cat(chunks)
 
 
@@ -231,9 +231,9 @@ class CropEmbedder(
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     precision : {"auto", "float32", "bfloat16"}, default="auto"
-        Numeric precision of the forwards. ``"auto"``: bf16 autocast on CUDA and on a CPU with
-        native bf16 (AVX-512 BF16, AMX), float32 on other CPUs; ``"float32"`` is IEEE float32
-        on CUDA too (no TF32). See :mod:`sk_a2.precision`.
+        Numeric precision of the forwards. ``"auto"``: a bf16 copy of the model on CUDA and on
+        a CPU with native bf16 (AVX-512 BF16, AMX), float32 on other CPUs; ``"float32"`` is
+        IEEE float32 on CUDA too (no TF32). See :mod:`sk_a2.precision`.
     cache : None, "memory" or path, default=None
         Keep embeddings keyed by (image content, box, model, image size, crop source,
         precision): refits with more crops embed only the new boxes. See :mod:`sk_a2.cache`.

@@ -53,7 +53,7 @@ from .cropper import AttentionCropper, attention_map_key, map_entry
 from .cropset import int_list
 from .images import as_sources, take
 from .models import load_model, resolve_device
-from .precision import autocast, resolve_precision
+from .precision import at_precision, resolve_precision
 
 __all__ = [
     "METRICS",
@@ -493,8 +493,8 @@ def _layer_maps(cropper, vm, sources, layers, need_shares=True):
                                                 **params):
         rows = todo[start:start + len(hw)]
         hws[rows] = hw
-        with autocast(vm.device, precision):
-            per_layer = layer_cls_attention(vm, vm.normalize(pixels), layers)
+        with at_precision(vm, precision) as model:
+            per_layer = layer_cls_attention(model, model.normalize(pixels), layers)
         for li, a in enumerate(per_layer):
             m = aggregate_heads(a[..., npt:].float(), cropper.head_aggregation)
             maps[li, rows] = m.reshape(-1, gh, gw).cpu().numpy()

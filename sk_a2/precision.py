@@ -8,11 +8,14 @@
     switched off for the package's forwards and the caller's settings are restored after, so
     float32 results agree with the CPU's to float32 rounding.
 ``"bfloat16"``
-    Every forward under bf16 autocast (``torch.autocast(device, dtype=torch.bfloat16)``): matrix
-    products in bfloat16, reductions and norms in float32. On a CPU without native bf16 this is
-    emulated and slower than float32 (a warning says so), but it works.
+    Every forward runs a bf16 copy of the model: weights and activations in bfloat16, made once
+    per loaded model (:meth:`sk_a2.backends.VisionModel.to_dtype`) and kept beside the float32
+    one, so it costs half the model's float32 memory more. What A² reads from a forward comes
+    back in float32: the embeddings are cast, and the CLS attention row is computed from the
+    block's query and keys in float32. On a CPU without native bf16 this is emulated and slower
+    than float32 (a warning says so), but it works.
 ``"auto"`` (default)
-    The *embedding* forwards run under bf16 autocast on CUDA, and on a CPU with native bf16
+    The *embedding* forwards run the bf16 copy on CUDA, and on a CPU with native bf16
     arithmetic (x86 AVX-512 BF16 or AMX-BF16, ARM BF16); the *attention* forwards that choose
     the boxes stay float32 everywhere. Crop embeddings feed a linear head, where bf16's relative
     error of about 1e-3 is harmless (cosine to float32 ≥ 0.999), while the boxes come from an
@@ -21,11 +24,16 @@
     on the GPU (the attention model is the small one; see ``docs/performance.md``). On a CPU
     without native bf16, every forward is float32.
 
+Why a bf16 copy and not ``torch.autocast``: autocast keeps the weights in float32, casts them at
+every forward and runs norms and softmax in float32; a model held in bf16 does none of that, and
+on a 2-core AVX-512 BF16 CPU its ViT-S/14 forward is 1.84-1.93x float32's where autocast's is
+1.67-1.85x, for crop embeddings at cosine ≥ 0.9997 to float32 (``docs/performance.md``).
+
 :func:`native_bf16` is the capability check; it reads torch's own CPU feature report
 (``torch.cpu.get_capabilities()``), or ``/proc/cpuinfo`` on a torch that lacks it.
 
-A resolved precision (``"float32"`` or ``"bfloat16"``) is part of every cache key, so results
-computed at different precisions never mix.
+A resolved precision (``"float32"`` or ``"bfloat16"``) is part of every cache key
+(:func:`precision_key`), so results computed at different precisions never mix.
 """
 
 from __future__ import annotations
@@ -39,10 +47,11 @@ import torch
 __all__ = [
     "PRECISIONS",
     "SlowPrecisionWarning",
-    "autocast",
+    "at_precision",
     "check_precision",
     "has_native_bf16",
     "native_bf16",
+    "precision_key",
     "resolve_precision",
     "warn_if_slow",
 ]
@@ -140,11 +149,30 @@ def _ieee_float32():
         matmul.allow_tf32, cudnn.allow_tf32 = before
 
 
-def autocast(device, resolved: str):
-    """The context of a resolved precision on ``device``: bf16 autocast, IEEE float32 on CUDA,
-    or nothing."""
-    if resolved == "bfloat16" and device.type in ("cuda", "cpu"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if device.type == "cuda":
-        return _ieee_float32()
-    return contextlib.nullcontext()
+#: The torch dtype of each resolved precision.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+#: What a resolved precision stands for in cache keys: how the forward computes, so that a
+#: change of scheme (bf16 autocast, used before, against a bf16 copy of the model) never reads
+#: back the other's results.
+_KEYS = {"float32": "float32", "bfloat16": "bfloat16 model copy"}
+
+
+def precision_key(resolved: str) -> str:
+    """The part of a cache key that names a resolved precision."""
+    return _KEYS[resolved]
+
+
+@contextlib.contextmanager
+def at_precision(vm, resolved: str):
+    """Run forwards of ``vm`` at a resolved precision: yields the model to call.
+
+    ``"bfloat16"`` yields ``vm``'s bf16 copy (:meth:`~sk_a2.backends.VisionModel.to_dtype`);
+    ``"float32"`` yields ``vm`` itself, with TF32 switched off on CUDA for the duration.
+    """
+    if resolved not in DTYPES:
+        raise ValueError(f"a resolved precision is one of {tuple(DTYPES)}, got {resolved!r}")
+    model = vm.to_dtype(DTYPES[resolved])
+    ieee = resolved == "float32" and vm.device.type == "cuda"
+    with _ieee_float32() if ieee else contextlib.nullcontext():
+        yield model

@@ -18,7 +18,7 @@ from .embedder import crop_inputs, embed_boxes
 from .images import as_sources
 from .models import resolve_model_spec
 from .original_crops import CROP_SOURCES
-from .precision import autocast
+from .precision import at_precision
 from .ray_engine import ENGINE_CONSTRAINTS, check_engine, decode_size_of, run_sharded
 
 __all__ = ["CROP_AGGREGATIONS", "ZeroShotCLIPClassifier"]
@@ -88,8 +88,9 @@ class ZeroShotCLIPClassifier(ModelParamsMixin, ImageModelMixin, ClassifierMixin,
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     precision : {"auto", "float32", "bfloat16"}, default="auto"
-        Numeric precision of the forwards. ``"auto"``: bf16 autocast on CUDA and on a CPU with
-        native bf16 (AVX-512 BF16, AMX), float32 on other CPUs.
+        Numeric precision of the forwards (image and text towers). ``"auto"``: a bf16 copy of
+        the model on CUDA and on a CPU with native bf16 (AVX-512 BF16, AMX), float32 on other
+        CPUs. See :mod:`sk_a2.precision`.
     cache : None, "memory" or path, default=None
         Keep image embeddings keyed by (image content, box, model, image size, crop source,
         precision), shared with :class:`~sk_a2.CropEmbedder` for the same model. See :mod:`sk_a2.cache`.
@@ -222,10 +223,10 @@ class ZeroShotCLIPClassifier(ModelParamsMixin, ImageModelMixin, ClassifierMixin,
         tokenizer = vm.backend.tokenizer(vm)
         texts = [t.format(c) for c in classnames for t in templates]
         chunks = []
-        for i in range(0, len(texts), self.batch_size):
-            tokens = tokenizer(texts[i:i + self.batch_size]).to(vm.device)
-            with autocast(vm.device, self._precision("embedding")):
-                chunks.append(F.normalize(vm.module.encode_text(tokens).float(), dim=-1))
+        with at_precision(vm, self._precision("embedding")) as model:
+            for i in range(0, len(texts), self.batch_size):
+                tokens = tokenizer(texts[i:i + self.batch_size]).to(vm.device)
+                chunks.append(F.normalize(model.module.encode_text(tokens).float(), dim=-1))
         emb = torch.cat(chunks).reshape(len(classnames), len(templates), -1)
         return F.normalize(emb.mean(1), dim=-1)
 

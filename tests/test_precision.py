@@ -1,12 +1,13 @@
 """The ``precision`` parameter, the native-bf16 check, and the shared full-image forward."""
 
+import copy
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import blob_images
+from conftest import blob_images, make_timm
 from sklearn.base import clone
 
 import sk_a2.embedder
@@ -17,6 +18,7 @@ from sk_a2.images import load_resized
 from sk_a2.models import load_model
 from sk_a2.precision import (
     SlowPrecisionWarning,
+    at_precision,
     check_precision,
     has_native_bf16,
     resolve_precision,
@@ -49,20 +51,87 @@ def _crops_and_embeddings(weights, precision, embedder_precision=None, share=Fal
 # ---- resolution and capability ------------------------------------------------------------------
 
 
-def test_float32_context_on_cuda_switches_tf32_off_and_restores():
-    from sk_a2.precision import autocast
+class _Placed:
+    """Stands for a loaded model on ``device`` (only what ``at_precision`` reads)."""
 
+    def __init__(self, device):
+        self.device = device
+
+    def to_dtype(self, dtype):
+        return (self, dtype)
+
+
+def test_float32_context_on_cuda_switches_tf32_off_and_restores():
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     before = (matmul.allow_tf32, cudnn.allow_tf32)
     matmul.allow_tf32 = cudnn.allow_tf32 = True
     try:
-        with autocast(CUDA, "float32"):
+        on_cuda = _Placed(CUDA)
+        with at_precision(on_cuda, "float32") as model:
+            assert model == (on_cuda, torch.float32)
             assert (matmul.allow_tf32, cudnn.allow_tf32) == (False, False)
         assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
-        with autocast(CPU, "float32"):
+        with at_precision(_Placed(CPU), "float32"):
+            assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
+        with at_precision(on_cuda, "bfloat16") as model:  # a bf16 model has no TF32 to switch
+            assert model == (on_cuda, torch.bfloat16)
             assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
     finally:
         matmul.allow_tf32, cudnn.allow_tf32 = before
+    with pytest.raises(ValueError, match="resolved precision"), at_precision(on_cuda, "auto"):
+        pass
+
+
+# ---- the bf16 copy of a model -----------------------------------------------------------------
+
+
+def test_bf16_copy_is_made_once_and_leaves_the_model_alone(tiny_vit_file):
+    vm = load_model("timm:test_vit", weights=tiny_vit_file, image_size=64, device="cpu")
+    before = {k: v.clone() for k, v in vm.module.state_dict().items()}
+    bf = vm.to_dtype(torch.bfloat16)
+    assert vm.to_dtype(torch.float32) is vm and vm.to_dtype(torch.bfloat16) is bf
+    assert bf.module is not vm.module and bf.dtype == torch.bfloat16 and vm.dtype == torch.float32
+    after = vm.module.state_dict()
+    for name, value in before.items():  # the float32 model is untouched
+        assert after[name].dtype == value.dtype
+        torch.testing.assert_close(after[name], value, rtol=0, atol=0)
+    for name, value in bf.module.state_dict().items():  # the copy: the same weights, in bf16
+        expected = before[name].to(torch.bfloat16) if before[name].is_floating_point() \
+            else before[name]
+        assert value.dtype == expected.dtype, name
+        torch.testing.assert_close(value, expected, rtol=0, atol=0)
+    # its anatomy is its own: the hooks of an attention pass go on the copy's blocks
+    assert all(a is not b for a, b in zip(bf.attn_modules, vm.attn_modules))
+    assert all(any(a is m for m in bf.module.modules()) for a in bf.attn_modules)
+    assert bf.normalize(torch.rand(1, 3, 64, 64)).dtype == torch.bfloat16
+
+
+def test_bf16_embeddings_equal_a_bf16_model_run_directly(tiny_vit_file):
+    X = blob_images(4, seed=11)[0]
+    emb = CropEmbedder("timm:test_vit", precision="bfloat16", **_kw(tiny_vit_file))
+    with pytest.warns(SlowPrecisionWarning):
+        got = emb.fit(X).transform(X)
+    vm = load_model("timm:test_vit", weights=tiny_vit_file, image_size=64, device="cpu")
+    module = copy.deepcopy(vm.module).to(torch.bfloat16)  # the oracle: a plain bf16 model
+    pixels = torch.stack([torch.tensor(load_resized(x, 64)[0]) for x in X])
+    x = (pixels.permute(0, 3, 1, 2).float() / 255 - torch.tensor(vm.mean).view(1, 3, 1, 1)) \
+        / torch.tensor(vm.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        direct = module.forward_features(x.to(torch.bfloat16))[:, 0].float().numpy()
+    np.testing.assert_allclose(got, direct, rtol=0, atol=1e-6)
+
+
+def test_a_module_passed_in_stays_float32(tiny_vit_file):
+    module = make_timm().eval()
+    params = {k: v.clone() for k, v in module.state_dict().items()}
+    X = blob_images(3, seed=5)[0]
+    with pytest.warns(SlowPrecisionWarning):
+        out = CropEmbedder(module, precision="bfloat16", image_size=64, device="cpu",
+                           batch_size=4).fit(X).transform(X)
+    assert np.isfinite(out).all()
+    for name, value in module.state_dict().items():
+        assert value.dtype == params[name].dtype
+        torch.testing.assert_close(value, params[name], rtol=0, atol=0)
 
 
 def test_auto_stays_float32_without_native_bf16():
@@ -216,8 +285,10 @@ def test_shared_forward_equals_separate(native, tiny_vit_file, count_embedded, p
     pixels = torch.stack([torch.tensor(load_resized(x, 64)[0]) for x in X])
     x = (pixels.permute(0, 3, 1, 2).float() / 255 - torch.tensor(vm.mean).view(1, 3, 1, 1)) \
         / torch.tensor(vm.std).view(1, 3, 1, 1)
-    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=precision != "float32"):
-        direct = vm.module.forward_features(x)[:, 0].float().numpy()
+    module = vm.module if precision == "float32" else copy.deepcopy(vm.module).bfloat16()
+    with torch.no_grad():
+        direct = module.forward_features(x.to(next(module.parameters()).dtype))[:, 0]
+    direct = direct.float().numpy()
     np.testing.assert_allclose(cs_shared.full_embeddings, direct, atol=atol, rtol=0)
     # indexing a CropSet keeps its embeddings aligned
     np.testing.assert_array_equal(cs_shared[[4, 1]].full_embeddings, direct[[4, 1]])

@@ -1,5 +1,6 @@
 """ZeroShotCLIPClassifier against open_clip's own zero-shot classifier, and the sklearn contract."""
 
+import copy
 import importlib.util
 import pickle
 from pathlib import Path
@@ -42,8 +43,11 @@ def zs(model, **kw):
     return ZeroShotCLIPClassifier(model, image_size=S, device="cpu", **kw)
 
 
-def reference_logits(model, X, frame_boxes, classnames, templates):
-    """Per-input logits (n, k, C) by open_clip directly, crops cut with F.interpolate."""
+def reference_logits(model, X, frame_boxes, classnames, templates, dtype=torch.float32):
+    """Per-input logits (n, k, C) by open_clip directly, crops cut with F.interpolate; with
+    ``dtype``, by a copy of the model held in that dtype."""
+    if dtype != torch.float32:
+        model = copy.deepcopy(model).to(dtype)
     tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=model.context_length)
     text = build_zero_shot_classifier(model, tokenizer, classnames, templates,
                                       num_classes_per_batch=2)
@@ -59,8 +63,9 @@ def reference_logits(model, X, frame_boxes, classnames, templates):
             for x0, y0, x1, y1 in frame_boxes[i]
         ]
         with torch.no_grad():
-            feats = F.normalize(model.encode_image((torch.stack(crops) - mean) / std), dim=-1)
-            out.append((model.logit_scale.exp() * feats @ text).numpy())
+            feats = model.encode_image(((torch.stack(crops) - mean) / std).to(dtype))
+            feats = F.normalize(feats.float(), dim=-1)
+            out.append((model.logit_scale.exp().float() * feats @ text.float()).numpy())
     return np.stack(out).astype(np.float64)
 
 
@@ -122,6 +127,24 @@ def test_several_crops_each_aggregation(clip, how):
     np.testing.assert_allclose(decision, expected, atol=1e-4)
     np.testing.assert_allclose(softmax(decision, -1), proba, atol=1e-6)
     np.testing.assert_allclose(est.predict_log_proba(cs), log_softmax(decision, -1), atol=1e-9)
+
+
+def test_bfloat16_runs_a_bf16_copy_of_both_towers(clip):
+    X = random_images(3, h=80, w=96, seed=7)
+    frame = [[[0, 0, 32, 32], [40, 8, 56, 24]], [[32, 32, 64, 64], [0, 40, 24, 64]],
+             [[16, 16, 48, 48], [0, 0, 16, 16]]]
+    cs = cropset_from_frame(X, frame)
+    names, templates = ["red thing", "blue thing", "tree"], ("a photo of a {}.", "art: {}")
+    est = zs(clip, classnames=names, templates=templates, precision="bfloat16", batch_size=4,
+             crop_aggregation="logits_mean")
+    with pytest.warns(UserWarning, match="slower than float32"):  # this CPU emulates bf16
+        est.fit(cs, ["a", "b", "c"])
+        got = est.predict_proba(cs)
+    ref16 = softmax(reference_logits(clip, X, frame, names, templates, torch.bfloat16).mean(1), -1)
+    ref32 = softmax(reference_logits(clip, X, frame, names, templates).mean(1), -1)
+    np.testing.assert_allclose(got, ref16, atol=2e-3, rtol=0)
+    assert np.abs(got - ref16).max() < np.abs(got - ref32).max()  # bf16 numbers, not float32's
+    assert all(p.dtype == torch.float32 for p in clip.parameters())  # the model passed in
 
 
 def test_plain_images_are_classified_whole(clip):

@@ -7,11 +7,14 @@ embedding. :class:`VisionModel` is what the estimators use; it asks its backend 
 
 from __future__ import annotations
 
+import copy
+import itertools
+import threading
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Backend", "ModelSpec", "VisionModel", "square_side"]
+__all__ = ["Backend", "ModelSpec", "VisionModel", "cast_copy", "square_side"]
 
 
 def square_side(size) -> int | None:
@@ -145,6 +148,24 @@ class Backend:
         return f"<{type(self).__name__} {self.name!r}>"
 
 
+_COPY_LOCK = threading.Lock()
+
+
+def cast_copy(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A deep copy of ``module`` with every floating-point parameter and buffer in ``dtype``.
+
+    The tensors are cast while copying, so the float32 originals are never duplicated first.
+    """
+    memo = {}
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if t.is_floating_point():
+            cast = t.detach().to(dtype)
+            if isinstance(t, torch.nn.Parameter):
+                cast = torch.nn.Parameter(cast, requires_grad=t.requires_grad)
+            memo[id(t)] = cast
+    return copy.deepcopy(module, memo).to(dtype)
+
+
 class VisionModel:
     """A loaded ViT and what A² needs from it.
 
@@ -176,7 +197,8 @@ class VisionModel:
         self.image_size = int(image_size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        self.device = next(module.parameters()).device
+        first = next(module.parameters())
+        self.device, self.dtype = first.device, first.dtype
         parts = self.backend.anatomy(module)
         self.num_prefix_tokens = int(parts["num_prefix_tokens"])
         self.grid_size = tuple(parts["grid_size"])
@@ -184,6 +206,7 @@ class VisionModel:
         self.embed_dim = int(parts["embed_dim"])
         self._mean_t = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
         self._std_t = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+        self._copies = {}
 
     @property
     def library(self) -> str:
@@ -198,8 +221,21 @@ class VisionModel:
         return len(self.attn_modules)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """Map RGB in [0, 1], shape (B, 3, S, S), to the model's input space."""
-        return (images - self._mean_t) / self._std_t
+        """Map RGB in [0, 1], shape (B, 3, S, S), to the model's input space (and dtype)."""
+        return ((images - self._mean_t) / self._std_t).to(self.dtype)
+
+    def to_dtype(self, dtype: torch.dtype) -> VisionModel:
+        """This model with its floating-point weights and buffers in ``dtype``: itself when they
+        already are, else a copy made on the first call and kept (the original is unchanged)."""
+        if dtype == self.dtype:
+            return self
+        with _COPY_LOCK:
+            if dtype not in self._copies:
+                module = cast_copy(self.module, dtype)
+                self._copies[dtype] = VisionModel(module, self.backend, self.name,
+                                                  self.image_size, self.mean, self.std,
+                                                  arch=self.arch)
+            return self._copies[dtype]
 
     def forward_tokens(self, x: torch.Tensor):
         """Run the transformer on normalised input (used to reach a block's attention)."""
