@@ -27,7 +27,7 @@
 Why a bf16 copy and not ``torch.autocast``: autocast keeps the weights in float32, casts them at
 every forward and runs norms and softmax in float32; a model held in bf16 does none of that, and
 on a 2-core AVX-512 BF16 CPU its ViT-S/14 forward is 1.84-1.93x float32's where autocast's is
-1.67-1.85x, for crop embeddings at cosine ≥ 0.9997 to float32 (``docs/performance.md``).
+1.67-1.85x, for crop embeddings at cosine ≥ 0.9993 to float32 (``docs/performance.md``).
 
 :func:`native_bf16` is the capability check; it reads torch's own CPU feature report
 (``torch.cpu.get_capabilities()``), or ``/proc/cpuinfo`` on a torch that lacks it.
