@@ -100,8 +100,9 @@ def model_key(model, weights) -> str:
         if model not in _MODULE_DIGESTS:
             h = hashlib.blake2b(digest_size=20)
             for name, t in model.state_dict().items():
+                flat = t.detach().cpu().contiguous().reshape(-1)  # 0-d ones too (logit_scale)
                 h.update(name.encode())
-                h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().data)
+                h.update(flat.view(torch.uint8).numpy().data)
             _MODULE_DIGESTS[model] = "module:" + h.hexdigest()
         return _MODULE_DIGESTS[model]
     weights_id = None if weights is None else file_digest(weights)

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import blob_images, random_images
+from conftest import blob_images, make_clip, random_images
 from joblib import Parallel, delayed
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
@@ -12,7 +12,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 
 from sk_a2 import AttentionCropper, CropEmbedder
-from sk_a2.cache import DiskCache, MemoryCache, image_key, memory_cache
+from sk_a2.cache import DiskCache, MemoryCache, image_key, memory_cache, model_key
 from sk_a2.models import load_model
 
 
@@ -107,6 +107,24 @@ def test_image_key_follows_content(tmp_path):
     assert image_key(rgb) == image_key(rgb.copy()) != image_key(rgb[:, ::-1])
     assert image_key(rgb) != image_key(rgb.astype(np.uint16))
     assert image_key(Image.fromarray(rgb)) != image_key(Image.fromarray(rgb).convert("L"))
+
+
+def test_module_key_covers_every_tensor_even_0d():
+    import torch
+
+    a, b, c = make_clip(seed=3), make_clip(seed=3), make_clip(seed=3)
+    assert a.logit_scale.dim() == 0  # a 0-d parameter, as open_clip's CLIP models have
+    with torch.no_grad():
+        c.logit_scale += 1  # the only difference from a
+    assert model_key(a, None) == model_key(b, None)
+    assert model_key(a, None).startswith("module:")
+    assert model_key(c, None) != model_key(a, None)
+    # a CLIP module passed in, with a cache and the shared full-image embedding (both key it)
+    X = random_images(2, 70, 60, seed=1)
+    cs = AttentionCropper(a, crop_sizes=(32,), image_size=64, device="cpu",
+                          embed_full_image=True, cache="memory").fit().transform(X)
+    assert cs.full_embeddings.shape == (2, a.visual.output_dim)
+    memory_cache().clear()
 
 
 def test_disk_cache_ignores_corrupt_and_foreign_entries(tiny_vit_file, tmp_path):
