@@ -48,6 +48,19 @@ def _crops_and_embeddings(weights, precision, embedder_precision=None, share=Fal
     return cs, emb.fit(cs).transform(cs)
 
 
+def _direct_cls(weights, X, precision):
+    """The oracle: the timm model's full-image CLS tokens of ``X`` (n, d) float32, computed
+    directly, by a plain ``deepcopy(module).bfloat16()`` for ``"bfloat16"``."""
+    vm = load_model("timm:test_vit", weights=weights, image_size=64, device="cpu")
+    module = vm.module if precision == "float32" else copy.deepcopy(vm.module).bfloat16()
+    pixels = torch.stack([torch.tensor(load_resized(x, 64)[0]) for x in X])
+    x = (pixels.permute(0, 3, 1, 2).float() / 255 - torch.tensor(vm.mean).view(1, 3, 1, 1)) \
+        / torch.tensor(vm.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        direct = module.forward_features(x.to(next(module.parameters()).dtype))[:, 0]
+    return direct.float().numpy()
+
+
 # ---- resolution and capability ------------------------------------------------------------------
 
 
@@ -111,14 +124,7 @@ def test_bf16_embeddings_equal_a_bf16_model_run_directly(tiny_vit_file):
     emb = CropEmbedder("timm:test_vit", precision="bfloat16", **_kw(tiny_vit_file))
     with pytest.warns(SlowPrecisionWarning):
         got = emb.fit(X).transform(X)
-    vm = load_model("timm:test_vit", weights=tiny_vit_file, image_size=64, device="cpu")
-    module = copy.deepcopy(vm.module).to(torch.bfloat16)  # the oracle: a plain bf16 model
-    pixels = torch.stack([torch.tensor(load_resized(x, 64)[0]) for x in X])
-    x = (pixels.permute(0, 3, 1, 2).float() / 255 - torch.tensor(vm.mean).view(1, 3, 1, 1)) \
-        / torch.tensor(vm.std).view(1, 3, 1, 1)
-    with torch.no_grad():
-        direct = module.forward_features(x.to(torch.bfloat16))[:, 0].float().numpy()
-    np.testing.assert_allclose(got, direct, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got, _direct_cls(tiny_vit_file, X, "bfloat16"), rtol=0, atol=1e-6)
 
 
 def test_a_module_passed_in_stays_float32(tiny_vit_file):
@@ -281,14 +287,7 @@ def test_shared_forward_equals_separate(native, tiny_vit_file, count_embedded, p
     atol = 1e-5 if precision == "float32" else 0.05 * np.abs(separate).max()
     np.testing.assert_allclose(shared, separate, atol=atol, rtol=0)
     # the oracle: the model's own full-image CLS token, computed directly
-    vm = load_model("timm:test_vit", weights=tiny_vit_file, image_size=64, device="cpu")
-    pixels = torch.stack([torch.tensor(load_resized(x, 64)[0]) for x in X])
-    x = (pixels.permute(0, 3, 1, 2).float() / 255 - torch.tensor(vm.mean).view(1, 3, 1, 1)) \
-        / torch.tensor(vm.std).view(1, 3, 1, 1)
-    module = vm.module if precision == "float32" else copy.deepcopy(vm.module).bfloat16()
-    with torch.no_grad():
-        direct = module.forward_features(x.to(next(module.parameters()).dtype))[:, 0]
-    direct = direct.float().numpy()
+    direct = _direct_cls(tiny_vit_file, X, precision)
     np.testing.assert_allclose(cs_shared.full_embeddings, direct, atol=atol, rtol=0)
     # indexing a CropSet keeps its embeddings aligned
     np.testing.assert_array_equal(cs_shared[[4, 1]].full_embeddings, direct[[4, 1]])
