@@ -193,6 +193,11 @@ class AttentionAdapter(
         Model inputs per forward pass of the attention and embedding models.
     device : str, default="auto"
         Device of the models and of training.
+    precision : {"auto", "float32", "bfloat16"}, default="auto"
+        Numeric precision of the attention and embedding forwards, as in
+        :class:`~sk_a2.AttentionCropper` and :class:`~sk_a2.CropEmbedder` (``"auto"``: attention
+        in float32, embeddings in bf16 where the device computes it natively; see
+        :mod:`sk_a2.precision`). The adapter itself trains in float32.
     cache : None, "memory" or path, default=None
         Cache of attention maps and candidate embeddings (:mod:`sk_a2.cache`); with it, refits
         (``GridSearchCV``) run neither model again.
@@ -250,6 +255,7 @@ class AttentionAdapter(
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "batch_size": MODEL_CONSTRAINTS["batch_size"],
         "device": MODEL_CONSTRAINTS["device"],
+        "precision": MODEL_CONSTRAINTS["precision"],
         "cache": MODEL_CONSTRAINTS["cache"],
         "random_state": [RANDOM_STATE],
         "verbose": MODEL_CONSTRAINTS["verbose"],
@@ -277,6 +283,7 @@ class AttentionAdapter(
         validation_fraction=0.3,
         batch_size=32,
         device="auto",
+        precision="auto",
         cache=None,
         random_state=None,
         verbose=False,
@@ -300,6 +307,7 @@ class AttentionAdapter(
         self.validation_fraction = validation_fraction
         self.batch_size = batch_size
         self.device = device
+        self.precision = precision
         self.cache = cache
         self.random_state = random_state
         self.verbose = verbose
@@ -359,8 +367,8 @@ class AttentionAdapter(
         return AttentionCropper(
             self.attention_model, weights=self.attention_weights, crop_sizes=(crop_side,),
             n_crops=1, image_size=self.image_size, head_aggregation=self.head_aggregation,
-            batch_size=self.batch_size, num_workers=0, device=self.device, cache=cache,
-            verbose=self.verbose,
+            batch_size=self.batch_size, num_workers=0, device=self.device,
+            precision=self.precision, cache=cache, verbose=self.verbose,
         ).fit()
 
     def _maps_and_sizes(self, sources):
@@ -378,8 +386,8 @@ class AttentionAdapter(
         cs = CropSet(sources, boxes, np.full(boxes.shape[:2], np.nan), hws)
         embedder = CropEmbedder(
             self.embedding_model, weights=self.embedding_weights, image_size=self.image_size,
-            batch_size=self.batch_size, num_workers=0, device=self.device, cache=self.cache,
-            verbose=self.verbose,
+            batch_size=self.batch_size, num_workers=0, device=self.device,
+            precision=self.precision, cache=self.cache, verbose=self.verbose,
         )
         return embedder.fit(cs).transform(cs).reshape(len(sources), len(bank), -1)
 

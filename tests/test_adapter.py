@@ -212,6 +212,36 @@ def test_bad_input(models):
         ad.transform(X[:2, :8, :8])
 
 
+@pytest.mark.filterwarnings("ignore::sk_a2.precision.SlowPrecisionWarning")
+def test_precision_reaches_both_models(models, monkeypatch):
+    import sk_a2.adapter
+
+    embedded_at = []
+
+    class RecordingEmbedder(CropEmbedder):
+        def transform(self, X):
+            embedded_at.append(self.precision)
+            return super().transform(X)
+
+    monkeypatch.setattr(sk_a2.adapter, "CropEmbedder", RecordingEmbedder)
+    att, emb = models
+    X, y = blob_images(20, size=SIZE, seed=4)
+    maps = {}
+    for p in ("float32", "bfloat16"):
+        ad = AttentionAdapter(att, emb, precision=p, image_size=SIZE, device="cpu",
+                              outer_epochs=1, random_state=0)
+        assert clone(ad).get_params()["precision"] == p
+        ad.fit(X, y)
+        assert embedded_at == [p]  # the candidate bank was embedded at this precision
+        embedded_at.clear()
+        maps[p] = ad.attention_maps(X)
+        # the oracle: the public cropper's maps at the same precision (crop sizes do not matter)
+        direct = AttentionCropper(att, crop_sizes=(16,), image_size=SIZE, device="cpu",
+                                  precision=p).fit().attention_maps(X)
+        np.testing.assert_array_equal(maps[p], direct)
+    assert not np.array_equal(maps["float32"], maps["bfloat16"])
+
+
 BAD_PARAMS = {
     "attention_model": [3, None], "embedding_model": [["timm:test_vit"]],
     "attention_weights": [3], "embedding_weights": [["w.safetensors"]],
@@ -220,6 +250,7 @@ BAD_PARAMS = {
     "inner_alpha": [-0.1], "outer_epochs": [-1, 1.5], "outer_lr": [0.0],
     "outer_batch_size": [0], "sigma": [0, -1.0, "big"], "n_samples": [0],
     "validation_fraction": [0, 1, 1.5], "batch_size": [0], "device": ["meta", None],
+    "precision": ["half", None],
     "cache": [3], "random_state": ["0", 1.5], "verbose": ["yes"],
 }
 PARAM_CASES = [(n, v) for n, values in BAD_PARAMS.items() for v in values]
