@@ -26,7 +26,7 @@ from .original_crops import (
     iter_original_crop_batches,
     original_boxes,
 )
-from .outputs import open_output
+from .outputs import check_output_dir, open_output
 from .precision import at_precision, precision_key
 from .ray_engine import ENGINE_CONSTRAINTS, check_engine, decode_size_of, run_sharded
 
@@ -242,9 +242,12 @@ class CropEmbedder(
     engine_options : dict, default=None
         Ray engine settings for the embedding forwards (see ``sk_a2.ray_engine``).
     output_dir : None or path, default=None
-        Write the output of ``transform`` to a new ``.npy`` file in this directory and return it
-        as a :class:`numpy.memmap` (an ndarray, so scikit-learn heads take it), filled in blocks
-        of images, so the output need not fit in memory.
+        Write the output of ``transform`` to a new ``embeddings-<hex>.npy`` file in this
+        directory and return it as a :class:`numpy.memmap` (an ndarray, so scikit-learn heads
+        take it), filled in blocks of images, so the output need not fit in memory. The file is
+        written as ``embeddings-<hex>.npy.partial`` and renamed once complete (removed if
+        ``transform`` fails). ``~`` is expanded; the folder is created if missing and must be
+        writable (checked in ``fit`` and in ``transform``, before any model work).
     verbose : bool, default=False
         Show a progress bar over images.
 
@@ -312,6 +315,8 @@ class CropEmbedder(
         validate_params(self)
         self._check_precision()
         check_engine(self.engine, self.engine_options)
+        if self.output_dir is not None:  # fit and each transform, before any model work
+            check_output_dir(self.output_dir, "output_dir", otherwise=("None",))
 
     def fit(self, X, y=None):
         """Load the embedding model and record the layout of ``X``.
@@ -349,26 +354,26 @@ class CropEmbedder(
             what = f"a CropSet with {k} crops per image" if k else "plain images"
             fitted = f"{self.n_crops_} crops per image" if self.n_crops_ else "plain images"
             raise ValueError(f"CropEmbedder was fitted on {fitted}; transform got {what}")
-        n = len(X) if isinstance(X, CropSet) else len(as_sources(X))
-        allocate = None
-        if self.output_dir is not None:
-            def allocate(name, shape, dtype):
-                return open_output(self.output_dir, shape, dtype)
-        if self.engine == "ray":
-            outputs = None if allocate is None else {
-                "out": allocate("out", (n, self.n_features_out_), np.float32)}
-            out = run_sharded(self, "transform", X, outputs=outputs,
-                              worker_params={"output_dir": None},
-                              decode_size=decode_size_of(self))["out"]
-        elif allocate is not None:
-            out = allocate("out", (n, self.n_features_out_), np.float32)
-            for start in range(0, n, OUTPUT_BLOCK):
-                out[start:start + OUTPUT_BLOCK] = self._embed(_rows(X, start, OUTPUT_BLOCK))
-        else:
+        if self.output_dir is None:
+            if self.engine == "ray":
+                return run_sharded(self, "transform", X, worker_params={"output_dir": None},
+                                   decode_size=decode_size_of(self))["out"]
             return self._embed(X)
-        if isinstance(out, np.memmap):
-            out.flush()
-        return out
+        n = len(X) if isinstance(X, CropSet) else len(as_sources(X))
+        # written as <name>.npy.partial, renamed to <name>.npy once complete, removed on failure
+        with open_output(self.output_dir, (n, self.n_features_out_), np.float32) as file:
+            self._fill(file.array, X, n)
+        return file.result
+
+    def _fill(self, out, X, n):
+        """Write the embeddings of ``X`` into ``out``, an output file's memory-mapped array:
+        by the Ray actors, or here in blocks of :data:`OUTPUT_BLOCK` images."""
+        if self.engine == "ray":
+            run_sharded(self, "transform", X, outputs={"out": out},
+                        worker_params={"output_dir": None}, decode_size=decode_size_of(self))
+            return
+        for start in range(0, n, OUTPUT_BLOCK):
+            out[start:start + OUTPUT_BLOCK] = self._embed(_rows(X, start, OUTPUT_BLOCK))
 
     def _embed(self, X):
         """The in-process embeddings of ``X``: (n, n_features_out_) float32."""

@@ -1,6 +1,7 @@
 """Content cache: identical results, stale entries impossible, one pass over the models."""
 
-import os
+import sqlite3
+from contextlib import closing
 
 import numpy as np
 import pytest
@@ -12,7 +13,15 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 
 from sk_a2 import AttentionCropper, CropEmbedder
-from sk_a2.cache import DiskCache, MemoryCache, image_key, memory_cache, model_key
+from sk_a2.cache import (
+    STORE_NAME,
+    CacheWarning,
+    DiskCache,
+    MemoryCache,
+    image_key,
+    memory_cache,
+    model_key,
+)
 from sk_a2.models import load_model
 
 
@@ -127,26 +136,40 @@ def test_module_key_covers_every_tensor_even_0d():
     memory_cache().clear()
 
 
+def _rows(folder):
+    """(key, dtype, data) of every entry of the store in ``folder``, by key."""
+    with closing(sqlite3.connect(folder / STORE_NAME)) as db:
+        return db.execute("SELECT key, dtype, data FROM sk_a2_entries ORDER BY key").fetchall()
+
+
 def test_disk_cache_ignores_corrupt_and_foreign_entries(tiny_vit_file, tmp_path):
     X = random_images(4, 64, 64, seed=5)
     ref = cropper(tiny_vit_file).fit(X).attention_maps(X)
     c = cropper(tiny_vit_file, cache=tmp_path).fit(X)
     c.attention_maps(X)
-    files = sorted(tmp_path.glob("*/*.npy"))
-    assert len(files) == 4 and not list(tmp_path.glob("*/.tmp-*"))
-    files[0].write_bytes(files[0].read_bytes()[:20])  # truncated
-    files[1].write_bytes(files[2].read_bytes())  # another key's entry
-    files[3].write_bytes(b"garbage")
-    np.testing.assert_array_equal(c.attention_maps(X), ref)
+    rows = _rows(tmp_path)
+    assert len(rows) == 4
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm"))) \
+        == [STORE_NAME]
+    changes = [rows[0][2][:20],  # truncated
+               rows[2][2],  # another key's entry
+               b"garbage"]
+    with closing(sqlite3.connect(tmp_path / STORE_NAME)) as db, db:
+        for (key, _, _), data in zip([rows[0], rows[1], rows[3]], changes):
+            db.execute("UPDATE sk_a2_entries SET data = ? WHERE key = ?", (data, key))
+    with pytest.warns(CacheWarning, match="checksum") as record:
+        np.testing.assert_array_equal(c.attention_maps(X), ref)
+    assert len([w for w in record if issubclass(w.category, CacheWarning)]) == 1
     np.testing.assert_array_equal(c.attention_maps(X), ref)  # rewritten entries are valid
+    assert _rows(tmp_path) == rows
 
 
 def test_disk_cache_roundtrip_and_size_bound(tmp_path):
     cache = DiskCache(tmp_path, max_bytes=3000)
-    for i in range(10):
+    for i in range(10):  # 400 bytes each, written oldest first
         cache.put(f"{i:040x}", np.full(100, i, dtype=np.float32))
-        os.utime(cache._path(f"{i:040x}"), (i, i))
     np.testing.assert_array_equal(cache.get(f"{9:040x}"), np.full(100, 9, np.float32))
+    assert cache.size_bytes() == 4000 and len(cache) == 10
     cache.prune()
     assert cache.size_bytes() <= 3000
     assert cache.get(f"{0:040x}") is None and cache.get(f"{9:040x}") is not None
@@ -171,8 +194,7 @@ def test_concurrent_processes_share_a_disk_cache(tiny_vit_file, tmp_path):
     )
     for r in results:
         np.testing.assert_array_equal(r, ref)
-    assert len(list(tmp_path.glob("*/*.npy"))) == 8
-    assert not list(tmp_path.glob("*/.tmp-*"))
+    assert len(DiskCache(tmp_path)) == 8
     np.testing.assert_array_equal(_transform_in_process(tiny_vit_file, tmp_path, X), ref)
 
 
@@ -188,3 +210,49 @@ def test_partial_hits_give_identical_embeddings(tiny_vit_file, tiny_vit_file2):
     embedder(tiny_vit_file2, cache="memory").fit(cs[2:5].first(1)).transform(cs[2:5].first(1))
     got = embedder(tiny_vit_file2, include_full_image=True, cache="memory").fit(cs).transform(cs)
     np.testing.assert_array_equal(got, ref)
+
+
+def test_disk_cache_pickles_and_clones_as_its_folder(tmp_path, tiny_vit_file):
+    import pickle
+
+    from sklearn.base import clone
+
+    cache = DiskCache(tmp_path, max_bytes=10**6)
+    cache.put("k", np.arange(4, dtype=np.float32))
+    copy = pickle.loads(pickle.dumps(cache))
+    assert (copy.directory, copy.max_bytes) == (tmp_path, 10**6)
+    np.testing.assert_array_equal(copy.get("k"), [0, 1, 2, 3])
+    est = clone(cropper(tiny_vit_file, cache=cache))
+    assert est.cache.directory == tmp_path and est.cache is not cache
+
+
+def test_threads_share_one_connection_safely(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = DiskCache(tmp_path)
+
+    def work(t):
+        for i in range(50):
+            cache.put(f"{t}-{i}", np.full(20, i, np.float32))
+            assert cache.get(f"{t}-{i}")[0] == i
+        return True
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, range(4)))
+    assert len(cache) == 200
+
+
+def test_network_file_systems_use_the_rollback_journal(tmp_path, monkeypatch):
+    import sk_a2.cache
+
+    monkeypatch.setattr(sk_a2.cache, "is_network_filesystem", lambda path: True)
+    cache = DiskCache(tmp_path / "nfs").open()
+    cache.put("k", np.ones(3, np.float32))
+    with closing(sqlite3.connect(cache.path)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    np.testing.assert_array_equal(cache.get("k"), [1, 1, 1])
+    cache.close()
+    monkeypatch.undo()
+    local = DiskCache(tmp_path / "local").open()
+    with closing(sqlite3.connect(local.path)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

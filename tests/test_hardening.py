@@ -8,9 +8,11 @@ import builtins
 import os
 import pickle
 import re
+import sqlite3
 import struct
 import tempfile
 import zlib
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,7 @@ import sk_a2.cropper
 import sk_a2.weights
 from sk_a2 import AttentionCropper, CropEmbedder
 from sk_a2.backends import get_backend
-from sk_a2.cache import DiskCache, file_digest
+from sk_a2.cache import STORE_NAME, DiskCache, file_digest
 from sk_a2.images import load_rgb
 from sk_a2.models import load_model
 from sk_a2.weights import check_weights_file
@@ -292,7 +294,7 @@ def test_cache_made_read_only_after_fit_fails_before_the_forward_pass(tmp_path, 
 
 
 # --------------------------------------------------------------------------------------------
-# With a cache, errors name the right image; a folder in an entry's place is a corrupt entry
+# With a cache, errors name the right image; a malformed entry is a corrupt entry
 # --------------------------------------------------------------------------------------------
 
 
@@ -319,31 +321,31 @@ def test_cached_images_do_not_shift_error_positions(tmp_path, tiny_vit_file, cac
     assert len(cropset) == 2
 
 
-def test_a_folder_in_an_entry_place_is_recomputed(tmp_path, tiny_vit_file):
+def test_malformed_entries_in_the_store_are_recomputed(tmp_path, tiny_vit_file):
     folder = tmp_path / "cache"
     X = random_images(2, 64, 64, seed=5)
     make = lambda: CropEmbedder("timm:test_vit", weights=tiny_vit_file,  # noqa: E731
                                 image_size=64, device="cpu", cache=folder)
     expected = make().fit(X).transform(X)
-    entries = sorted(folder.glob("*/*.npy"))
-    assert len(entries) == 2
-    entries[0].unlink()
-    (entries[0] / "junk").mkdir(parents=True)  # a folder where an entry belongs
-    sub = entries[1].parent
-    for p in sub.iterdir():
-        p.unlink()
-    sub.rmdir()
-    sub.write_text("a file where a cache sub-folder belongs")
-    np.testing.assert_array_equal(make().fit(X).transform(X), expected)
-    assert entries[0].is_file() and entries[1].is_file()  # both entries written again
+    with closing(sqlite3.connect(folder / STORE_NAME)) as db, db:
+        keys = [k for (k,) in db.execute("SELECT key FROM sk_a2_entries ORDER BY key")]
+        assert len(keys) == 2
+        db.execute("UPDATE sk_a2_entries SET dtype = 'O' WHERE key = ?", keys[:1])  # no array
+        db.execute("UPDATE sk_a2_entries SET shape = '-1' WHERE key = ?", keys[1:])
+    with pytest.warns(sk_a2.cache.CacheWarning, match="deleted from it and are recomputed"):
+        np.testing.assert_array_equal(make().fit(X).transform(X), expected)
+    assert len(DiskCache(folder)) == 2  # both entries written again
     np.testing.assert_array_equal(make().fit(X).transform(X), expected)
 
 
-def test_disk_cache_get_of_a_folder_is_a_miss(tmp_path):
+def test_disk_cache_get_of_a_malformed_row_is_a_miss(tmp_path):
     cache = DiskCache(tmp_path)
     key = "ab" + "0" * 38
-    cache._path(key).mkdir(parents=True)
-    assert cache.get(key) is None
+    cache.put(key, np.arange(3, dtype=np.float32))
+    with closing(sqlite3.connect(tmp_path / STORE_NAME)) as db, db:
+        db.execute("UPDATE sk_a2_entries SET dtype = 'not a dtype', data = x'00'")
+    with pytest.warns(sk_a2.cache.CacheWarning):
+        assert cache.get(key) is None
     cache.put(key, np.arange(3, dtype=np.float32))
     np.testing.assert_array_equal(cache.get(key), [0, 1, 2])
 
@@ -391,7 +393,7 @@ def test_nan_embeddings_are_an_error_and_never_cached(tmp_path, tiny_vit_file):
         with pytest.raises(ValueError, match=r"'timm:test_vit' gave non-finite \(NaN or inf\) "
                                              r"embeddings for X\[0\], X\[1\]:"):
             sick.transform(X)
-    assert len(list(cache.glob("*/*.npy"))) == 1  # the healthy entry only
+    assert len(DiskCache(cache)) == 1  # the healthy entry only
 
 
 # --------------------------------------------------------------------------------------------
