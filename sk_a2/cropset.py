@@ -16,10 +16,12 @@ import operator
 import numpy as np
 
 from ._param_validation import IMAGE_SIZE, Interval, SequenceOf
+from .images import check_source
 
 __all__ = [
     "CROP_CONSTRAINTS",
     "CropSet",
+    "check_boxes",
     "effective_crop_sizes",
     "to_frame",
     "to_original",
@@ -51,6 +53,47 @@ def to_original(boxes, image_sizes, size) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def _box_problem(finite, ordered_x, ordered_y) -> str:
+    if not finite:
+        return "is not finite"
+    if not ordered_x:
+        return "has x0 >= x1"
+    return "has y0 >= y1" if not ordered_y else "lies outside the frame"
+
+
+def check_boxes(boxes, image_sizes) -> None:
+    """Refuse boxes ``(n, k, 4)`` that are not finite, have ``x0 >= x1`` or ``y0 >= y1``, or
+    leave the ``0..W x 0..H`` frame of their image (``image_sizes`` ``(n, 2)``, original pixels),
+    and image sizes below 1. A float rounding of up to ``1e-3 + 1e-6 * side`` pixels past an
+    edge is tolerated (boxes mapped from the model's frame in float32).
+    """
+    sizes = np.asarray(image_sizes)
+    small = np.flatnonzero((sizes < 1).any(axis=1))
+    if small.size:
+        i = int(small[0])
+        raise ValueError(f"image_sizes[{i}] = {sizes[i].tolist()}: the (height, width) of an "
+                         "image must both be at least 1")
+    b = np.asarray(boxes, dtype=np.float64)
+    h, w = (sizes[:, None, 0].astype(np.float64), sizes[:, None, 1].astype(np.float64))
+    x0, y0, x1, y1 = b[..., 0], b[..., 1], b[..., 2], b[..., 3]
+    finite = np.isfinite(b).all(axis=-1)
+    ordered_x, ordered_y = x0 < x1, y0 < y1
+    inside = ((x0 >= -1e-3) & (y0 >= -1e-3)
+              & (x1 <= w * (1 + 1e-6) + 1e-3) & (y1 <= h * (1 + 1e-6) + 1e-3))
+    bad = np.argwhere(~(finite & ordered_x & ordered_y & inside))
+    if not len(bad):
+        return
+    i, j = (int(v) for v in bad[0])
+    more = f" (and {len(bad) - 1} more boxes)" if len(bad) > 1 else ""
+    raise ValueError(
+        f"boxes[{i}, {j}] = [{', '.join(str(v) for v in np.float32(b[i, j]))}] "
+        f"{_box_problem(finite[i, j], ordered_x[i, j], ordered_y[i, j])}{more}; boxes must be "
+        f"finite with x0 < x1 and y0 < y1 inside the 0..{int(w[i, 0])} x 0..{int(h[i, 0])} "
+        f"frame of their image: (x0, y0, x1, y1) in original pixels, image_sizes[{i}] = "
+        f"{sizes[i].tolist()} being its (height, width)"
+    )
+
+
 class CropSet:
     """Images and the square boxes chosen in each, without the crop pixels.
 
@@ -63,11 +106,13 @@ class CropSet:
     images : sequence or ndarray
         The image sources, as validated by :func:`sk_a2.images.as_sources`.
     boxes : array-like of shape (n, k, 4)
-        ``(x0, y0, x1, y1)`` in original-image pixels, ``x1``/``y1`` exclusive.
+        ``(x0, y0, x1, y1)`` in original-image pixels, ``x1``/``y1`` exclusive: finite, with
+        ``x0 < x1`` and ``y0 < y1``, inside the ``0..W x 0..H`` frame of their image (see
+        :func:`check_boxes`); anything else is a ``ValueError`` naming the box.
     scores : array-like of shape (n, k)
         Attention mass inside each box (NaN where a cropper has no attention).
     image_sizes : array-like of shape (n, 2)
-        Original ``(height, width)`` of each image.
+        Original ``(height, width)`` of each image, each at least 1.
     full_embeddings : ndarray of shape (n, d), optional
         Each full image's embedding, when the cropper's attention pass computed it
         (``AttentionCropper(embed_full_image=True)``); :class:`~sk_a2.CropEmbedder` with
@@ -119,6 +164,10 @@ class CropSet:
                                             or len(full_embeddings) != n):
             raise ValueError(f"full_embeddings must have shape ({n}, d), got "
                              f"{np.shape(full_embeddings)}")
+        check_boxes(self.boxes, self.image_sizes)
+        if not isinstance(images, np.ndarray):
+            for i, source in enumerate(images):
+                check_source(source, f"images[{i}]")
 
     def __len__(self):
         return len(self.images)

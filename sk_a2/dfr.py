@@ -1,5 +1,6 @@
 """Deep Feature Reweighting (DFR): group-balanced last-layer retraining on fixed features."""
 
+import math
 import numbers
 import warnings
 
@@ -31,7 +32,7 @@ _L1 = (
 
 def _positive_real(value) -> bool:
     return (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-            and value > 0)
+            and math.isfinite(value) and value > 0)
 
 
 class DFRClassifier(ClassifierMixin, BaseEstimator):
@@ -154,7 +155,7 @@ class DFRClassifier(ClassifierMixin, BaseEstimator):
 
     _parameter_constraints = {
         "mode": [StrOptions(["val", "train"])],
-        "C_grid": [SequenceOf(_positive_real, "a non-empty sequence of C > 0")],
+        "C_grid": [SequenceOf(_positive_real, "a non-empty sequence of C > 0, each finite")],
         "class_weight_grid": [
             StrOptions(["auto"]), None,
             SequenceOf(lambda w: w is None or w == "balanced" or isinstance(w, dict),
@@ -212,6 +213,7 @@ class DFRClassifier(ClassifierMixin, BaseEstimator):
                 f"{self.classes_[0]!r}."
             )
         group_codes = self._encode_groups(groups, len(y), y_codes)
+        self._check_class_weights()
         rng = check_random_state(self.random_state)
         seed = rng.randint(np.iinfo(np.int32).max)
 
@@ -341,13 +343,31 @@ class DFRClassifier(ClassifierMixin, BaseEstimator):
             )
             self.groups_ = self.classes_.copy()
             return y_codes
-        groups = np.asarray(groups)
-        if groups.ndim != 1:
-            raise ValueError(f"groups must be 1-D; got an array of shape {groups.shape}.")
-        if len(groups) != n_samples:
-            raise ValueError(f"groups has {len(groups)} samples but X and y have {n_samples}.")
-        self.groups_, codes = np.unique(groups, return_inverse=True)
+        labels = _checked_groups(groups, n_samples)
+        self.groups_, codes = np.unique(labels, return_inverse=True)
         return codes
+
+    def _check_class_weights(self):
+        """Refuse a dict of ``class_weight_grid`` naming a class not in ``y``, or a weight that
+        is not a finite number > 0, before any model is fitted."""
+        grid = self.class_weight_grid
+        if grid is None or isinstance(grid, str):
+            return
+        seen = [python_scalar(c) for c in self.classes_]
+        for i, weights in enumerate(grid):
+            if not isinstance(weights, dict):
+                continue
+            for label, weight in weights.items():
+                if label not in seen:
+                    raise ValueError(
+                        f"class_weight_grid[{i}] = {weights!r} names class {label!r}, which is "
+                        f"not in y; the classes seen are {seen!r}"
+                    )
+                if not _positive_real(weight):
+                    raise ValueError(
+                        f"class_weight_grid[{i}] = {weights!r} gives class {label!r} the weight "
+                        f"{weight!r}: weights must be finite numbers > 0"
+                    )
 
     def _class_weight_candidates(self):
         """The class weightings to try, in grid order."""
@@ -421,6 +441,53 @@ class DFRClassifier(ClassifierMixin, BaseEstimator):
             coefs.append(model.coef_[0])
             intercepts.append(model.intercept_[0])
         return np.array(coefs), np.array(intercepts)
+
+
+def _group_kind(label, i):
+    """``"str"`` or ``"number"``: the kind of the group label ``groups[i]``; anything else (None,
+    NaN, other objects) is a ``ValueError``."""
+    if label is None:
+        raise ValueError(f"groups[{i}] is None: every sample needs a group label (an int or a "
+                         "string); give the missing ones a group of their own or drop them")
+    if isinstance(label, (str, np.str_)):
+        return "str"
+    if isinstance(label, (numbers.Real, np.bool_)):
+        if isinstance(label, numbers.Real) and math.isnan(label):
+            raise ValueError(f"groups[{i}] is nan: every sample needs a group label (an int or "
+                             "a string); give the missing ones a group of their own or drop "
+                             "them")
+        return "number"
+    raise ValueError(f"groups[{i}] is a {type(label).__name__}: group labels must be ints or "
+                     f"strings, got {label!r}")
+
+
+def _checked_groups(groups, n_samples):
+    """``groups`` as a 1-D array of ``n_samples`` labels, all ints or all strings.
+
+    Labels mixing strings and numbers, None, NaN or other objects are refused naming the
+    entry; numeric and string arrays are checked without a Python loop.
+    """
+    labels = np.asarray(groups)
+    if labels.ndim != 1:
+        raise ValueError(f"groups must be 1-D; got an array of shape {labels.shape}.")
+    if len(labels) != n_samples:
+        raise ValueError(f"groups has {len(labels)} samples but X and y have {n_samples}.")
+    if labels.dtype.kind == "f" and np.isnan(labels).any():
+        _group_kind(float("nan"), int(np.flatnonzero(np.isnan(labels))[0]))
+    if labels.dtype.kind in "biuf" or (isinstance(groups, np.ndarray) and labels.dtype != object):
+        return labels
+    items = groups if isinstance(groups, (list, tuple)) else labels
+    first = {}
+    for i, label in enumerate(items):
+        first.setdefault(_group_kind(label, i), i)
+    if len(first) > 1:
+        a, b = sorted(first.values())
+        raise ValueError(
+            f"groups mixes strings and numbers: groups[{a}] = {python_scalar(items[a])!r} and "
+            f"groups[{b}] = {python_scalar(items[b])!r}; give every sample the same kind of group "
+            "label"
+        )
+    return labels
 
 
 def _predict_codes(scores):

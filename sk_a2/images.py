@@ -4,7 +4,9 @@ Accepted image sources (``X`` of every estimator here):
 
 * a sequence (list, tuple, 1-D object array, pandas Series) of file paths (``str`` or
   :class:`pathlib.Path`), :class:`PIL.Image.Image` objects or NumPy arrays;
-* one ``(n, H, W, 3)`` (or ``(n, H, W)``) ``uint8`` array.
+* one ``(n, H, W, 3)`` (or ``(n, H, W)``) ``uint8`` array. A 3-D array whose last axis is 3 or 4
+  is refused: it is one ``(H, W, 3)`` / ``(H, W, 4)`` image far more often than a stack of
+  grayscale images 3 or 4 pixels wide, so pass ``[img]`` or ``img[None]``.
 
 Conversions, applied per image:
 
@@ -15,8 +17,10 @@ Conversions, applied per image:
   ``round(v / 257)`` after clipping to ``[0, 65535]``;
 * CMYK, YCbCr and other PIL modes are converted with PIL's ``convert("RGB")``.
 
-Anything else (float, bool or signed-integer arrays, wrong shapes, unreadable files) raises
-``ValueError`` naming the offending index (and the path of a file).
+Anything else (float, bool or signed-integer arrays, wrong shapes, empty images, unreadable
+files, paths holding a NUL byte, closed PIL images) raises ``ValueError`` naming the offending
+index (and the path of a file). Empty images, NUL bytes and closed images are caught by
+:func:`as_sources`, before any file is opened or any cache key computed.
 
 Largest image: files are opened by PIL, which refuses an image of more than twice
 ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (about 179 million by default) as a possible decompression
@@ -34,13 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "EXIF_ORIENTATION",
     "Decoded",
     "Subset",
     "as_sources",
+    "check_source",
     "decompression_bomb_error",
     "exif_orientation",
     "image_digest",
@@ -110,8 +115,9 @@ def as_sources(X, *, name="X"):
     """Validate ``X`` and return it as an indexable sequence of image sources.
 
     A 4-D (or 3-D grayscale) ``uint8`` array is returned as is (no copy); other sequences become a
-    list (the elements are not copied). Elements are checked lazily by :func:`load_rgb`, except
-    for their type, which is checked here.
+    list (the elements are not copied). The type of each element, and what is known without
+    reading pixels (a path holding a NUL byte, a closed or empty PIL image), are checked here
+    (:func:`check_source`); the pixels lazily by :func:`load_rgb`.
     """
     if isinstance(X, (str, os.PathLike, Image.Image)):
         raise ValueError(
@@ -119,19 +125,7 @@ def as_sources(X, *, name="X"):
             "list"
         )
     if isinstance(X, np.ndarray) and X.dtype != object:
-        if X.ndim == 4 or X.ndim == 3:
-            if X.shape[0] == 0:
-                raise ValueError(f"{name} is empty: at least one image is needed")
-            _check_array_dtype(X, f"{name}")
-            if X.ndim == 4 and X.shape[-1] not in (1, 3, 4):
-                raise ValueError(
-                    f"{name} has shape {X.shape}: expected (n, H, W, 3) channels-last images"
-                )
-            return X
-        raise ValueError(
-            f"{name} is an array of shape {X.shape}: expected (n, H, W, 3) uint8 images, or a "
-            "sequence of paths / PIL images / (H, W, 3) arrays"
-        )
+        return _checked_stack(X, name)
     if hasattr(X, "iloc"):
         X = X.to_list()
     try:
@@ -149,7 +143,82 @@ def as_sources(X, *, name="X"):
                 f"{name}[{i}] is a {type(item).__name__}: expected a file path, a PIL image or a "
                 "uint8 array"
             )
+        check_source(item, f"{name}[{i}]")
     return seq
+
+
+def _checked_stack(X: np.ndarray, name: str) -> np.ndarray:
+    """A non-object array ``X`` of images, checked: (n, H, W, C) or (n, H, W) grayscale."""
+    if X.ndim not in (3, 4):
+        raise ValueError(
+            f"{name} is an array of shape {X.shape}: expected (n, H, W, 3) uint8 images, or a "
+            "sequence of paths / PIL images / (H, W, 3) arrays"
+        )
+    if X.ndim == 3 and X.shape[-1] in (3, 4):
+        raise ValueError(
+            f"{name} has shape {X.shape}: this looks like one (H, W, C) image, not a stack of "
+            f"{X.shape[0]} grayscale images; pass a list ([img]) or add a leading axis "
+            "(img[None]). A stack of grayscale images 3 or 4 pixels wide must be given as a "
+            "list of (H, W) arrays or as an (n, H, W, 1) array"
+        )
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} is empty: at least one image is needed")
+    _check_array_dtype(X, f"{name}")
+    if X.ndim == 4 and X.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"{name} has shape {X.shape}: expected (n, H, W, 3) channels-last images"
+        )
+    if X.shape[1] < 1 or X.shape[2] < 1:
+        raise ValueError(f"{name} has shape {X.shape}: the images are empty")
+    return X
+
+
+def _pil_closed(img: Image.Image) -> bool:
+    """Whether ``img`` can no longer give its pixels: ``close()`` released them, or its file was
+    closed (e.g. by leaving a ``with Image.open(...)`` block) before they were read. Reads
+    nothing."""
+    try:
+        core = img.im  # Pillow >= 11 raises ValueError once the image is closed
+    except ValueError:
+        return True
+    except AssertionError:  # Pillow >= 11: pixels not read yet
+        core = None
+    except Exception:
+        return False
+    if core is None:  # pixels not read yet: they still can be while the file is open
+        return isinstance(img, ImageFile.ImageFile) and getattr(img, "fp", None) is None
+    try:
+        _ = core.mode  # earlier Pillow keeps a placeholder that raises on any use
+    except ValueError:
+        return True
+    return False
+
+
+def check_source(source, where: str) -> None:
+    """Refuse what is wrong with one image source without reading pixels or files.
+
+    A path holding a NUL byte (no file system accepts one), a closed PIL image and a PIL image
+    with no pixels are ``ValueError`` s naming ``where`` (e.g. ``"X[3]"``) and the fix.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if ("\x00" if isinstance(path, str) else b"\x00") in path:
+            raise ValueError(
+                f"{where}: the path {path!r} holds a NUL byte ('\\x00'), which no file name can "
+                "contain; remove it from the path"
+            )
+    elif isinstance(source, Image.Image):
+        if _pil_closed(source):
+            raise ValueError(
+                f"{where}: the PIL image is closed (close() released its pixels, or its file was "
+                "closed, e.g. by leaving a `with Image.open(...)` block, before they were read); "
+                "pass the path instead, or call img.load() (or img.copy()) before closing it"
+            )
+        if source.width < 1 or source.height < 1:
+            raise ValueError(
+                f"{where}: the PIL image has size {source.width}x{source.height}: the image is "
+                "empty (width and height must be at least 1)"
+            )
 
 
 def _check_array_dtype(arr, where):
@@ -219,6 +288,7 @@ def load_rgb(source, index=None) -> np.ndarray:
         Position in ``X``, used in error messages.
     """
     where = "image" if index is None else f"X[{index}]"
+    check_source(source, where)
     if isinstance(source, np.ndarray):
         return _array_rgb(source, where)
     if isinstance(source, Image.Image):

@@ -97,16 +97,18 @@ def test_cache_keys_distinguish_the_sources(cropper, tiny_vit_file2):
     np.testing.assert_array_equal(again, plain[1])
 
 
-def test_boxes_outside_the_original_are_clipped(tiny_vit_file2):
+def test_boxes_are_rounded_inside_the_original(tiny_vit_file2):
     X = [smooth_image(50, 70, seed=6)]
-    cs = CropSet(X, [[[50.4, 30.0, 80.0, 60.0]]], [[np.nan]], [[50, 70]])
+    with pytest.raises(ValueError, match=r"boxes\[0, 0\] = .* lies outside the frame"):
+        CropSet(X, [[[50.4, 30.0, 80.0, 60.0]]], [[np.nan]], [[50, 70]])
+    cs = CropSet(X, [[[50.4, 29.6, 70.0, 50.0]]], [[np.nan]], [[50, 70]])
     E = embedder(tiny_vit_file2, crop_source="original").fit_transform(cs)
-    inside = CropSet(X, [[[50.0, 30.0, 70.0, 50.0]]], [[np.nan]], [[50, 70]])
+    whole_pixels = CropSet(X, [[[50.0, 30.0, 70.0, 50.0]]], [[np.nan]], [[50, 70]])
     np.testing.assert_array_equal(
-        E, embedder(tiny_vit_file2, crop_source="original").fit_transform(inside))
-    far = CropSet(X, [[[75.0, 0.0, 90.0, 15.0]]], [[np.nan]], [[50, 70]])
+        E, embedder(tiny_vit_file2, crop_source="original").fit_transform(whole_pixels))
+    sliver = CropSet(X, [[[69.6, 0.0, 70.0, 15.0]]], [[np.nan]], [[50, 70]])
     with pytest.raises(ValueError, match=r"X\[0\]: box 0 .* outside the 50x70"):
-        embedder(tiny_vit_file2, crop_source="original").fit_transform(far)
+        embedder(tiny_vit_file2, crop_source="original").fit_transform(sliver)
 
 
 def test_parameter_rule_and_contract(tiny_vit_file2):
