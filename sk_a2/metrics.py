@@ -1,5 +1,10 @@
 """Worst-group and worst-class accuracy, a per-group report, and ready scorers.
 
+The four summaries of a group report -- plain test accuracy, worst-group accuracy, the
+unweighted mean of the group accuracies and the train-weighted average -- are named apart
+(:class:`GroupAccuracyReport`): "average accuracy" means the last one on Waterbirds in the
+group_DRO line of work, and the first one in most other places.
+
 The scorers plug into ``GridSearchCV``, ``cross_validate`` and friends through ``scoring=``.
 :data:`worst_group_scorer` needs the group label of every test row; scikit-learn hands it over
 through metadata routing, which is off by default::
@@ -9,6 +14,8 @@ through metadata routing, which is off by default::
     GridSearchCV(est, grid, scoring=worst_group_scorer).fit(X, y, groups=groups)
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +24,7 @@ from sklearn.metrics import make_scorer
 
 __all__ = [
     "GroupAccuracyReport",
+    "accuracy_summary",
     "group_accuracy_report",
     "worst_class_accuracy",
     "worst_class_scorer",
@@ -136,89 +144,161 @@ def worst_class_accuracy(y_true, y_pred):
 
 @dataclass(frozen=True)
 class GroupAccuracyReport:
-    """Per-group accuracy with its summaries; ``str()`` gives a table.
+    """Per-group accuracy with the four summaries the literature reports; ``str()`` gives a table.
 
-    Made by :func:`group_accuracy_report`.
+    Made by :func:`group_accuracy_report`. The summaries differ in how the group accuracies are
+    weighted, and papers name them loosely ("average accuracy"), so each has its own field:
+
+    * ``accuracy`` -- the plain test accuracy: every test sample counts once (the group
+      accuracies weighted by the *test* group sizes);
+    * ``worst_group_accuracy`` -- the lowest group accuracy;
+    * ``mean_group_accuracy`` -- the unweighted mean of the group accuracies (SubpopBench's
+      "adjusted accuracy");
+    * ``train_weighted_accuracy`` -- the group accuracies weighted by each group's share of the
+      *training* set, Waterbirds' "average accuracy" in the group_DRO / JTT / DFR line of work;
+      only when the training groups are given.
 
     Parameters
     ----------
     groups : tuple
         Group labels, sorted.
     sizes : tuple of int
-        Number of samples in each group.
+        Number of test samples in each group.
     accuracies : tuple of float
         Accuracy within each group.
-    mean : float
-        Accuracy over all samples (the size-weighted mean of the group accuracies).
-    worst : float
+    accuracy : float
+        Accuracy over all samples.
+    worst_group_accuracy : float
         Lowest group accuracy.
-    balanced : float
+    mean_group_accuracy : float
         Unweighted mean of the group accuracies.
     worst_group : object
         Label of the group with the lowest accuracy (the first one on ties).
+    train_sizes : tuple of int or None, default=None
+        Number of training samples in each (test) group, when the training groups are given.
+    train_weighted_accuracy : float or None, default=None
+        ``sum_g n_train(g) * acc(g) / sum_g n_train(g)`` over the test groups; ``None`` when the
+        training groups are not given or no test group occurs in training (groups of training
+        absent from test carry no weight; test groups absent from training weigh 0).
 
     Examples
     --------
     >>> from sk_a2.metrics import group_accuracy_report
-    >>> report = group_accuracy_report([0, 0, 1, 1], [0, 1, 1, 1], groups=["a", "a", "b", "b"])
+    >>> report = group_accuracy_report([0, 0, 1, 1], [0, 1, 1, 1], groups=["a", "a", "b", "b"],
+    ...                                train_groups=["a", "a", "a", "b"])
     >>> report.groups, report.accuracies, report.worst_group
     (('a', 'b'), (0.5, 1.0), 'a')
     >>> print(report)
-    group         size  accuracy
-    ----------------------------
-    a                2    0.5000
-    b                2    1.0000
-    ----------------------------
-    mean             4    0.7500
-    balanced              0.7500
-    worst                 0.5000  (group a)
+    group             test  train  accuracy
+    ---------------------------------------
+    a                    2      3    0.5000
+    b                    2      1    1.0000
+    ---------------------------------------
+    accuracy             4           0.7500
+    group mean                       0.7500
+    train-weighted                   0.6250
+    worst-group                      0.5000  (group a)
     """
 
     groups: tuple
     sizes: tuple
     accuracies: tuple
-    mean: float
-    worst: float
-    balanced: float
+    accuracy: float
+    worst_group_accuracy: float
+    mean_group_accuracy: float
     worst_group: object
+    train_sizes: tuple | None = None
+    train_weighted_accuracy: float | None = None
+
+    @property
+    def mean(self):
+        """Earlier name of :attr:`accuracy` (the plain test accuracy)."""
+        return self.accuracy
+
+    @property
+    def worst(self):
+        """Earlier name of :attr:`worst_group_accuracy`."""
+        return self.worst_group_accuracy
+
+    @property
+    def balanced(self):
+        """Earlier name of :attr:`mean_group_accuracy`."""
+        return self.mean_group_accuracy
 
     def to_dict(self):
-        """Return ``{group: {"size": n, "accuracy": a}}``."""
+        """Return ``{group: {"size": n, "accuracy": a}}`` (and ``"train_size"`` when known)."""
+        train = self.train_sizes or (None,) * len(self.groups)
         return {
-            g: {"size": n, "accuracy": a}
-            for g, n, a in zip(self.groups, self.sizes, self.accuracies)
+            g: {"size": n, "accuracy": a, **({} if m is None else {"train_size": m})}
+            for g, n, a, m in zip(self.groups, self.sizes, self.accuracies, train)
         }
+
+    def summary(self):
+        """The summaries by name (``train_weighted_accuracy`` only when training groups were
+        given), as in the JSON files of ``sk-a2 evaluate``."""
+        out = {"accuracy": self.accuracy, "worst_group_accuracy": self.worst_group_accuracy,
+               "mean_group_accuracy": self.mean_group_accuracy}
+        if self.train_sizes is not None:
+            out["train_weighted_accuracy"] = self.train_weighted_accuracy
+        return out
 
     def __str__(self):
         names = [str(g) for g in self.groups]
-        summary = [("mean", self.mean), ("balanced", self.balanced), ("worst", self.worst)]
+        summary = [("accuracy", self.accuracy), ("group mean", self.mean_group_accuracy)]
+        if self.train_sizes is not None:
+            summary.append(("train-weighted", self.train_weighted_accuracy))
+        summary.append(("worst-group", self.worst_group_accuracy))
         width = max([len("group")] + [len(n) for n in names] + [len(s) for s, _ in summary])
-        lines = [f"{'group':<{width}}  {'size':>8}  {'accuracy':>8}"]
+        train = self.train_sizes is not None
+        head = f"{'group':<{width}}  {'test':>6}" + (f"  {'train':>5}" if train else "")
+        lines = [f"{head}  {'accuracy':>8}"]
         lines.append("-" * len(lines[0]))
-        for name, size, acc in zip(names, self.sizes, self.accuracies):
-            lines.append(f"{name:<{width}}  {size:>8d}  {acc:>8.4f}")
+        counts = self.train_sizes or (None,) * len(names)
+        for name, size, m, acc in zip(names, self.sizes, counts, self.accuracies):
+            lines.append(f"{name:<{width}}  {size:>6d}" + (f"  {m:>5d}" if train else "")
+                         + f"  {acc:>8.4f}")
         lines.append("-" * len(lines[0]))
-        total = sum(self.sizes)
+        blank = " " * (6 + (7 if train else 0))
         for label, value in summary:
-            size = f"{total:>8d}" if label == "mean" else " " * 8
-            lines.append(f"{label:<{width}}  {size}  {value:>8.4f}")
+            size = f"{sum(self.sizes):>6d}" + " " * (7 if train else 0)
+            shown = "     n/a" if value is None else f"{value:>8.4f}"
+            lines.append(f"{label:<{width}}  {size if label == 'accuracy' else blank}  {shown}")
         lines[-1] += f"  (group {self.worst_group})"
         return "\n".join(lines)
 
 
-def group_accuracy_report(y_true, y_pred, *, groups):
-    """Size and accuracy of every group, plus mean, worst and balanced accuracy.
+def _train_weighted(labels, accuracies, train_groups):
+    """Train sizes of the test groups and the train-weighted accuracy (``None`` when no test
+    group occurs in training)."""
+    train_groups = _as_1d(train_groups, "train_groups")
+    kept = {label: i for i, label in enumerate(labels.tolist())}
+    counts = np.zeros(len(labels), dtype=np.int64)
+    for label in train_groups.tolist():
+        if label in kept:
+            counts[kept[label]] += 1
+    if counts.sum() == 0:
+        return counts, None
+    return counts, float(counts @ accuracies / counts.sum())
+
+
+def group_accuracy_report(y_true, y_pred, *, groups, train_groups=None):
+    """Size and accuracy of every group, plus plain, worst-group, group-mean and train-weighted
+    accuracy.
 
     Parameters
     ----------
     y_true, y_pred, groups : array-like of shape (n_samples,)
         As in :func:`worst_group_accuracy`.
+    train_groups : array-like of shape (n_train,), default=None
+        The group of every *training* sample. When given, the report has the train size of each
+        group and the train-weighted accuracy (see :class:`GroupAccuracyReport`).
 
     Returns
     -------
     GroupAccuracyReport
-        Per-group ``sizes`` and ``accuracies`` and the ``mean``, ``worst`` and ``balanced``
-        summaries; ``print(report)`` shows them as a table.
+        Per-group ``sizes`` and ``accuracies`` and the ``accuracy``, ``worst_group_accuracy``,
+        ``mean_group_accuracy`` (and ``train_weighted_accuracy``) summaries; ``print(report)``
+        shows them as a table.
 
     Raises
     ------
@@ -227,12 +307,13 @@ def group_accuracy_report(y_true, y_pred, *, groups):
 
     See Also
     --------
-    worst_group_accuracy : the ``worst`` summary alone.
+    worst_group_accuracy : the ``worst_group_accuracy`` summary alone.
+    accuracy_summary : the summaries as a dict, with worst-class accuracy and group counts.
 
     Examples
     --------
     >>> report = group_accuracy_report([0, 0, 1, 1], [0, 1, 1, 1], groups=["a", "a", "b", "b"])
-    >>> report.worst, report.balanced, report.worst_group
+    >>> report.worst_group_accuracy, report.mean_group_accuracy, report.worst_group
     (0.5, 0.75, 'a')
     """
     y_true, y_pred, groups = _check_inputs(
@@ -241,15 +322,60 @@ def group_accuracy_report(y_true, y_pred, *, groups):
     correct = y_true == y_pred
     labels, sizes, accuracies = _per_group(correct, groups)
     worst_index = int(np.argmin(accuracies))
+    train_sizes = weighted = None
+    if train_groups is not None:
+        counts, weighted = _train_weighted(labels, accuracies, train_groups)
+        train_sizes = tuple(int(n) for n in counts)
     return GroupAccuracyReport(
         groups=tuple(python_scalar(label) for label in labels),
         sizes=tuple(int(n) for n in sizes),
         accuracies=tuple(float(a) for a in accuracies),
-        mean=float(correct.mean()),
-        worst=float(accuracies[worst_index]),
-        balanced=float(accuracies.mean()),
+        accuracy=float(correct.mean()),
+        worst_group_accuracy=float(accuracies[worst_index]),
+        mean_group_accuracy=float(accuracies.mean()),
         worst_group=python_scalar(labels[worst_index]),
+        train_sizes=train_sizes,
+        train_weighted_accuracy=weighted,
     )
+
+
+def accuracy_summary(y_true, y_pred, *, groups, train_groups=None):
+    """Every accuracy ``sk-a2 evaluate`` reports, by name, with the per-group counts.
+
+    Parameters
+    ----------
+    y_true, y_pred, groups : array-like of shape (n_samples,)
+        Test labels, predictions and groups.
+    train_groups : array-like, default=None
+        The group of every training sample (for ``train_weighted_accuracy``).
+
+    Returns
+    -------
+    dict
+        ``accuracy`` (plain test accuracy), ``worst_group_accuracy``, ``mean_group_accuracy``
+        (unweighted mean of the group accuracies), ``train_weighted_accuracy`` (only with
+        ``train_groups``; ``None`` when no test group occurs in training),
+        ``worst_class_accuracy``, and ``per_group``: ``{str(group): {"n_test": ..., "n_train":
+        ... (with train_groups), "accuracy": ...}}``.
+
+    Examples
+    --------
+    >>> from sk_a2.metrics import accuracy_summary
+    >>> s = accuracy_summary([0, 0, 1, 1], [0, 1, 1, 1], groups=[0, 0, 1, 1],
+    ...                      train_groups=[0, 0, 0, 1])
+    >>> s["accuracy"], s["mean_group_accuracy"], s["train_weighted_accuracy"]
+    (0.75, 0.75, 0.625)
+    >>> s["per_group"]["0"]
+    {'n_test': 2, 'n_train': 3, 'accuracy': 0.5}
+    """
+    report = group_accuracy_report(y_true, y_pred, groups=groups, train_groups=train_groups)
+    train = report.train_sizes or (None,) * len(report.groups)
+    per_group = {
+        str(g): {"n_test": n, **({} if m is None else {"n_train": m}), "accuracy": a}
+        for g, n, m, a in zip(report.groups, report.sizes, train, report.accuracies)
+    }
+    return {**report.summary(), "worst_class_accuracy": worst_class_accuracy(y_true, y_pred),
+            "per_group": per_group}
 
 
 def _worst_group_accuracy_or_raise(y_true, y_pred, groups=None):

@@ -135,15 +135,13 @@ class EvalData:
                              f"{split!r} images.{' ' + hint if hint else ''}")
 
 
-def score_predictions(y_true, y_pred, groups) -> dict:
-    """Accuracy, worst-group and worst-class accuracy, as floats."""
-    from .metrics import worst_class_accuracy, worst_group_accuracy
+def score_predictions(y_true, y_pred, groups, train_groups=None) -> dict:
+    """Accuracy, worst-group and worst-class accuracy, the unweighted mean of the group
+    accuracies and, given the training groups, the train-weighted accuracy, as floats, with the
+    per-group counts (:func:`sk_a2.metrics.accuracy_summary`)."""
+    from .metrics import accuracy_summary
 
-    return {
-        "accuracy": float(np.mean(np.asarray(y_true) == np.asarray(y_pred))),
-        "worst_group_accuracy": worst_group_accuracy(y_true, y_pred, groups=groups),
-        "worst_class_accuracy": worst_class_accuracy(y_true, y_pred),
-    }
+    return accuracy_summary(y_true, y_pred, groups=groups, train_groups=train_groups)
 
 
 @dataclass(frozen=True)
@@ -241,7 +239,8 @@ def default_tune_grid(crop_sizes, image_size, *, max_crops=3, layers=(-1, -2),
 
 
 def _summary(spec, seeds, per_seed, dataset, image_size):
-    table = {m: [s[m] for s in per_seed] for m in METRICS}
+    names = [m for m in per_seed[0] if m != "per_group"]  # METRICS and the group summaries
+    table = {m: [s[m] for s in per_seed] for m in names}
     sizes = spec.crop_sizes
     if sizes is not None and spec.n_crops is not None:
         sizes = (list(sizes) + [sizes[-1]] * spec.n_crops)[:spec.n_crops]
@@ -252,9 +251,13 @@ def _summary(spec, seeds, per_seed, dataset, image_size):
     return {
         "key": spec.key, "label": spec.label, **spec.config(), "seeds": list(seeds),
         "per_seed": per_seed,
-        "mean": {m: float(np.mean(v)) for m, v in table.items()},
-        "std": {m: float(np.std(v)) for m, v in table.items()},
+        "mean": {m: None if None in v else float(np.mean(v)) for m, v in table.items()},
+        "std": {m: None if None in v else float(np.std(v)) for m, v in table.items()},
         "reported": {m: [r.to_dict() for r in rs] for m, rs in reported.items()},
+        "per_group": {g: {**{k: v for k, v in c.items() if k != "accuracy"},
+                          "accuracy": float(np.mean([s["per_group"][g]["accuracy"]
+                                                     for s in per_seed]))}
+                      for g, c in per_seed[0].get("per_group", {}).items()},
     }
 
 
@@ -391,6 +394,9 @@ class Protocol:
         self.log = log or (lambda message: None)
         self._crops: dict = {}
         self._features: dict = {}
+        #: ``{RowSpec: (seed, head, test predictions)}``: the head of each row fitted for its
+        #: last seed, kept so that a report of the run needs no second fit.
+        self.last_fits: dict = {}
 
     # ---- building blocks
 
@@ -453,7 +459,7 @@ class Protocol:
         d = self.data
         fit, test = d.mask(self.fit_split(spec.head)), d.mask("test")
         if spec.head == "zs":
-            return self._zero_shot(spec, test)
+            return self._zero_shot(spec, test, seed)
         F = self.features(spec, seed)
         if len(np.unique(d.y[fit])) < 2:
             raise ValueError(f"the {self.fit_split(spec.head)!r} split of {d.name} has a single "
@@ -470,9 +476,11 @@ class Protocol:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*tuning part is empty.*")
                 model.fit(F[fit], d.y[fit], groups=d.groups[fit])
-        return model.predict(F[test])
+        pred = model.predict(F[test])
+        self.last_fits[spec] = (seed, model, pred)
+        return pred
 
-    def _zero_shot(self, spec, test):
+    def _zero_shot(self, spec, test, seed=0):
         from .zeroshot import ZeroShotCLIPClassifier
 
         d, train = self.data, self.data.mask("train")
@@ -484,7 +492,9 @@ class Protocol:
                                        **self._runtime())
         model.fit(d.images[train].tolist(), d.y[train])
         test_inputs = inputs[test] if not isinstance(inputs, list) else d.images[test].tolist()
-        return model.predict(test_inputs)
+        pred = model.predict(test_inputs)
+        self.last_fits[spec] = (seed, model, pred)
+        return pred
 
     # ---- protocol
 
@@ -497,7 +507,8 @@ class Protocol:
         per_seed = []
         for seed in seeds:
             pred = self.fit_predict(spec, seed)
-            per_seed.append(score_predictions(d.y[test], pred, d.groups[test]))
+            per_seed.append(score_predictions(d.y[test], pred, d.groups[test],
+                                              d.groups[d.mask("train")]))
         return _summary(spec, seeds, per_seed, d.name, self.image_size)
 
     def run_rows(self, specs, seeds=(0,)) -> list:

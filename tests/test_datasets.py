@@ -185,7 +185,7 @@ def test_full_image_probe_uses_background_and_crop_probe_uses_shape(synthetic):
 
 def _write_image(path, value=0):
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((6, 6, 3), value, dtype=np.uint8)).save(path)
+    Image.fromarray(np.full((64, 64, 3), value, dtype=np.uint8)).save(path)
     return path
 
 

@@ -36,7 +36,7 @@ def test_grid_search_example(tiny_vit_file, tiny_vit_file2, capsys):
     report = out.split("on the test split")[1]
     for name in ("disk_on_land", "disk_on_water", "square_on_land", "square_on_water"):
         assert name in report
-    for summary in ("mean", "balanced", "worst"):
+    for summary in ("accuracy", "group mean", "worst-group"):
         assert f"\n{summary} " in report
     assert not sklearn.get_config()["enable_metadata_routing"]
 

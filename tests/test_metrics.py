@@ -81,12 +81,12 @@ def test_group_accuracy_report_int_groups_are_python_ints():
 def test_group_accuracy_report_prints_a_table():
     text = str(group_accuracy_report(Y_TRUE, Y_PRED, groups=GROUPS))
     lines = text.splitlines()
-    assert lines[0].split() == ["group", "size", "accuracy"]
+    assert lines[0].split() == ["group", "test", "accuracy"]
     assert lines[2].split() == ["a", "4", "0.7500"]
     assert lines[3].split() == ["b", "2", "0.5000"]
-    assert lines[6].split() == ["mean", "8", "0.7500"]
-    assert lines[7].split() == ["balanced", "0.7500"]
-    assert lines[8].split() == ["worst", "0.5000", "(group", "b)"]
+    assert lines[6].split() == ["accuracy", "8", "0.7500"]
+    assert lines[7].split() == ["group", "mean", "0.7500"]
+    assert lines[8].split() == ["worst-group", "0.5000", "(group", "b)"]
 
 
 @pytest.mark.parametrize(

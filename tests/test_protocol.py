@@ -188,7 +188,7 @@ def _pipeline_oracle(data, files, attention, embedding, sizes, crop_source="resi
                        crop_source=crop_source)
     F = emb.fit_transform(crop.transform(data.images.tolist()))
     pred = LogisticRegression(max_iter=5000).fit(F[tr], data.y[tr]).predict(F[te])
-    return score_predictions(data.y[te], pred, data.groups[te])
+    return score_predictions(data.y[te], pred, data.groups[te], data.groups[tr])
 
 
 def _distinct_boxes(cropset):

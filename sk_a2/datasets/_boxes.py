@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -10,7 +11,16 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils import Bunch
 
-from ._common import IMAGE_EXTENSIONS, list_images, missing_file_error, read_csv_rows
+from ._common import (
+    IMAGE_EXTENSIONS,
+    ClipTally,
+    check_unique,
+    image_frame,
+    list_images,
+    missing_file_error,
+    read_csv_rows,
+    read_fields,
+)
 
 IMAGENET_SOURCE = (
     "ImageNet (ILSVRC2012) validation images and boxes come from https://image-net.org "
@@ -35,10 +45,15 @@ Boxes and labels come from, in this order of preference (``annotations="auto"``)
   (``ILSVRC2012_bbox_val_v3.tgz``, or Kaggle's ``ILSVRC/Annotations/CLS-LOC/val/``): one
   ``<object>`` per box with ``<name>`` (synset) and ``<bndbox>`` (``xmin ymin xmax ymax``).
 
-Coordinates are used as ``(x0, y0, x1, y1)`` in original-image pixels, clipped to the image size
-the XML states. ``target`` is the index of the image's synset in ``LOC_synset_mapping.txt``
-(anywhere under ``root``: ``"<synset> <names>"`` per line, the standard 1000-class order) when it
-exists, else in the sorted synsets found. Every image found needs annotations.
+Coordinates are used as ``(x0, y0, x1, y1)`` in original-image pixels, clipped to the image
+frame: the size the XML states, else (CSV, or an XML file without ``<size>``) the image file's
+size read from its header. A box extending past the frame is clipped to it and counted
+(``clipped_boxes`` per image, ``n_clipped_boxes`` in all, one warning); a box outside its image
+or empty is an error naming its file and line, as are a repeated ``ImageId`` and a repeated
+synset in the mapping file. ``target`` is the index of the image's synset in
+``LOC_synset_mapping.txt`` (anywhere under ``root``: ``"<synset> <names>"`` per line, the
+standard 1000-class order) when it exists, else in the sorted synsets found. Every image found
+needs annotations.
 """
 
 FOLDER_DESCR = """\
@@ -49,7 +64,10 @@ Image folder, one sub-folder per class (``load_image_folder``)
 sorted order (``target`` indexes ``target_names``). With ``boxes=<csv file>``, the file has the
 columns ``image,x0,y0,x1,y1`` (``image`` relative to ``root`` with ``/``, e.g.
 ``cat/001.jpg``), one row per box, several rows for several boxes; every image needs at least one
-row, and ``boxes`` is then a list of ``(k, 4)`` float32 arrays in original-image pixels.
+row, and ``boxes`` is then a list of ``(k, 4)`` float32 arrays in original-image pixels, clipped
+to the image (its size read from its header): a box extending past the image is clipped and
+counted (``clipped_boxes`` per image, ``n_clipped_boxes`` in all, one warning); a box outside its
+image or empty is an error naming the file and data row.
 """
 
 
@@ -69,7 +87,8 @@ def _walk(root):
 
 
 def _parse_csv_boxes(path):
-    by_id = {}
+    """``{image id: (synset, boxes as written, data row)}`` of ``LOC_val_solution.csv``."""
+    by_id, seen = {}, {}
     for line, row in enumerate(
         read_csv_rows(path, ("ImageId", "PredictionString"), "ImageNet box file",
                       IMAGENET_SOURCE), start=1):
@@ -84,16 +103,30 @@ def _parse_csv_boxes(path):
         except ValueError:
             raise ValueError(f"{str(path)!r}, data row {line}: non-numeric box coordinate in "
                              f"{row['PredictionString']!r}") from None
-        by_id[row["ImageId"]] = (objects[0][0], np.asarray(boxes, dtype=np.float32))
+        check_unique(seen, row["ImageId"], path, line, "ImageId", unit="data row")
+        by_id[row["ImageId"]] = (objects[0][0], boxes, line)
     return by_id
 
 
+def _object_lines(path, count):
+    """1-based line of each ``<object>`` of an XML file (for error messages)."""
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    lines, start = [], 0
+    for _ in range(count):
+        start = text.find("<object", start) + 1
+        lines.append(text.count("\n", 0, max(start, 0)) + 1)
+    return lines
+
+
 def _parse_xml_boxes(path):
+    """Synset, boxes as written, the stated ``(width, height)`` (None when absent) and the
+    line of each box, of a PASCAL-VOC XML file."""
     try:
         tree = ET.parse(path).getroot()
         size = tree.find("size")
-        w = float(size.findtext("width")) if size is not None else np.inf
-        h = float(size.findtext("height")) if size is not None else np.inf
+        frame = None
+        if size is not None:
+            frame = (float(size.findtext("width")), float(size.findtext("height")))
         names, boxes = [], []
         for obj in tree.iter("object"):
             bb = obj.find("bndbox")
@@ -104,8 +137,28 @@ def _parse_xml_boxes(path):
                          f"({type(exc).__name__}: {exc})") from None
     if not boxes:
         raise ValueError(f"ImageNet box file {str(path)!r} has no <object> box")
-    boxes = np.minimum(np.asarray(boxes, dtype=np.float64), [w, h, w, h]).astype(np.float32)
-    return names[0], boxes
+    if frame is not None and not all(math.isfinite(v) and v > 0 for v in frame):
+        raise ValueError(f"ImageNet box file {str(path)!r}: <size> states {frame[0]:g} x "
+                         f"{frame[1]:g} pixels; width and height must be positive")
+    return names[0], boxes, frame, _object_lines(path, len(boxes))
+
+
+def _clipped_table(ids, images, parsed, csv_path, xmls, tally):
+    """``{image id: (synset, clipped boxes)}`` from the parsed CSV file (``parsed``, from
+    ``csv_path``) or, when it is None, the XML files; the images' frames come from the XML
+    ``<size>``, else the image's header."""
+    table = {}
+    for i in ids:
+        if parsed is not None:
+            synset, boxes, row = parsed[i]
+            wheres = [f"ImageNet box file {str(csv_path)!r}, data row {row}"] * len(boxes)
+            frame = None
+        else:
+            synset, boxes, frame, lines = _parse_xml_boxes(xmls[i])
+            wheres = [f"ImageNet box file {str(xmls[i])!r}, line {n}" for n in lines]
+        frame = frame or image_frame(images[i], wheres[0])
+        table[i] = (synset, tally.clip(boxes, frame, wheres))
+    return table
 
 
 def _synset_order(others, synsets):
@@ -113,12 +166,12 @@ def _synset_order(others, synsets):
     if mapping is None:
         order = sorted(set(synsets))
         return order, np.asarray(order)
-    order, names = [], []
-    for line in mapping.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            wnid, _, text = line.strip().partition(" ")
-            order.append(wnid)
-            names.append(text.split(",")[0].strip() or wnid)
+    order, names, seen = [], [], {}
+    for number, fields, line in read_fields(mapping, "ImageNet synset mapping"):
+        wnid, _, text = line.strip().partition(" ")
+        check_unique(seen, wnid, mapping, number, "synset")
+        order.append(wnid)
+        names.append(text.split(",")[0].strip() or wnid)
     unknown = sorted(set(synsets) - set(order))
     if unknown:
         raise ValueError(f"synsets {unknown[:3]} are not in {str(mapping)!r}")
@@ -140,15 +193,22 @@ def load_imagenet_val(root, *, annotations="auto"):
     -------
     data : sklearn.utils.Bunch
         ``images`` (paths, sorted by image id), ``target`` (int64), ``synsets``, ``boxes`` (one
-        ``(k, 4)`` float32 array per image: ``(x0, y0, x1, y1)`` in original-image pixels),
-        ``target_names``, ``DESCR``, ``root``.
+        ``(k, 4)`` float32 array per image: ``(x0, y0, x1, y1)`` in original-image pixels,
+        clipped to the image), ``clipped_boxes`` (int64, boxes of each image that were clipped),
+        ``n_clipped_boxes`` (int), ``target_names``, ``DESCR``, ``root``.
 
     Raises
     ------
     FileNotFoundError
         If ``root`` holds no validation image or no annotations of the requested kind.
     ValueError
-        If an annotation file is malformed or an image has none.
+        If an annotation file is malformed, repeats an image id, holds a box outside its image,
+        or an image has none.
+
+    Warns
+    -----
+    UserWarning
+        When boxes extending past their image were clipped (how many, and the first one's line).
 
     Examples
     --------
@@ -178,27 +238,28 @@ def load_imagenet_val(root, *, annotations="auto"):
         raise missing_file_error("ImageNet box files (ILSVRC2012_val_*.xml or "
                                  "LOC_val_solution.csv)", root, IMAGENET_SOURCE)
     ids = sorted(images)
-    if use_csv:
-        table = _parse_csv_boxes(csv_path)
-        missing = [i for i in ids if i not in table]
-    else:
-        missing = [i for i in ids if i not in xmls]
-        table = {i: _parse_xml_boxes(xmls[i]) for i in ids if i in xmls}
+    parsed = _parse_csv_boxes(csv_path) if use_csv else None
+    missing = [i for i in ids if i not in (xmls if parsed is None else parsed)]
     if missing:
         raise ValueError(f"{len(missing)} image(s) have no box annotation, e.g. "
                          f"{images[missing[0]]!r}")
+    tally = ClipTally()
+    table = _clipped_table(ids, images, parsed, csv_path, xmls, tally)
     synsets = [table[i][0] for i in ids]
     order, names = _synset_order(others, synsets)
     index = {s: k for k, s in enumerate(order)}
     boxes = np.empty(len(ids), dtype=object)
     boxes[:] = [table[i][1] for i in ids]
-    return Bunch(images=np.asarray([images[i] for i in ids], dtype=object),
+    data = Bunch(images=np.asarray([images[i] for i in ids], dtype=object),
                  target=np.asarray([index[s] for s in synsets], dtype=np.int64),
                  synsets=np.asarray(synsets), boxes=boxes, target_names=names,
                  DESCR=IMAGENET_DESCR, root=str(root.resolve()))
+    return tally.finish(data, "load_imagenet_val")
 
 
 def _folder_boxes(path, root, images):
+    """The boxes of the CSV file ``path``, one ``(k, 4)`` array per image of ``images``,
+    clipped to the images (see :class:`ClipTally`), and the tally."""
     rows = read_csv_rows(Path(path), ("image", "x0", "y0", "x1", "y1"), "box file",
                          "See load_image_folder's DESCR for the layout.")
     by_image = {}
@@ -212,14 +273,17 @@ def _folder_boxes(path, root, images):
         if key not in images:
             raise ValueError(f"{str(path)!r}, data row {line}: image {row['image']!r} is not an "
                              f"image of a class folder under {str(root)!r}")
-        by_image.setdefault(key, []).append(box)
+        by_image.setdefault(key, []).append((box, f"box file {str(path)!r}, data row {line}"))
     missing = [p for p in images if p not in by_image]
     if missing:
         raise ValueError(f"{len(missing)} image(s) have no row in {str(path)!r}, e.g. "
                          f"{missing[0]!r}")
+    tally = ClipTally()
     out = np.empty(len(images), dtype=object)
-    out[:] = [np.asarray(by_image[p], dtype=np.float32) for p in images]
-    return out
+    for k, p in enumerate(images):
+        boxes, wheres = zip(*by_image[p])
+        out[k] = tally.clip(boxes, image_frame(p, wheres[0]), wheres)
+    return out, tally
 
 
 def load_image_folder(root, *, boxes=None):
@@ -236,14 +300,21 @@ def load_image_folder(root, *, boxes=None):
     -------
     data : sklearn.utils.Bunch
         ``images`` (absolute paths), ``target`` (int64), ``target_names``, ``DESCR``, ``root``,
-        and with ``boxes`` given, ``boxes`` (one ``(k, 4)`` float32 array per image).
+        and with ``boxes`` given, ``boxes`` (one ``(k, 4)`` float32 array per image, clipped to
+        the image), ``clipped_boxes`` (int64 per image) and ``n_clipped_boxes`` (int).
 
     Raises
     ------
     FileNotFoundError
         If ``root`` or the box file does not exist, or no sub-folder holds images.
     ValueError
-        If the box file is malformed, names an unknown image, or misses an image.
+        If the box file is malformed, names an unknown image, misses an image or holds a box
+        outside its image.
+
+    Warns
+    -----
+    UserWarning
+        When boxes extending past their image were clipped (how many, and the first one's row).
 
     Examples
     --------
@@ -281,5 +352,6 @@ def load_image_folder(root, *, boxes=None):
                  target=np.asarray(target, dtype=np.int64), target_names=np.asarray(classes),
                  DESCR=FOLDER_DESCR, root=str(root.resolve()))
     if boxes is not None:
-        data.boxes = _folder_boxes(boxes, root.resolve(), {p: None for p in images})
+        data.boxes, tally = _folder_boxes(boxes, root.resolve(), {p: None for p in images})
+        tally.finish(data, "load_image_folder")
     return data

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import (
+    DATASET_FOLDERS,
     SPLIT_NAMES,
+    check_unique,
     decoding,
     make_bunch,
     member_path,
-    missing_file_error,
+    read_csv_records,
     read_fields,
     resolve_root,
 )
@@ -17,8 +19,11 @@ from ._common import (
 CELEBA_SOURCE = (
     "CelebA (Liu et al., 2015, 'Deep Learning Face Attributes in the Wild') can be downloaded "
     "from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html (Align&Cropped images and the "
-    "Anno/Eval text files); pass the folder holding list_attr_celeba.txt, "
-    "list_eval_partition.txt and img_align_celeba/ as root."
+    "Anno/Eval text files), through torchvision.datasets.CelebA, or from Kaggle "
+    "(https://www.kaggle.com/jessicali9530/celeba-dataset, the copy group_DRO and WILDS point "
+    "to); pass the folder holding list_attr_celeba.txt or .csv, list_eval_partition.txt or .csv "
+    "and img_align_celeba/ (or the official Anno/, Eval/, Img/ sub-folders), or its parent, as "
+    "root."
 )
 TARGET_ATTRIBUTE = "Blond_Hair"
 SPURIOUS_ATTRIBUTE = "Male"
@@ -30,15 +35,31 @@ DESCR = """\
 CelebA Blond_Hair x Male (Liu et al., 2015; Sagawa et al., 2020)
 ----------------------------------------------------------------
 
-Expected layout (as in the official release or torchvision's ``celeba`` folder)::
+Three layouts are read, from the dataset folder or its parent (a folder named ``celeba`` --
+any case, so ``CelebA`` too -- ``celebA_v1.0`` (WILDS) or ``data`` (group_DRO))::
 
-    <root>/list_attr_celeba.txt      (or <root>/Anno/list_attr_celeba.txt)
-    <root>/list_eval_partition.txt   (or <root>/Eval/list_eval_partition.txt)
-    <root>/img_align_celeba/000001.jpg ...   (or <root>/Img/img_align_celeba/)
+    official release:            Anno/list_attr_celeba.txt
+                                 Eval/list_eval_partition.txt
+                                 Img/img_align_celeba/000001.jpg ...
+    torchvision (root/celeba/):  list_attr_celeba.txt
+                                 list_eval_partition.txt
+                                 img_align_celeba/000001.jpg ...
+    Kaggle (group_DRO, WILDS):   list_attr_celeba.csv
+                                 list_eval_partition.csv
+                                 img_align_celeba/img_align_celeba/000001.jpg ...
+                                 (or img_align_celeba/000001.jpg ...)
+
+Where several are present, the ``.txt`` files win over the ``.csv`` ones, and the top-level
+files over ``Anno/`` and ``Eval/``. An image folder holding a second ``img_align_celeba/``
+(the Kaggle archive) is read through it.
 
 ``list_attr_celeba.txt``: first line the number of images, second line the 40 attribute
 names, then one line per image: the file name and 40 values in {-1, 1}.
-``list_eval_partition.txt``: one line per image, the file name and 0/1/2.
+``list_attr_celeba.csv``: comma-separated with a header ``image_id,<40 attribute names>``, one
+row per image, values in {-1, 1}.
+``list_eval_partition.txt``: one line per image, the file name and 0/1/2;
+``list_eval_partition.csv``: header ``image_id,partition``, values 0/1/2. A repeated attribute
+name or column, and a file name listed twice, are errors naming the file and line.
 
 * ``target`` -- ``Blond_Hair``: 0 = not blond, 1 = blond.
 * ``spurious`` -- ``Male``: 0 = female, 1 = male.
@@ -47,8 +68,13 @@ names, then one line per image: the file name and 40 values in {-1, 1}.
 * ``split`` -- partition 0/1/2 mapped to ``train``/``val``/``test``.
 * No boxes.
 
-Source: https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html
+Source: https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html; Kaggle copy:
+https://www.kaggle.com/jessicali9530/celeba-dataset
 """
+_ATTRIBUTE_FILES = ("list_attr_celeba.txt", "Anno/list_attr_celeba.txt", "list_attr_celeba.csv")
+_PARTITION_FILES = ("list_eval_partition.txt", "Eval/list_eval_partition.txt",
+                    "list_eval_partition.csv")
+_IMAGE_FOLDERS = ("img_align_celeba", "Img/img_align_celeba")
 
 
 def _find(root, candidates, what):
@@ -56,11 +82,59 @@ def _find(root, candidates, what):
         path = root / relative
         if path.exists():
             return path
-    raise missing_file_error(what, root / candidates[0], CELEBA_SOURCE)
+    names = ", ".join(repr(c) for c in candidates[1:])
+    raise FileNotFoundError(
+        f"{what} not found: expected {str(root / candidates[0])!r} (or {names} in that "
+        f"folder). {CELEBA_SOURCE}"
+    )
+
+
+def _attribute_columns(path, names, line):
+    """The positions of the target and spurious attributes among ``names`` (a header)."""
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(
+                f"CelebA attribute file {str(path)!r}, line {line} (attribute names): attribute "
+                f"{name!r} appears twice, so its column would be ambiguous; rename or remove one "
+                f"of the two. {CELEBA_SOURCE}"
+            )
+    for attribute in (TARGET_ATTRIBUTE, SPURIOUS_ATTRIBUTE):
+        if attribute not in names:
+            raise ValueError(
+                f"CelebA attribute file {str(path)!r} is malformed: attribute {attribute!r} is "
+                f"not in its header line. {CELEBA_SOURCE}"
+            )
+    return names.index(TARGET_ATTRIBUTE), names.index(SPURIOUS_ATTRIBUTE)
+
+
+def _plus_minus(values, path, line):
+    """``(1, -1)`` cells as booleans; anything else is an error naming the line."""
+    if any(value not in ("1", "-1") for value in values):
+        raise ValueError(
+            f"CelebA attribute file {str(path)!r}, line {line}: attribute values must be 1 or "
+            f"-1, got {tuple(values)}. {CELEBA_SOURCE}"
+        )
+    return [value == "1" for value in values]
+
+
+def _read_attribute_csv(path):
+    """File names and the target and spurious columns (0/1) of ``list_attr_celeba.csv``."""
+    records = read_csv_records(path, ("image_id", TARGET_ATTRIBUTE, SPURIOUS_ATTRIBUTE),
+                               "CelebA attribute file", CELEBA_SOURCE)
+    filenames, target, spurious, seen = [], [], [], {}
+    for line, row in records:
+        check_unique(seen, row["image_id"], path, line, "image_id")
+        blond, male = _plus_minus((row[TARGET_ATTRIBUTE], row[SPURIOUS_ATTRIBUTE]), path, line)
+        filenames.append(row["image_id"])
+        target.append(blond)
+        spurious.append(male)
+    return filenames, np.asarray(target, dtype=np.int64), np.asarray(spurious, dtype=np.int64)
 
 
 def _read_attributes(path):
     """File names and the target and spurious columns (0/1) of ``list_attr_celeba.txt``."""
+    if path.suffix.lower() == ".csv":
+        return _read_attribute_csv(path)
     with open(path, encoding="utf-8") as handle, decoding(path, "CelebA attribute file"):
         lines = handle.read().splitlines()
     if len(lines) < 2:
@@ -76,16 +150,8 @@ def _read_attributes(path):
             f"number of images, got {lines[0]!r}. {CELEBA_SOURCE}"
         ) from None
     names = lines[1].split()
-    for attribute in (TARGET_ATTRIBUTE, SPURIOUS_ATTRIBUTE):
-        if attribute not in names:
-            raise ValueError(
-                f"CelebA attribute file {str(path)!r} is malformed: attribute {attribute!r} is "
-                f"not in its header line. {CELEBA_SOURCE}"
-            )
-    target_col = names.index(TARGET_ATTRIBUTE) + 1
-    spurious_col = names.index(SPURIOUS_ATTRIBUTE) + 1
-
-    filenames, target, spurious = [], [], []
+    target_col, spurious_col = (i + 1 for i in _attribute_columns(path, names, 2))
+    filenames, target, spurious, seen = [], [], [], {}
     for line_number, line in enumerate(lines[2:], start=3):
         fields = line.split()
         if not fields:
@@ -95,15 +161,11 @@ def _read_attributes(path):
                 f"CelebA attribute file {str(path)!r}, line {line_number}: expected a file name "
                 f"and {len(names)} values, got {len(fields)} fields. {CELEBA_SOURCE}"
             )
-        values = fields[target_col], fields[spurious_col]
-        if any(value not in ("1", "-1") for value in values):
-            raise ValueError(
-                f"CelebA attribute file {str(path)!r}, line {line_number}: attribute values "
-                f"must be 1 or -1, got {values}. {CELEBA_SOURCE}"
-            )
+        check_unique(seen, fields[0], path, line_number, "file name")
+        blond, male = _plus_minus((fields[target_col], fields[spurious_col]), path, line_number)
         filenames.append(fields[0])
-        target.append(values[0] == "1")
-        spurious.append(values[1] == "1")
+        target.append(blond)
+        spurious.append(male)
     if len(filenames) != declared:
         raise ValueError(
             f"CelebA attribute file {str(path)!r} declares {declared} images but lists "
@@ -113,13 +175,25 @@ def _read_attributes(path):
 
 
 def _read_partition(path):
-    partition = {}
-    for line_number, fields, line in read_fields(path, "CelebA partition file"):
+    """``{file name: split}`` of ``list_eval_partition.txt`` or ``.csv``."""
+    if path.suffix.lower() == ".csv":
+        records = read_csv_records(path, ("image_id", "partition"), "CelebA partition file",
+                                   CELEBA_SOURCE)
+        rows = [(line, (row["image_id"], row["partition"]), f"{row['image_id']},"
+                 f"{row['partition']}") for line, row in records]
+        expected = "'<file name>,<0|1|2>'"
+    else:
+        rows = [(n, fields, line) for n, fields, line in
+                read_fields(path, "CelebA partition file")]
+        expected = "'<file name> <0|1|2>'"
+    partition, seen = {}, {}
+    for line_number, fields, line in rows:
         if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
             raise ValueError(
                 f"CelebA partition file {str(path)!r}, line {line_number}: expected "
-                f"'<file name> <0|1|2>', got {line.strip()!r}. {CELEBA_SOURCE}"
+                f"{expected}, got {line.strip()!r}. {CELEBA_SOURCE}"
             )
+        check_unique(seen, fields[0], path, line_number, "file name")
         partition[fields[0]] = SPLIT_NAMES[int(fields[1])]
     return partition
 
@@ -130,9 +204,13 @@ def load_celeba(root):
     Parameters
     ----------
     root : path-like
-        Folder holding ``list_attr_celeba.txt``, ``list_eval_partition.txt`` and
-        ``img_align_celeba/`` (the official ``Anno/``, ``Eval/``, ``Img/`` sub-folders and a
-        ``celeba/`` sub-folder, as written by torchvision, are also searched).
+        The CelebA folder or its parent (a folder named ``celeba`` in any case, ``celebA_v1.0``
+        or ``data``), in one of three layouts (see ``DESCR``): the official release
+        (``Anno/list_attr_celeba.txt``, ``Eval/list_eval_partition.txt``,
+        ``Img/img_align_celeba/``), torchvision's ``celeba`` folder (the two ``.txt`` files and
+        ``img_align_celeba/`` side by side) and the Kaggle copy that group_DRO and WILDS use
+        (``list_attr_celeba.csv``, ``list_eval_partition.csv`` and
+        ``img_align_celeba/img_align_celeba/``).
 
     Returns
     -------
@@ -145,9 +223,9 @@ def load_celeba(root):
     Raises
     ------
     FileNotFoundError
-        If ``root``, one of the two text files or the image folder is missing.
+        If ``root``, the attribute file, the partition file or the image folder is missing.
     ValueError
-        If a text file is malformed or an image has no partition.
+        If a file is malformed, repeats a column or file name, or an image has no partition.
 
     Examples
     --------
@@ -159,17 +237,11 @@ def load_celeba(root):
     ...
     FileNotFoundError: CelebA attribute file not found: expected ...
     """
-    root = resolve_root(root, ("list_attr_celeba.txt", "Anno"), ("celeba",),
+    root = resolve_root(root, _ATTRIBUTE_FILES, DATASET_FOLDERS["celeba"],
                         "CelebA attribute file", CELEBA_SOURCE)
-    attr_path = _find(
-        root, ("list_attr_celeba.txt", "Anno/list_attr_celeba.txt"), "CelebA attribute file"
-    )
-    partition_path = _find(
-        root,
-        ("list_eval_partition.txt", "Eval/list_eval_partition.txt"),
-        "CelebA partition file",
-    )
-    image_dir = _find(root, ("img_align_celeba", "Img/img_align_celeba"), "CelebA image folder")
+    attr_path = _find(root, _ATTRIBUTE_FILES, "CelebA attribute file")
+    partition_path = _find(root, _PARTITION_FILES, "CelebA partition file")
+    image_dir = _find(root, _IMAGE_FOLDERS, "CelebA image folder")
     if (image_dir / "img_align_celeba").is_dir():
         image_dir = image_dir / "img_align_celeba"
 

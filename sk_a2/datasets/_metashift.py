@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import (
+    DATASET_FOLDERS,
     hold_out_val,
     list_images,
     make_bunch,
@@ -20,15 +21,17 @@ METASHIFT_CVD_SOURCE = (
     "MetaShift Cats vs. Dogs (Liang & Zou, 2022, 'MetaShift: A Dataset of Datasets for "
     "Evaluating Contextual Distribution Shifts and Training Conflicts', arXiv:2202.06523) is "
     "built by dataset/subpopulation_shift_cat_dog_indoor_outdoor.py of "
-    "https://github.com/Weixin-Liang/MetaShift (also distributed by SubpopBench, "
-    "https://github.com/YyzHarry/SubpopBench); pass the MetaShift-Cat-Dog-indoor-outdoor folder "
-    "(holding train/ and test/) as root."
+    "https://github.com/Weixin-Liang/MetaShift from the Visual Genome images of GQA "
+    "(https://nlp.stanford.edu/data/gqa/images.zip), and also distributed by SubpopBench "
+    "(https://github.com/YyzHarry/SubpopBench); pass the MetaShift-Cat-Dog-indoor-outdoor folder "
+    "(holding train/ and test/), or its parent, as root."
 )
 METASHIFT_ANIMALS_SOURCE = (
     "MetaShift Animals is the 8-class MetaShift subset introduced by the A2 paper ('Attending "
     "on Attention', Appendix C), built from MetaShift (https://github.com/Weixin-Liang/MetaShift, "
-    "Visual Genome images); pass the folder holding its metadata CSV (columns "
-    "img_filename,label,context,split) as root."
+    "Visual Genome images from https://nlp.stanford.edu/data/gqa/images.zip); "
+    "examples/make_metashift_animals_csv.py of sk-a2 writes its metadata CSV (columns "
+    "img_filename,label,context,split). Pass the folder holding it, or its parent, as root."
 )
 CVD_TARGET_NAMES = ("cat", "dog")
 CVD_CONTEXT_NAMES = ("indoor", "outdoor")
@@ -151,7 +154,7 @@ def load_metashift_cvd(root, *, val_size=0.0, random_state=0):
     base = resolve_root(
         root,
         "train",
-        ("MetaShift-Cat-Dog-indoor-outdoor",),
+        DATASET_FOLDERS["metashift_cvd"],
         "MetaShift Cats vs. Dogs train folder",
         METASHIFT_CVD_SOURCE,
     )
@@ -244,7 +247,8 @@ def load_metashift_animals(root, *, metadata="metadata.csv", val_size=0.0, rando
     FileNotFoundError: MetaShift Animals metadata file not found: expected ...
     """
     folder = resolve_root(
-        root, metadata, (), "MetaShift Animals metadata file", METASHIFT_ANIMALS_SOURCE
+        root, metadata, DATASET_FOLDERS["metashift_animals"], "MetaShift Animals metadata file",
+        METASHIFT_ANIMALS_SOURCE,
     )
     path = folder / metadata
     rows = read_csv_rows(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 from ._celeba import load_celeba
 from ._common import SPLIT_NAMES
+from ._csv import csv_loader
 from ._metashift import load_metashift_animals, load_metashift_cvd
 from ._spawrious import BENCHMARKS as SPAWRIOUS_BENCHMARKS
 from ._spawrious import load_spawrious
@@ -79,13 +80,59 @@ def list_benchmarks() -> list[str]:
     return list(_BENCHMARKS)
 
 
-def get_benchmark(name) -> Benchmark:
-    """The :class:`Benchmark` called ``name``.
+#: ``--dataset csv:FILE``: a user's own CSV file (:func:`sk_a2.datasets.load_csv`).
+CSV_PREFIX = "csv:"
+#: The crop size of a CSV dataset (one 64 px crop, as the paper uses on Waterbirds and CelebA).
+CSV_CROP_SIZES = (64,)
+
+
+def csv_benchmark(path, *, image_column, target_column, group_column=None, split_column=None,
+                  random_state=0) -> Benchmark:
+    """A :class:`Benchmark` for your own images listed in a CSV file.
+
+    Its loader is ``loader(root=None, *, val_size=0.0, random_state=...)``, which calls
+    :func:`sk_a2.datasets.load_csv` on ``path`` with these columns (``root``: where relative
+    image paths start, default the CSV's folder). Crop sizes: one 64 px crop.
+
+    Parameters
+    ----------
+    path : path-like
+        The CSV file.
+    image_column, target_column : str
+        Columns of the image paths and of the classes.
+    group_column, split_column : str, default=None
+        Columns of the spurious attribute and of the split (see :func:`load_csv`).
+    random_state : int, default=0
+        Seed of the drawn test split (without ``split_column``) and of ``val_size``.
+
+    Returns
+    -------
+    Benchmark
+
+    Examples
+    --------
+    >>> from sk_a2.datasets import csv_benchmark
+    >>> b = csv_benchmark("pets.csv", image_column="file", target_column="animal")
+    >>> b.name, b.crop_sizes, b.report_worst_class
+    ('csv:pets.csv', (64,), False)
+    """
+    loader = partial(csv_loader, str(path), image_column=image_column,
+                     target_column=target_column, group_column=group_column,
+                     split_column=split_column, random_state=random_state)
+    return Benchmark(f"{CSV_PREFIX}{path}", loader, CSV_CROP_SIZES)
+
+
+def get_benchmark(name, **csv_options) -> Benchmark:
+    """The :class:`Benchmark` called ``name``, or the one of ``"csv:<file>"``.
 
     Parameters
     ----------
     name : str
-        One of :func:`list_benchmarks`.
+        One of :func:`list_benchmarks`, or ``"csv:<path of a CSV file>"`` for your own images
+        (see :func:`csv_benchmark`).
+    **csv_options
+        With ``csv:``, the keyword arguments of :func:`csv_benchmark` (``image_column`` and
+        ``target_column`` are required).
 
     Returns
     -------
@@ -94,7 +141,8 @@ def get_benchmark(name) -> Benchmark:
     Raises
     ------
     ValueError
-        If ``name`` is not one of :func:`list_benchmarks`.
+        If ``name`` is not one of :func:`list_benchmarks` nor ``csv:<file>``, or column options
+        are given for a named benchmark.
 
     Examples
     --------
@@ -102,6 +150,13 @@ def get_benchmark(name) -> Benchmark:
     >>> get_benchmark("waterbirds").crop_sizes
     (64,)
     """
+    name = str(name)
+    if name.startswith(CSV_PREFIX) and len(name) > len(CSV_PREFIX):
+        return csv_benchmark(name[len(CSV_PREFIX):], **csv_options)
     if name not in _BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(_BENCHMARKS)}")
+        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(_BENCHMARKS)}, or "
+                         f"{CSV_PREFIX}<file> for your own CSV file")
+    if csv_options:
+        raise ValueError(f"{', '.join(sorted(csv_options))} would be ignored: they apply to "
+                         f"{CSV_PREFIX}<file> datasets, and {name!r} is a benchmark of the paper")
     return _BENCHMARKS[name]

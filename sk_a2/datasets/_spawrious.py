@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from ._common import hold_out_val, list_images, make_bunch, missing_file_error
+from ._common import (
+    DATASET_FOLDERS,
+    hold_out_val,
+    list_images,
+    make_bunch,
+    missing_file_error,
+    resolve_root,
+)
 
 SPAWRIOUS_SOURCE = (
     "Spawrious (Lynch et al., 2023, 'Spawrious: A Benchmark for Fine Control of Spurious "
     "Correlation Biases', arXiv:2303.05470) is distributed by https://github.com/aengusl/spawrious "
-    "(spawrious224__o2o_{easy,medium,hard}.tar.gz for O2O, spawrious224__entire_dataset.tar.gz "
-    "for M2M); pass the folder holding spawrious224/ as root."
+    "(its package's get_spawrious_dataset(root_dir, name) downloads and extracts "
+    "spawrious224__o2o_{easy,medium,hard}.tar.gz for O2O, spawrious224__entire_dataset.tar.gz "
+    "for M2M, e.g. https://www.dropbox.com/s/p1ry121m2gjj158/spawrious224__o2o_hard.tar.gz?dl=1); "
+    "pass the folder holding spawrious224/ (or spawrious224/ itself) as root."
 )
 CLASS_NAMES = ("bulldog", "corgi", "dachshund", "labrador")
 LOCATION_NAMES = ("desert", "jungle", "dirt", "mountain", "snow", "beach")
@@ -138,17 +145,9 @@ def spawrious_plan(benchmark, total=_IMAGES_PER_ENVIRONMENT):
 
 
 def _spawrious_base(root):
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"Dataset root {str(root)!r} does not exist or is not a folder; expected it to "
-            f"contain spawrious224/. {SPAWRIOUS_SOURCE}"
-        )
-    if (root / "spawrious224").is_dir():
-        return (root / "spawrious224").resolve()
-    if root.name == "spawrious224" or (root / "0").is_dir():
-        return root.resolve()
-    raise missing_file_error("Spawrious image folder", root / "spawrious224", SPAWRIOUS_SOURCE)
+    """The ``spawrious224`` folder: ``root`` itself or its sub-folder of that name."""
+    return resolve_root(root, "0", DATASET_FOLDERS["spawrious"], "Spawrious image folder",
+                        SPAWRIOUS_SOURCE)
 
 
 def load_spawrious(root, benchmark="o2o_hard", *, val_size=0.0, random_state=0):
