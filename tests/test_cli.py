@@ -137,7 +137,7 @@ def test_bad_model_gives_one_line(tmp_path, capsys):
     Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(path)
     assert main(["crops", str(path), "--model", "dinov9_huge", "--out", str(tmp_path)]) == 2
     line = _one_error_line(capsys.readouterr().err)
-    assert line.startswith("sk-a2: error: Unknown model 'dinov9_huge'")
+    assert line.startswith("sk-a2 crops: error: Unknown model 'dinov9_huge'")
 
 
 def test_python_dash_m_exit_status(tmp_path, monkeypatch, capsys):
@@ -147,7 +147,7 @@ def test_python_dash_m_exit_status(tmp_path, monkeypatch, capsys):
         runpy.run_module("sk_a2", run_name="__main__")
     assert exc.value.code == 2
     line = _one_error_line(capsys.readouterr().err)
-    assert line == f"sk-a2: error: image file {missing!r} does not exist"
+    assert line == f"sk-a2 crops: error: image file {missing!r} does not exist"
 
 
 # ------------------------------------------------------------------------------------ crops
@@ -186,10 +186,10 @@ def test_evaluate_waterbirds_layout(head, cropper, waterbirds_root, tiny_weights
                                     capsys):
     out = tmp_path / "results"
     argv = ["evaluate", "--dataset", "waterbirds", "--root", str(waterbirds_root),
-            *_tiny_model_args(tiny_weights, "attention"),
+            *(_tiny_model_args(tiny_weights, "attention") if cropper != "center" else []),
             *_tiny_model_args(tiny_weights, "embedding"),
-            "--cropper", cropper, "--crop-sizes", "32", "--image-size", "64", "--head", head,
-            "--device", "cpu", "--out", str(out)]
+            "--cropper", cropper, *(["--crop-sizes", "32"] if cropper != "adapter" else []),
+            "--image-size", "64", "--head", head, "--device", "cpu", "--out", str(out)]
     assert main(argv) == 0
     stdout = capsys.readouterr().out
     assert "8 test images" in stdout

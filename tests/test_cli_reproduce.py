@@ -32,10 +32,14 @@ def files(tmp_path_factory):
             "e": tiny_vit_weights(root / "e.safetensors", 21)}
 
 
-def _models(files):
-    return ["--attention-model", "timm:test_vit", "--attention-weights", files["a"],
-            "--embedding-model", "timm:test_vit", "--embedding-weights", files["e"],
-            "--image-size", SIZE, "--center-crop-size", "32", "--device", "cpu"]
+def _models(files, single=True, center=True):
+    """The tiny models (``single``: --attention-model/--embedding-model, not given beside the
+    model lists), and the center crop of the rows that have one."""
+    return [*(["--attention-model", "timm:test_vit", "--attention-weights", files["a"],
+               "--embedding-model", "timm:test_vit", "--embedding-weights", files["e"]]
+              if single else []),
+            "--image-size", SIZE, *(["--center-crop-size", "32"] if center else []),
+            "--device", "cpu"]
 
 
 def _error_line(capsys):
@@ -121,7 +125,7 @@ def test_spawrious_preset_tune_compare_and_matrix(files, tmp_path, capsys):
     pair = f"timm:test_vit={files['a']},timm:test_vit={files['e']}"
     argv = ["evaluate", "--dataset", "spawrious_o2o_hard", "--root", str(files["sp"]),
             "--preset", "paper", "--seeds", "3", "--tune", "--val-size", "0.25", "--compare",
-            *_models(files), "--crop-sizes", "32,16", "--attention-models", pair,
+            *_models(files, single=False), "--crop-sizes", "32,16", "--attention-models", pair,
             "--embedding-models", pair, "--out", str(out)]
     assert main(argv) == 0
     stdout = capsys.readouterr().out
@@ -241,8 +245,8 @@ def test_zero_shot_where_to_look_matrix(files, tmp_path, capsys):
 def test_crop_source_original_reaches_the_protocol_rows(files, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["evaluate", "--dataset", "waterbirds", "--root", str(files["wb"]), "--seeds", "2",
-            *_models(files), "--crop-sizes", "32", "--crop-source", "original", "--out",
-            str(out)]
+            *_models(files, center=False), "--crop-sizes", "32", "--crop-source", "original",
+            "--out", str(out)]
     assert main(argv) == 0
     result = json.loads((out / "evaluate_waterbirds_lr.json").read_text())
     [row] = result["rows"]

@@ -17,9 +17,15 @@ Subcommands, one module each in this package:
 
 A subcommand is a module of this package with ``add_parser(subparsers)`` (which adds and returns
 its parser) and ``run(args)``; it is registered by adding its module name to ``SUBCOMMANDS``.
-Every argument that can be checked without data or models is checked before any work. Bad
-options, paths, models or data end with one line ``sk-a2: error: <message>`` on stderr and exit
-status 2.
+Every argument that can be checked without data or models is checked before any work: each
+option changes the run or is refused, output folders are created and probed for writing, and
+results of an earlier run are not overwritten without ``--overwrite``. Every error of a
+subcommand's run, whether a bad option or a bad path, model or data, ends with one line
+``sk-a2 <command>: error: <message>`` on stderr, exit status 2 (``sk-a2: error: <message>`` when
+no subcommand was named).
+
+``sk-a2 --help`` and ``sk-a2 <command> --help`` import neither PyTorch nor scikit-learn: the
+subcommand modules import the library's heavy parts inside the functions that run.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from .common import PROG, CLIError, Parser, clean_message
+from .common import PROG, CLIError, OptionError, Parser, clean_message, option_table
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
@@ -47,9 +53,12 @@ def build_parser() -> Parser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    parser.commands = {}
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"{__name__}.{name}")
-        module.add_parser(subparsers).set_defaults(run=module.run)
+        sub = module.add_parser(subparsers)
+        sub.set_defaults(run=module.run, option_table=option_table(sub))
+        parser.commands[name] = sub
     return parser
 
 
@@ -71,19 +80,23 @@ def main(argv=None) -> int:
     -------
     int
         Exit status: 0 on success, 2 on bad options, paths, models or data (after one line
-        ``sk-a2: error: <message>`` on stderr), 130 when interrupted.
+        ``sk-a2 <command>: error: <message>`` on stderr), 130 when interrupted.
     """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    prog = f"{PROG} {args.command}"
     try:
         args.run(args)
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except OptionError as exc:
+        print(f"{prog}: error: {clean_message(exc)} (see '{prog} --help')", file=sys.stderr)
+        return 2
     except _errors() as exc:
-        print(f"{PROG}: error: {clean_message(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {clean_message(exc)}", file=sys.stderr)
         return 2
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
@@ -53,6 +52,7 @@ def add_parser(subparsers):
     parser.add_argument("--out", default="sk_a2_demo", metavar="DIR",
                         help="folder for results.json and the overlay PNGs, created if needed "
                              "(default: sk_a2_demo)")
+    common.add_overwrite_option(parser, "results.json and the overlay PNGs")
     parser.add_argument("--no-plots", action="store_true",
                         help="write no overlay PNGs (then matplotlib is not needed)")
     parser.add_argument("--seed", type=int, default=0, metavar="INT",
@@ -60,8 +60,12 @@ def add_parser(subparsers):
     return parser
 
 
+#: The overlay PNGs the demo writes (``overlays/test_<index>_<group>.png``, one per image).
+OVERLAY_PATTERNS = ("overlays/test_*.png",)
+
+
 def check(args):
-    """Every check that needs no data and no model."""
+    """Every check that needs no data and no model; returns the output folder."""
     models = {"--attention-model": args.attention_model,
               "--embedding-model": args.embedding_model}
     extras = [None if args.no_plots else "plot", *map(common.model_extra, models.values())]
@@ -69,7 +73,11 @@ def check(args):
     common.check_device(args.device)
     common.check_image_size(args.image_size, models)
     common.check_crop_sizes(args.crop_sizes, args.image_size)
-    common.check_out_dir(args.out)
+    out = common.check_output_dir(args.out)
+    plots = not args.no_plots
+    common.check_overwrite(out, ["results.json"] + ["overlays.png"] * plots, args.overwrite,
+                           OVERLAY_PATTERNS * plots)
+    return out
 
 
 def make_data(args):
@@ -197,17 +205,15 @@ def print_results(args, results, out):
 
 def run(args):
     """The ``demo`` subcommand; returns the results written to ``results.json``."""
-    check(args)
+    out = check(args)
     start = time.perf_counter()
-    out = Path(args.out)
     data, masks = make_data(args)
     cropper, crops, features = embed(args, data.images)
     predictions = fit_and_predict(features, data, masks, args.seed)
     te = masks["test"]
     methods = {key: {"label": label, **scores(data.target[te], predictions[key],
-                                              data.groups[te])}
+                                              data.groups[te], data.groups[masks["train"]])}
                for key, label in METHODS}
-    out.mkdir(parents=True, exist_ok=True)
     overlays = [] if args.no_plots else draw_overlays(out, cropper, crops, data, te, predictions)
     results = make_results(args, cropper, masks, methods, overlays,
                            time.perf_counter() - start)

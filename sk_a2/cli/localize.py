@@ -15,16 +15,24 @@ import argparse
 import csv
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from . import common
+from . import common, reporting
 from .common import CLIError, info
 
 __all__ = ["add_parser", "run"]
 
 DATASETS = ("synthetic", "waterbirds", "imagenet", "folder")
+#: The loaders' warning about clipped boxes (sk_a2.datasets ClipTally); run() reports the count.
+_CLIPPED_WARNING = r".*boxes extended past their image and were clipped"
+#: sk_a2.attention.HEAD_AGGREGATIONS, spelt out so that ``--help`` does not import PyTorch
+#: (tests/test_cli_help.py checks that they agree).
+HEAD_AGGREGATIONS = (
+    "mean", "max", "entropy_weighted", "lowest_entropy_mean", "topk_mean", "head_pruned"
+)
 
 
 def _names(text):
@@ -48,14 +56,12 @@ def _layers(text):
 
 def add_parser(subparsers):
     """Add the ``localize`` subcommand to an argparse subparsers object."""
-    from ..attention import HEAD_AGGREGATIONS
-
     p = subparsers.add_parser(
         "localize",
         help="measure how much attention falls inside object boxes, per model and block",
         description="Measure where attention models look (Section 2 and Appendices A and J of "
                     "the paper): mass of the upsampled CLS attention inside the ground-truth "
-                    "boxes, hit rate of its argmax, normalised entropy, top-10%%/25%% patch mass "
+                    "boxes, hit rate of its argmax, normalised entropy, top-10%/25% patch mass "
                     "and the CLS/register/patch token shares, per model, head aggregation and "
                     "block. Writes localization.csv (one row per block and image), summary.json "
                     "(mean and std) and the figures mass_hit_vs_size.png, per_layer.png and "
@@ -90,39 +96,47 @@ def add_parser(subparsers):
                    help="images measured: a seeded random subset (default: all; 64 synthetic)")
     common.add_image_size_option(p, 224)
     common.add_runtime_options(p)
-    p.add_argument("--cache", default=None, metavar="DIR",
-                   help="folder caching attention maps across runs (default: none)")
+    p.add_argument("--cache", default="none", metavar="memory|none|DIR",
+                   help="cache of attention maps: memory, none (in any case), or a folder kept "
+                        "across runs, created if needed (a folder named like a keyword as "
+                        "./memory) (default: none)")
     p.add_argument("--seed", type=int, default=0, metavar="INT",
-                   help="seed of the synthetic set and of the subset (default: 0)")
+                   help="seed of the synthetic set and of the --n-images subset (default: 0)")
     p.add_argument("--out", default="sk_a2_localize", metavar="DIR",
                    help="output folder, created if needed (default: sk_a2_localize)")
+    common.add_overwrite_option(p, "the table, summary and figures")
+    reporting.add_option(p, "the measurement (mass in box per block, its spread over the "
+                            "images)", needs_out=False)
     return p
 
 
 def _dataset(args):
-    """(images, boxes) of the chosen dataset."""
+    """(images, boxes, clipped) of the chosen dataset: ``clipped`` counts the boxes of each
+    image that extended past it and were clipped to it (the loaders' ``clipped_boxes``)."""
     from .. import datasets
 
     if args.dataset == "synthetic":
         data = datasets.make_spurious_images(args.n_images or 64, image_size=args.image_size,
                                              random_state=args.seed)
-        return data.images, data.boxes
-    if args.dataset == "waterbirds":
-        data = datasets.load_waterbirds(args.root, cub_root=args.cub_root)
-        keep = data.split == args.split
-        return data.images[keep], data.boxes[keep]
-    if args.dataset == "imagenet":
-        data = datasets.load_imagenet_val(args.root)
-    else:
-        data = datasets.load_image_folder(args.root, boxes=args.boxes)
-    return data.images, data.boxes
+        return data.images, data.boxes, np.zeros(len(data.images), dtype=np.int64)
+    with warnings.catch_warnings():  # the count is reported by run(), for the images measured
+        warnings.filterwarnings("ignore", message=_CLIPPED_WARNING, category=UserWarning)
+        if args.dataset == "waterbirds":
+            data = datasets.load_waterbirds(args.root, cub_root=args.cub_root)
+            keep = data.split == args.split
+            return data.images[keep], data.boxes[keep], data.clipped_boxes[keep]
+        if args.dataset == "imagenet":
+            data = datasets.load_imagenet_val(args.root)
+        else:
+            data = datasets.load_image_folder(args.root, boxes=args.boxes)
+    return data.images, data.boxes, data.clipped_boxes
 
 
-def _subset(images, boxes, n, seed):
+def _subset(images, boxes, clipped, n, seed):
     if n is None or n >= len(images):
-        return images, boxes
+        return images, boxes, clipped
     idx = np.sort(np.random.default_rng(seed).choice(len(images), size=n, replace=False))
-    return images[idx], boxes[idx]
+    return images[idx], boxes[idx], clipped[idx]
 
 
 def _write_csv(path, cols):
@@ -166,10 +180,34 @@ def _print_summary(cols):
               f"{cols['top10_mass_mean'][i]:.3f}\t{cols['patch_share_mean'][i]:.3f}")
 
 
-def check(args):
-    """Every check that needs no data and no model, before any work."""
-    from ..attention import HEAD_AGGREGATIONS
+FIGURES = ("mass_hit_vs_size.png", "per_layer.png", "token_shares.png")
 
+
+def output_names(args):
+    """The files the run writes to ``--out`` (``per_layer.png`` only with several blocks)."""
+    single = args.layers == "last" or (isinstance(args.layers, list) and len(args.layers) == 1)
+    return ["localization.csv", "summary.json",
+            *(f for f in FIGURES if not (single and f == "per_layer.png")),
+            *reporting.output_names(args)]
+
+
+def option_rules(args):
+    """``(option dest, applies, reason)`` of the options that some datasets ignore."""
+    dataset = f"--dataset {args.dataset} does not use it"
+    return [
+        ("root", args.dataset != "synthetic", "the synthetic set is generated, not read"),
+        ("cub_root", args.dataset == "waterbirds", f"{dataset} (waterbirds only)"),
+        ("boxes", args.dataset == "folder", f"{dataset} (folder only)"),
+        ("split", args.dataset == "waterbirds", f"{dataset} (waterbirds only)"),
+        ("seed", args.dataset == "synthetic" or args.n_images is not None,
+         "it seeds the synthetic set and the --n-images subset, and this run has neither"),
+    ]
+
+
+def check(args):
+    """Every check that needs no data and no model, before any work; returns the output
+    folder."""
+    common.refuse_ignored(args, option_rules(args))
     if args.dataset != "synthetic" and args.root is None:
         raise CLIError(f"--dataset {args.dataset} needs --root DIR")
     if args.dataset == "waterbirds" and args.cub_root is None:
@@ -191,7 +229,11 @@ def check(args):
     common.check_device(args.device)
     for model in args.models:
         common.check_image_size(args.image_size, {"--models": model})
-    common.check_out_dir(args.out)
+    common.check_cache(args.cache)
+    out = common.check_output_dir(args.out)
+    common.check_overwrite(out, output_names(args), args.overwrite)
+    reporting.check_file(args, out)
+    return out
 
 
 def _measure(args, images, boxes):
@@ -208,7 +250,8 @@ def _measure(args, images, boxes):
             with common.model_errors("--models", "--weights"):
                 cropper = AttentionCropper(model, weights=weights, image_size=args.image_size,
                                            crop_sizes=(min(64, args.image_size),),
-                                           head_aggregation=agg, cache=args.cache,
+                                           head_aggregation=agg,
+                                           cache=common.cache_value(args.cache, "none"),
                                            verbose=True, **common.runtime_kwargs(args)).fit()
                 reports.append(localization_report(cropper, images, boxes, layers=layers))
     return reports
@@ -218,12 +261,13 @@ def run(args):
     """Run ``sk-a2 localize``; returns the summary written to ``summary.json``."""
     from ..localization import report_columns, summarize_report
 
-    check(args)
+    out = check(args)
     started = time.perf_counter()
-    images, boxes = _subset(*_dataset(args), args.n_images, args.seed)
+    images, boxes, clipped = _subset(*_dataset(args), args.n_images, args.seed)
+    if clipped.sum() > 0:
+        info(f"{int(clipped.sum())} box(es) of the {len(images)} images extended past their "
+             "image and were clipped to it (n_clipped_boxes in summary.json)")
     reports = _measure(args, images, boxes)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     table = report_columns(reports)
     if images.dtype == object:  # image files: name each row's file
         table["path"] = np.asarray([str(p) for p in images], dtype=object)[table["image"]]
@@ -231,7 +275,8 @@ def run(args):
     summary = report_columns(summarize_report(reports))
     payload = {"dataset": args.dataset, "n_images": int(len(images)),
                "image_size": int(args.image_size), "models": args.models,
-               "head_aggregations": args.head_aggregation, "summary": _records(summary),
+               "head_aggregations": args.head_aggregation,
+               "n_clipped_boxes": int(clipped.sum()), "summary": _records(summary),
                "elapsed_seconds": round(time.perf_counter() - started, 1)}
     (out / "summary.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     _print_summary(summary)
@@ -241,4 +286,6 @@ def run(args):
         info(f"no figures ({exc})")
         written = []
     info(f"wrote localization.csv, summary.json and {len(written)} figure(s) to {out}")
+    if args.report:
+        reporting.write_localize(args, out, reports, payload)
     return payload

@@ -10,12 +10,11 @@ cache, ``--cache``), whatever the number of seeds, rows or tuning candidates.
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
-
-from sklearn.model_selection import ParameterGrid
 
 from ..presets import paper_preset
 from ..protocol import (
@@ -28,14 +27,17 @@ from ..protocol import (
     default_tune_grid,
     parse_model_list,
 )
-from . import common
-from .common import CLIError, info
-from .results import write_json
+from . import common, reporting
+from .common import CLIError, OptionError, info
+from .results import COLUMN_NOTE, format_groups, write_json
 
 PRESETS = ("paper",)
 _METHOD_OF_CROPPER = {"attention": "a2", "center": "center", "random": "random", "none": "full"}
 _TITLES = {"accuracy": "test accuracy", "worst_group_accuracy": "worst-group",
+           "mean_group_accuracy": "group mean", "train_weighted_accuracy": "train-weighted",
            "worst_class_accuracy": "worst-class"}
+#: The metrics of the cross-model matrix (one table each); the rows show them all.
+_MATRIX_METRICS = ("accuracy", "worst_group_accuracy", "worst_class_accuracy")
 
 
 def add_options(parser):
@@ -68,12 +70,16 @@ def add_options(parser):
     group.add_argument("--center-crop-size", type=common.positive_int, default=None,
                        metavar="PX", help="side of the center-crop baseline's one crop "
                                           "(default: 128, Appendix H)")
-    group.add_argument("--val-size", type=float, default=None, metavar="F",
+    group.add_argument("--val-size", type=common.fraction, default=None, metavar="F",
                        help="for datasets without a val split (Spawrious, MetaShift): hold out "
-                            "this group-stratified fraction of train as val (e.g. 0.2)")
-    group.add_argument("--cache", default="memory", metavar="memory|none|DIR",
-                       help="content cache of attention maps and embeddings: memory, none, or "
-                            "a folder kept between runs (default: memory)")
+                            "this group-stratified fraction of train as val, in (0, 1), e.g. "
+                            "0.2 (seeded by --seed); DFR is then fitted on it (DFR(Val)) unless "
+                            "--preset paper says DFR(Train), and --tune scores on it")
+    group.add_argument("--cache", default=None, metavar="memory|none|DIR",
+                       help="content cache of attention maps and embeddings: memory, none (in "
+                            "any case), or a folder kept between runs, created if needed (a "
+                            "folder named like a keyword as ./memory) (default: memory "
+                            "with the options of this group, none without)")
     # the parser's defaults, to tell options given explicitly from defaults
     parser.set_defaults(protocol_defaults={attr: parser.get_default(attr)
                                            for _, attr, _ in _OVERRIDES})
@@ -83,6 +89,30 @@ def wanted(args) -> bool:
     """Whether the options ask for the protocol."""
     return bool(args.preset or args.seeds or args.tune or args.compare
                 or args.attention_models or args.embedding_models)
+
+
+def row_methods(args):
+    """The crop methods the protocol run evaluates (rows, matrix cells, tuning)."""
+    if args.compare:
+        return {"full", "center", "random", "a2"}
+    if args.attention_models or args.embedding_models:
+        return {"a2"}
+    return {_METHOD_OF_CROPPER.get(args.cropper, "a2")}
+
+
+def takes_val_size(benchmark) -> bool:
+    """Whether the benchmark's loader holds a val split out of train (``val_size=``)."""
+    try:
+        return "val_size" in inspect.signature(benchmark.loader).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def val_size_kwargs(args):
+    """The loader's keyword arguments for ``--val-size`` (split seeded by ``--seed``)."""
+    if args.val_size is None:
+        return {}
+    return {"val_size": args.val_size, "random_state": args.seed}
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,6 +152,8 @@ def resolve_settings(args, parser_defaults, benchmark):
             base[field] = value
     base["random_crop_sizes"] = list(base["crop_sizes"]) if args.crop_sizes else \
         base["random_crop_sizes"]
+    if args.cropper == "center" and args.crop_sizes and args.center_crop_size is None:
+        base["center_crop_sizes"] = list(args.crop_sizes)  # the one row's crops, as without
     return SimpleNamespace(preset=preset, values=base, overrides=overrides)
 
 
@@ -160,21 +192,18 @@ def model_lists(args, values):
     return attention, embedding
 
 
-def check(args, settings, attention, embedding):
+def check(args, settings, attention, embedding, benchmark):
     """Checks before any work."""
-    common.check_out_dir(args.out)
-    if not Path(args.root).expanduser().is_dir():
-        raise CLIError(f"--root {args.root!r} does not exist or is not a folder")
-    if args.val_size is not None and not 0 < args.val_size < 1:
-        raise CLIError(f"--val-size must be in (0, 1), got {args.val_size}")
-    if args.classnames is not None and args.head != "zs":
-        raise CLIError("--classnames applies to --head zs only")
+    from . import evaluate
+
+    evaluate.check_options(args, benchmark)
+    evaluate.check_dataset(args)
     if args.cropper not in _METHOD_OF_CROPPER:
-        raise CLIError(f"--cropper {args.cropper} does not combine with --preset, --seeds, "
-                       "--tune, --compare or the model lists; run it without them")
+        raise OptionError(f"--cropper {args.cropper} does not combine with --preset, --seeds, "
+                          "--tune, --compare or the model lists; run it without them")
     if args.head == "zs" and (args.tune or args.compare):
-        raise CLIError("--tune and --compare fit LR and DFR heads; use them with --head lr "
-                       "or dfr")
+        raise OptionError("--tune and --compare fit LR and DFR heads; use them with --head lr "
+                          "or dfr")
     common.check_device(args.device)
     image_size = settings.values["image_size"]
     for option, refs in (("attention model", attention), ("embedding model", embedding)):
@@ -188,6 +217,7 @@ def check(args, settings, attention, embedding):
     if args.compare or args.attention_models or args.embedding_models:
         common.check_extras("evaluate", ["plot"] if args.out and (
             args.attention_models or args.embedding_models) else [])
+    evaluate.check_outputs(args, "memory")
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,16 +227,11 @@ def check(args, settings, attention, embedding):
 
 def load_data(args, benchmark):
     """The dataset as :class:`EvalData`; ``--val-size`` goes to loaders that take it."""
-    root = str(Path(args.root).expanduser())
-    if args.val_size is None:
-        bunch = benchmark.loader(root)
-    else:
-        try:
-            bunch = benchmark.loader(root, val_size=args.val_size)
-        except TypeError:
-            raise CLIError(f"--val-size: {args.dataset} has its own val split; the option "
-                           "applies to Spawrious and MetaShift") from None
+    from .evaluate import dataset_root
+
+    bunch = benchmark.loader(dataset_root(args), **val_size_kwargs(args))
     data = EvalData.from_bunch(args.dataset, bunch)
+    data.group_names = getattr(bunch, "group_names", None)  # shown by --report
     for split in ("train", "test"):
         data.require(split, "evaluate")
     sizes = ", ".join(f"{s} {int(data.mask(s).sum())}" for s in ("train", "val", "test"))
@@ -216,11 +241,10 @@ def load_data(args, benchmark):
 
 def make_protocol(args, settings, data):
     v = settings.values
-    cache = None if args.cache == "none" else args.cache
     return Protocol(
-        data, cache=cache, image_size=v["image_size"], batch_size=args.batch_size,
-        device=args.device, num_workers=args.num_workers, dfr_mode=v["dfr_mode"],
-        dfr_tune_fraction=v["dfr_tune_fraction"], metric=v["metric"],
+        data, cache=common.cache_value(args.cache, "memory"), image_size=v["image_size"],
+        batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
+        dfr_mode=v["dfr_mode"], dfr_tune_fraction=v["dfr_tune_fraction"], metric=v["metric"],
         classnames=args.classnames, log=info)
 
 
@@ -252,6 +276,8 @@ def run_tuning(args, proto, settings, attention, embedding):
                                             "(Spawrious, MetaShift).")
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    from sklearn.model_selection import ParameterGrid
+
     grid = default_tune_grid(spec.crop_sizes, v["image_size"])
     info(f"tuning on the val split: {len(ParameterGrid(grid))} settings")
     with common.model_errors("--attention-model", "--attention-weights"):
@@ -273,13 +299,15 @@ def apply_tuning(specs, tuned):
 
 
 def columns_of(settings):
-    cols = ["accuracy", "worst_group_accuracy"]
+    cols = ["accuracy", "worst_group_accuracy", "mean_group_accuracy", "train_weighted_accuracy"]
     if settings.values["metric"] == "worst_class_accuracy":
         cols.append("worst_class_accuracy")
     return cols
 
 
 def _cell(row, metric):
+    if row["mean"].get(metric) is None:  # train-weighted, when no test group is in train
+        return "—"
     text = f"{100 * row['mean'][metric]:5.1f} ± {100 * row['std'][metric]:3.1f}"
     reported = row["reported"].get(metric)
     if reported:
@@ -317,14 +345,15 @@ def run_matrix(args, proto, settings, attention, embedding, seeds, tuned):
                                           layer=spec.layer, C=spec.C, seeds=seeds,
                                           crop_source=args.crop_source)
     files = []
-    for metric in columns_of(settings):
+    for metric in [m for m in columns_of(settings) if m in _MATRIX_METRICS]:
         print(f"\nCross-model matrix, {_TITLES[metric]} (%), rows = attention, "
               "columns = embedding:")
         print(matrix.format(metric))
     if args.out is not None:
         from ..plot import save_figure
+        from .evaluate import dataset_stem
 
-        stem = Path(args.out) / f"matrix_{args.dataset}_{args.head}"
+        stem = Path(args.out).expanduser() / f"matrix_{dataset_stem(args)}_{args.head}"
         files.append(str(matrix.to_csv(stem.with_suffix(".csv"))))
         metric = v["metric"]
         fig = matrix.plot(metric, title=f"{args.dataset}: {_TITLES[metric]} (%)")
@@ -362,7 +391,7 @@ def run(args, benchmark):
     start = time.perf_counter()
     settings = resolve_settings(args, args.protocol_defaults, benchmark)
     attention, embedding = model_lists(args, settings.values)
-    check(args, settings, attention, embedding)
+    check(args, settings, attention, embedding, benchmark)
     print_settings(settings)
     seeds = [args.seed + i for i in range(int(settings.values["seeds"]))]
     data = load_data(args, benchmark)
@@ -378,10 +407,18 @@ def run(args, benchmark):
         print(f"\n{args.dataset}: {int(data.mask('test').sum())} test images, "
               f"{len(seeds)} seed(s)")
         print(format_rows(rows, columns_of(settings)))
+        print(f"({COLUMN_NOTE})")
+        if rows and rows[0].get("per_group"):  # the images of each group (same in every row)
+            print(format_groups({g: {k: v for k, v in c.items() if k != "accuracy"}
+                                 for g, c in rows[0]["per_group"].items()}))
     results = make_results(args, settings, proto, seeds, rows, tuned, matrix)
     results["files"] = files
     results["elapsed_seconds"] = round(time.perf_counter() - start, 1)
     if args.out is not None:
-        path = write_json(Path(args.out) / f"evaluate_{args.dataset}_{args.head}.json", results)
+        from .evaluate import output_names
+
+        path = write_json(Path(args.out).expanduser() / output_names(args)[0], results)
         info(f"wrote {path}")
+    if args.report:
+        reporting.write_protocol(args, settings, proto, seeds, rows, tuned, matrix)
     return results

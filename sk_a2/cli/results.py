@@ -6,21 +6,48 @@ import json
 
 import numpy as np
 
-from ..datasets import SPLIT_NAMES
 from .common import CLIError
 
 _COLUMN_TITLES = {
     "accuracy": "test accuracy",
     "worst_group_accuracy": "worst-group",
+    "mean_group_accuracy": "group mean",
+    "train_weighted_accuracy": "train-weighted",
     "worst_class_accuracy": "worst-class",
 }
+#: What each column is, printed under the tables.
+COLUMN_NOTE = ("test accuracy: all test images alike; worst-group: the lowest group accuracy; "
+               "group mean: unweighted mean of the group accuracies; train-weighted: group "
+               "accuracies weighted by their share of train (Waterbirds' \"average accuracy\" "
+               "of group_DRO and DFR; — when no test group is in train)")
 
 
-def scores(y_true, y_pred, groups):
-    """Accuracy, worst-group and worst-class accuracy as plain floats."""
+def scores(y_true, y_pred, groups, train_groups=None):
+    """Plain, worst-group, worst-class, group-mean and train-weighted accuracy as plain floats,
+    and the per-group counts (:func:`sk_a2.metrics.accuracy_summary`)."""
     from ..protocol import score_predictions
 
-    return score_predictions(y_true, y_pred, groups)
+    return score_predictions(y_true, y_pred, groups, train_groups)
+
+
+def score_columns(worst_class):
+    """The columns of a results table: the four accuracies (and worst-class)."""
+    columns = ["accuracy", "worst_group_accuracy", "mean_group_accuracy",
+               "train_weighted_accuracy"]
+    return columns + ["worst_class_accuracy"] if worst_class else columns
+
+
+def format_groups(per_group):
+    """The test and train images (and the accuracy) of each group, one line each."""
+    train = all("n_train" in c for c in per_group.values())
+    accuracy = all("accuracy" in c for c in per_group.values())
+    lines = ["group  test images" + ("  train images" if train else "")
+             + ("  accuracy" if accuracy else "")]
+    for group, c in per_group.items():
+        n_train = f"  {c['n_train']:>12d}" if train else ""
+        acc = f"  {100 * c['accuracy']:>7.1f}%" if accuracy else ""
+        lines.append(f"{group:>5}  {c['n_test']:>11d}{n_train}{acc}")
+    return "\n".join(lines)
 
 
 def format_table(rows, columns):
@@ -30,13 +57,16 @@ def format_table(rows, columns):
     lines = ["  ".join([f"{'method':<{width}}"] + [f"{t:>13}" for t in titles])]
     lines.append("-" * len(lines[0]))
     for label, values in rows:
-        cells = [f"{100 * values[c]:>12.1f}%" for c in columns]
+        cells = [f"{'—':>13}" if values.get(c) is None else f"{100 * values[c]:>12.1f}%"
+                 for c in columns]
         lines.append("  ".join([f"{label:<{width}}"] + cells))
     return "\n".join(lines)
 
 
 def split_masks(split, needed):
     """One boolean mask per name of ``SPLIT_NAMES``; each split of ``needed`` must be non-empty."""
+    from ..datasets import SPLIT_NAMES
+
     split = np.asarray(split)
     masks = {s: split == s for s in SPLIT_NAMES}
     for s in needed:
