@@ -4,11 +4,13 @@ Build it (from the repository root, with ``pip install -e ".[docs]"``)::
 
     python -m sphinx -W --keep-going -b html docs docs/_build/html
 
-The API reference is generated from the docstrings (autosummary + numpydoc), the user guide is
-the Markdown pages of this folder (MyST), the gallery is generated from ``examples/plot_*.py`` by
-sphinx-gallery (each runs at build time on the embedded synthetic data with the offline
-``imgfocus_vits14`` weights) and the model zoo page from the model registry
-(``docs/_ext/model_zoo.py``, no weights downloaded).
+The start page (``index.md``) is a landing page whose hidden toctree is the top navigation:
+Install, Getting started, User guide, API, Examples, Datasets, Reproducing the paper,
+Performance. The API reference is generated from the docstrings (autosummary + numpydoc), the
+user guide is the other Markdown pages of this folder (MyST, listed by ``user_guide.md``), the
+gallery is generated from ``examples/plot_*.py`` by sphinx-gallery (each runs at build time on
+the embedded synthetic data with the offline ``imgfocus_vits14`` weights) and the model zoo page
+from the model registry (``docs/_ext/model_zoo.py``, no weights downloaded).
 """
 
 import os
@@ -29,7 +31,7 @@ author = "sk-a2 contributors"
 copyright = "sk-a2 contributors"
 version = release = sk_a2.__version__
 
-root_doc = "contents"
+root_doc = "index"
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
@@ -83,32 +85,52 @@ sphinx_gallery_conf = {
 html_theme = "pydata_sphinx_theme"
 html_title = f"sk-a2 {release}"
 html_theme_options = {
+    "logo": {"text": "sk-a2"},
     "navigation_with_keys": False,
     "show_toc_level": 2,
-    "header_links_before_dropdown": 6,
+    "header_links_before_dropdown": 8,  # the eight sections of index.md, no "More" menu
+    "navbar_align": "left",
+    "navbar_end": ["theme-switcher"],
+    "navbar_persistent": ["search-button"],
+    "secondary_sidebar_items": ["page-toc"],
+    "footer_start": ["copyright"],
+    "footer_end": ["sphinx-version"],
 }
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 html_show_sourcelink = False
 
-# ---- user guide order: these pages first (those that exist), then any other Markdown page
-USER_GUIDE = ["index", "demo", "inputs", "crop_source", "localization", "adapter", "reproduce",
-              "cli", "performance", "architecture", "ray"]
+# ---- the site's sections (the top navigation, index.md's toctree); the user guide has its own
+# sidebar. Pages that are a section on their own get no left sidebar (it would be empty).
+SINGLE_PAGES = ["index", "install", "getting_started", "datasets", "reproduce", "performance"]
+html_sidebars = {page: [] for page in SINGLE_PAGES}
+
+# ---- user guide order: these pages first (those that exist), then any other Markdown page that
+# is not a section of its own, then the model zoo
+USER_GUIDE = ["demo", "inputs", "crop_source", "localization", "adapter", "tuning", "cli",
+              "architecture", "ray"]
+USER_GUIDE_ROOT = "user_guide"
 
 
 def user_guide_pages(folder=HERE):
-    """Docnames of the user guide's Markdown pages, in reading order."""
-    present = sorted(p.stem for p in Path(folder).glob("*.md"))
-    return [n for n in USER_GUIDE if n in present] + [n for n in present if n not in USER_GUIDE]
+    """Docnames of the user guide's pages, in reading order."""
+    present = sorted(p.stem for p in Path(folder).glob("*.md")
+                     if p.stem not in SINGLE_PAGES and p.stem != USER_GUIDE_ROOT)
+    pages = [n for n in USER_GUIDE if n in present] + [n for n in present if n not in USER_GUIDE]
+    return pages + ["model_zoo"]
 
 
 def _fill_contents(app, docname, source):
-    if docname == root_doc:
-        source[0] = source[0].replace("{user_guide_pages}", "\n   ".join(user_guide_pages()))
+    if docname == USER_GUIDE_ROOT:
+        source[0] = source[0].replace("{user_guide_pages}", "\n".join(user_guide_pages()))
+    elif docname == "contents":
+        links = ", ".join(f":doc:`{n}`" for n in user_guide_pages())
+        source[0] = source[0].replace("{user_guide_links}", links)
 
 
 def _reread_contents(app, env, added, changed, removed):
-    """The start page's toctree depends on which Markdown pages exist: reread it every build."""
-    return [root_doc]
+    """The user guide's toctree depends on which Markdown pages exist: reread it every build."""
+    return [USER_GUIDE_ROOT, "contents"]
 
 
 def setup(app):

@@ -22,6 +22,7 @@ API_MODULES = {
     "sk_a2.localization_plot": "sk_a2.localization_plot",
     "sk_a2.plot": "sk_a2.plot",
     "sk_a2.adapter": "sk_a2.adapter",
+    "sk_a2.report": "sk_a2.report",
 }
 _NAME = re.compile(r"^([A-Za-z_][\w.]*)(\(.*\))?$")
 
