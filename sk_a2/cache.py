@@ -62,7 +62,6 @@ import math
 import os
 import re
 import sqlite3
-import tempfile
 import threading
 import time
 import warnings

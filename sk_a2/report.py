@@ -82,7 +82,7 @@ _HEAT = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 
 _METRIC_LABELS = {
     "worst_group_accuracy": "Worst-group accuracy",
     "accuracy": "Test accuracy",
-    "weighted_accuracy": "Average accuracy, weighted by train group sizes",
+    "train_weighted_accuracy": "Average accuracy, weighted by train group sizes",
     "mean_group_accuracy": "Mean of the group accuracies (unweighted)",
     "worst_class_accuracy": "Worst-class accuracy",
 }
@@ -341,7 +341,7 @@ def _scores(pred, split_counts):
     if train:
         weights = np.asarray([train.get(g, 0) for g in report.groups], dtype=np.float64)
         if weights.sum() > 0:
-            values["weighted_accuracy"] = float(weights @ np.asarray(report.accuracies)
+            values["train_weighted_accuracy"] = float(weights @ np.asarray(report.accuracies)
                                                 / weights.sum())
     return report, values
 
@@ -407,7 +407,7 @@ def _run_section(metadata):
 def _headline_section(values, report, reported, per_seed, group_name):
     worst = group_name(report.worst_group)
     cards = []
-    for metric in ("worst_group_accuracy", "accuracy", "weighted_accuracy",
+    for metric in ("worst_group_accuracy", "accuracy", "train_weighted_accuracy",
                    "mean_group_accuracy"):
         if metric in values:
             paper = reported.get(metric)
@@ -925,9 +925,10 @@ def write_report(path, *, metadata=None, y_true=None, y_pred=None, groups=None, 
         Scores of each seed (``Protocol.run_row(...)["per_seed"]``): their spread is shown.
     reported : dict, default=None
         The paper's values in percent by metric (``accuracy``, ``worst_group_accuracy``,
-        ``worst_class_accuracy``, ``weighted_accuracy``, ``mean_group_accuracy``): a number, a
-        ``{"value", "table", "std"}`` dict, a :class:`~sk_a2.reported.ReportedValue` or a list
-        of them (the first is shown), as :func:`~sk_a2.reported.match_reported` returns.
+        ``worst_class_accuracy``, ``train_weighted_accuracy``, ``mean_group_accuracy``): a
+        number, a ``{"value", "table", "std"}`` dict, a
+        :class:`~sk_a2.reported.ReportedValue` or a list of them (the first is shown), as
+        :func:`~sk_a2.reported.match_reported` returns.
     tuning : TuneResult or dict, default=None
         ``Protocol.tune``'s result (or its ``to_dict()``): the table and chosen setting.
     compare : list of dict, default=None

@@ -247,7 +247,7 @@ def _read_only(folder, monkeypatch):
                 raise PermissionError(13, "Permission denied", str(dir))
             return real(*args, dir=dir, **kwargs)
 
-        monkeypatch.setattr(sk_a2.cache.tempfile, "mkstemp", deny)
+        monkeypatch.setattr(tempfile, "mkstemp", deny)
 
 
 @pytest.mark.parametrize("kind", ["file", "read-only", "empty", "blank", "under-a-file"])

@@ -22,8 +22,6 @@ import numpy as np
 from .common import CLIError, OptionError, info
 
 REPORT_NAME = "report.html"
-#: The protocol's name of the train-weighted accuracy, and the report's.
-_WEIGHTED = ("train_weighted_accuracy", "weighted_accuracy")
 _NO_MAPS = "not shown: with --cache none the protocol keeps no attention maps (boxes only)"
 
 
@@ -133,19 +131,6 @@ def _splits(data_groups, data_y, masks):
     groups = {s: data_groups[m] for s, m in masks.items() if s != "test" and m.any()}
     labels = {s: data_y[m] for s, m in masks.items() if m.any()}
     return groups, labels
-
-
-def _reported(reported):
-    """The paper's values (``match_reported``), named as the report names them."""
-    out = {}
-    for metric, values in dict(reported or {}).items():
-        out[_WEIGHTED[1] if metric == _WEIGHTED[0] else metric] = values
-    return out
-
-
-def _per_seed(per_seed):
-    return [{**row, _WEIGHTED[1]: row[_WEIGHTED[0]]} if row.get(_WEIGHTED[0]) is not None
-            else dict(row) for row in per_seed or ()]
 
 
 def _write(path, **params):
@@ -295,7 +280,7 @@ def write_protocol(args, settings, proto, seeds, rows, tuned, matrix):
         split_labels=split_labels, images=None if view.get("crops") is not None else view["images"],
         crops=view.get("crops"), attention_maps=view.get("maps"),
         image_size=settings.values["image_size"], crop_source=spec.crop_source,
-        per_seed=_per_seed(row.get("per_seed")), reported=_reported(row.get("reported")),
+        per_seed=row.get("per_seed"), reported=row.get("reported"),
         tuning=tuned, compare=_compare_rows(rows, matrix))
 
 
