@@ -26,6 +26,19 @@ Head aggregators (``a_h`` the per-head patch attention, ``H`` heads, ``P`` patch
 ``"lowest_entropy_mean"``
     the mean of the ``k = ceil(H / 4)`` heads with the lowest ``E_h`` (6 of ViT-G's 24 heads, as
     in the paper's Appendix J).
+``"topk_mean"``
+    per patch, the mean of its ``k = ceil(H / 4)`` largest head values,
+    ``a[p] = (1/k) Σ_{h ∈ top_k(p)} a_h[p]``, then renormalised: between ``"max"`` (``k = 1``)
+    and ``"mean"`` (``k = H``), and a patch counts only where several heads attend to it.
+``"head_pruned"``
+    the ``m = min(ceil(H / 4), H - 1)`` heads with the highest ``E_h`` (attention closest to
+    uniform, ``E_h = 1``) are dropped, per image, and the other ``H - m`` heads averaged (18 of
+    ViT-G's 24 heads, 4 of ViT-S's 6); of heads with equal ``E_h``, the higher index is dropped
+    first.
+
+The paper's Appendix B names top-k and head-pruned aggregators without defining them; the two
+above take the paper's concentration measure (normalised entropy) and its ``k = H / 4`` of
+Appendix J.
 """
 
 from __future__ import annotations
@@ -45,7 +58,9 @@ __all__ = [
     "patch_attention",
 ]
 
-HEAD_AGGREGATIONS = ("mean", "max", "entropy_weighted", "lowest_entropy_mean")
+HEAD_AGGREGATIONS = (
+    "mean", "max", "entropy_weighted", "lowest_entropy_mean", "topk_mean", "head_pruned"
+)
 
 
 class _StopForward(Exception):
@@ -232,6 +247,15 @@ def aggregate_heads(attn: torch.Tensor, method: str = "mean") -> torch.Tensor:
         heads = attn.shape[1]
         k = max(1, math.ceil(heads / 4))
         idx = _normalized_entropy(attn).topk(k, dim=1, largest=False).indices
+        out = attn.gather(1, idx.unsqueeze(-1).expand(-1, -1, attn.shape[-1])).mean(1)
+    elif method == "topk_mean":
+        k = max(1, math.ceil(attn.shape[1] / 4))
+        out = attn.topk(k, dim=1).values.mean(1)
+    elif method == "head_pruned":
+        heads = attn.shape[1]
+        kept = heads - min(math.ceil(heads / 4), heads - 1)
+        order = torch.sort(_normalized_entropy(attn), dim=1, stable=True).indices
+        idx = order[:, :kept]
         out = attn.gather(1, idx.unsqueeze(-1).expand(-1, -1, attn.shape[-1])).mean(1)
     else:
         raise ValueError(

@@ -63,7 +63,8 @@ class AttentionCropper(
         ``k`` exceeds them (so ``GridSearchCV`` can search ``n_crops`` with fixed sizes).
     image_size : int, default=224
         Side of the square model input.
-    head_aggregation : {"mean", "max", "entropy_weighted", "lowest_entropy_mean"}, default="mean"
+    head_aggregation : {"mean", "max", "entropy_weighted", "lowest_entropy_mean", "topk_mean", \
+            "head_pruned"}, default="mean"
         How heads combine (defined in :mod:`sk_a2.attention`).
     layer : int, default=-1
         Block whose attention is used; negative counts from the end.

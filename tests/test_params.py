@@ -106,7 +106,7 @@ def test_errors_are_scikit_learns_parameter_errors():
 
 
 def test_messages_say_what_is_accepted(tiny_vit_file):
-    with pytest.raises(ValueError, match=r"C_grid must be a non-empty sequence of C > 0, got 'ab'"):
+    with pytest.raises(ValueError, match=r"C_grid must be a non-empty sequence of C > 0, each finite, got 'ab'"):
         DFRClassifier(C_grid="ab").fit(np.eye(4), [0, 1, 0, 1])
     with pytest.raises(ValueError, match=r"num_workers must be 'auto' or an integer >= 0"):
         _fit(_make(CropEmbedder, tiny_vit_file, num_workers=-1), tiny_vit_file)

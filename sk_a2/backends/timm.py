@@ -1,10 +1,16 @@
-"""timm vision transformers (DINO, DINOv2, DINOv3, MAE, any ``"timm:<name>"``)."""
+"""timm vision transformers (DINO, DINOv2, DINOv3, MAE, iBOT, any ``"timm:<name>"``).
+
+iBOT's checkpoints are on no model hub: a spec with ``pretrained="ibot"`` builds the timm ViT of
+its ``arch`` and loads the *teacher backbone* of a released iBOT file given as ``weights=`` (see
+:func:`ibot_backbone`), normalising inputs with the ImageNet mean and std that iBOT trained with.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -15,7 +21,18 @@ from . import register_backend
 from .base import Backend, ModelSpec, square_side
 from .hub import WeightsUnavailableError, hf_reachable, host_reachable, unavailable
 
-__all__ = ["TimmBackend"]
+__all__ = ["IBOT", "IBOT_BACKBONES", "TimmBackend", "ibot_backbone"]
+
+#: ``ModelSpec.pretrained`` of the iBOT short names.
+IBOT = "ibot"
+IBOT_REPO = "https://github.com/bytedance/ibot#pre-trained-models"
+_IBOT_RELEASE = "https://lf3-nlp-opensource.bytetos.com/obj/nlp-opensource/archive/2022/ibot"
+#: The released ImageNet-1k teacher backbones (block-wise masking), by timm architecture.
+IBOT_BACKBONES = {
+    "vit_small_patch16_224": ("ViT-S/16", f"{_IBOT_RELEASE}/vits_16/checkpoint_teacher.pth"),
+    "vit_base_patch16_224": ("ViT-B/16", f"{_IBOT_RELEASE}/vitb_16/checkpoint_teacher.pth"),
+    "vit_large_patch16_224": ("ViT-L/16", f"{_IBOT_RELEASE}/vitl_16/checkpoint_teacher.pth"),
+}
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,8 +64,22 @@ class TimmBackend(Backend):
     def parse(self, model, rest):
         return ModelSpec(model, self.name, rest) if rest else None
 
+    def resolve_weights(self, spec, weights, image_size):
+        if spec.pretrained == IBOT and weights is None:
+            label, url = IBOT_BACKBONES.get(spec.arch, (spec.arch, None))
+            where = f"download its teacher backbone, {url} (" if url else "download it ("
+            raise WeightsUnavailableError(
+                f"model {spec.name!r} (iBOT {label}) is on no model hub, so it needs a local "
+                f"checkpoint: {where}listed at {IBOT_REPO}) and pass it as "
+                f"weights='path/to/checkpoint_teacher.pth' (the full checkpoint.pth works too)"
+            )
+        return weights
+
     def load(self, spec, weights, image_size, device):
-        module = create_timm(spec, weights, image_size)
+        if spec.pretrained == IBOT:
+            module = create_ibot(spec, weights, image_size)
+        else:
+            module = create_timm(spec, weights, image_size)
         return self.finish(module, spec, image_size, device, *self.mean_std(module))
 
     def patch_size(self, spec):
@@ -130,6 +161,77 @@ def create_timm(spec: ModelSpec, weights, image_size):
         raise ValueError(
             f"weights from {source} do not fit model {spec.name!r} ({arch}): {missing[0]}"
         )
+    return module
+
+
+def ibot_backbone(checkpoint, where: str) -> dict:
+    """The teacher backbone of an iBOT checkpoint, with timm's key names.
+
+    iBOT's ViTs have timm's (DINO's) parameter names (``cls_token``, ``pos_embed``,
+    ``patch_embed.proj.*``, ``blocks.<i>.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*``,
+    ``norm.*``). Released files hold them in two layouts: the backbone files
+    (``checkpoint_teacher.pth``) as ``{"state_dict": backbone}``, and the full training checkpoint
+    (``checkpoint.pth``, saved by ``main_ibot.py``) as ``{"teacher": ..., "student": ...}``
+    around a ``MultiCropWrapper`` (``backbone.*`` and the projection head ``head.*``; the
+    student under DDP's ``module.`` prefix). The teacher is taken, ``module.`` and ``backbone.``
+    are stripped, and the projection head and the student's mask token ``masked_embed`` dropped.
+    """
+    state = checkpoint
+    if isinstance(state, Mapping) and isinstance(state.get("teacher"), Mapping):
+        state = state["teacher"]
+    elif isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or isinstance(state.get("student"), Mapping):
+        raise ValueError(
+            f"{where} holds no iBOT teacher backbone (no 'teacher' entry nor 'state_dict'); "
+            "pass the released checkpoint_teacher.pth or the full checkpoint.pth"
+        )
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith("backbone.") for k in state):
+        state = {k.removeprefix("backbone."): v for k, v in state.items()
+                 if k.startswith("backbone.")}
+    return {k: v for k, v in state.items() if not k.startswith("head.") and k != "masked_embed"}
+
+
+def _uninitialised_timm(arch, **kwargs):
+    """``timm.create_model(arch)`` without its random initialisation where timm allows (built on
+    the meta device, then allocated), for a model whose every tensor is loaded next."""
+    import timm
+
+    try:
+        with torch.device("meta"):
+            module = timm.create_model(arch, pretrained=False, **kwargs)
+    except (RuntimeError, NotImplementedError):  # a model that reads tensor values as it is built
+        return timm.create_model(arch, pretrained=False, **kwargs)
+    if {n for n, _ in module.named_buffers()} <= set(module.state_dict()):
+        return module.to_empty(device="cpu")
+    return timm.create_model(arch, pretrained=False, **kwargs)  # a buffer no checkpoint holds
+
+
+def create_ibot(spec: ModelSpec, weights, image_size):
+    """The timm ViT ``spec.arch`` with the iBOT teacher backbone of the file ``weights``."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    from ..weights import read_weights_file
+
+    where = f"weights file {str(weights)!r}"
+    state = ibot_backbone(read_weights_file(weights), where)
+    module = _uninitialised_timm(spec.arch, num_classes=0, img_size=image_size,
+                                 pretrained_cfg_overlay=dict(mean=IMAGENET_MEAN, std=IMAGENET_STD))
+    state = checkpoint_filter_fn(state, module)  # resamples pos_embed to the model's grid
+    own = module.state_dict()
+    label = IBOT_BACKBONES.get(spec.arch, (spec.arch,))[0]
+    problems = [f"missing {k}" for k in own if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in own]
+    problems += [f"{k} has shape {tuple(v.shape)}, the model's is {tuple(own[k].shape)}"
+                 for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ValueError(
+            f"{where} does not fit model {spec.name!r} (iBOT {label}, timm {spec.arch}): "
+            f"{'; '.join(problems[:3])}{more}. Pass the iBOT checkpoint of that architecture."
+        )
+    module.load_state_dict(state)
     return module
 
 
