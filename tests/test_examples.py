@@ -63,3 +63,22 @@ def test_adapter_celeba_example(tiny_vit_file, tiny_vit_file2, tmp_path, capsys)
     assert "blond_male" in out and "epoch 2/2: held-out loss" in out
     pngs = sorted((tmp_path / "out").glob("overlay_*.png"))
     assert len(pngs) == 2 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_write_synthetic_csv_example_is_read_back_by_load_csv(tmp_path):
+    import numpy as np
+
+    from sk_a2.datasets import load_csv, make_spurious_images
+    from sk_a2.images import load_rgb
+
+    path = load_example("write_synthetic_csv").write_synthetic_csv(tmp_path, n_samples=40,
+                                                                   image_size=32)
+    data = make_spurious_images(40, image_size=32, random_state=0)
+    read = load_csv(path, image_column="image", target_column="shape",
+                    group_column="background", split_column="split")
+    for split in ("train", "val", "test"):
+        rows = np.flatnonzero(np.asarray(read.split) == split)
+        expected = np.flatnonzero(data.split == split)
+        assert [Path(read.images[r]).name for r in rows] == [f"{i:04d}.png" for i in expected]
+        np.testing.assert_array_equal(np.asarray(read.target)[rows], data.target[expected])
+        np.testing.assert_array_equal(load_rgb(read.images[rows[0]]), data.images[expected[0]])
