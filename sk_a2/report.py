@@ -214,12 +214,12 @@ def _reported(reported):
     return out
 
 
-def _per_seed(per_seed):
-    rows = list(per_seed or ())
+def _dict_rows(name, rows, what):
+    """``rows`` (None or a sequence of dicts) as a list; ``name[i]`` named if one is no dict."""
+    rows = list(rows or ())
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise ValueError(f"per_seed[{i}] must be a dict of metric values (as "
-                             f"Protocol.run_row's 'per_seed'), got {type(row).__name__}")
+            raise ValueError(f"{name}[{i}] must be a dict ({what}), got {type(row).__name__}")
     return rows
 
 
@@ -280,15 +280,6 @@ def _tuning(tuning):
         raise ValueError("tuning must be a Protocol.tune result (TuneResult) or its to_dict(): "
                          "a dict with 'best_params' and 'validation_table'")
     return data
-
-
-def _compare(compare):
-    rows = list(compare or ())
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise ValueError(f"compare[{i}] must be a dict (a Protocol.run_row result, or "
-                             f"label and metric values), got {type(row).__name__}")
-    return rows
 
 
 def _check_path(path):
@@ -847,10 +838,12 @@ def _check_extras(metadata, split_groups, split_labels, per_seed, reported, tuni
     return {
         "split_counts": _split_counts(split_groups),
         "split_labels": split_labels and dict(split_labels),
-        "per_seed": _per_seed(per_seed),
+        "per_seed": _dict_rows("per_seed", per_seed,
+                               "of metric values, as Protocol.run_row's 'per_seed'"),
         "reported": _reported(reported),
         "tuning": _tuning(tuning),
-        "compare": _compare(compare),
+        "compare": _dict_rows("compare", compare,
+                              "a Protocol.run_row result, or label and metric values"),
         "localization": None if localization is None else _localization_columns(localization),
     }
 
