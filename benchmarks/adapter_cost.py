@@ -1,17 +1,20 @@
-"""Cost of an AttentionAdapter fit at CelebA size, measured on a subset and extrapolated.
+"""Cost of an AttentionAdapter fit: per image on this machine, and extrapolated to CelebA size.
 
-    OMP_NUM_THREADS=1 python benchmarks/adapter_cost.py [--threads 1] [--subset 2048]
+    OMP_NUM_THREADS=2 python benchmarks/adapter_cost.py [--threads 2] [--subset 2048]
+        [--sizes 42 56 112 224]
 
-Two parts, each timed best of 3 on this machine:
+Three parts, each timed best of 3:
 
-1. Candidate embeddings: one batch of 58 crops of one image through the real DINOv2 ViT-S/14
-   (``imgfocus_vits14``) at 224 px (crop cut + resize + forward, as :class:`CropEmbedder` runs
-   them), giving seconds per candidate forward.
-2. The outer loop: one epoch of ``AttentionAdapter``'s training on ``--subset`` images with
-   random attention maps (16 x 16) and random 384-d candidate embeddings (the time does not
-   depend on their values), at the default settings.
+1. Candidate embeddings: the 58 crops of one image through the real DINOv2 ViT-S/14
+   (``imgfocus_vits14``) at each ``--sizes`` side (crop cut + resize + forward, as
+   :class:`CropEmbedder` runs them, float32), giving seconds per training image. This is the
+   one-off cost of a first ``fit``; refits with a cache run no model.
+2. Attention maps: one 112 px and one 224 px image through the same model.
+3. The outer loop: one epoch of ``AttentionAdapter``'s training at its defaults on ``--subset``
+   images with random attention maps (16 x 16) and random 384-d candidate embeddings (the time
+   does not depend on their values), whitening included.
 
-Both scale linearly in the number of images; the script prints the extrapolation to CelebA's
+All scale linearly in the number of images; the script prints the extrapolation to CelebA's
 162,770 training images. These are extrapolations, not runs at full size.
 """
 
@@ -36,66 +39,82 @@ def best_of(fn, repeats=3):
     return min(times), max(times)
 
 
-def candidate_forward_seconds():
+def candidate_seconds(size):
+    """Seconds (best, worst of 3) to embed the 58 candidates of one 224 px image at ``size``."""
     from sk_a2.crops import crop_resize
     from sk_a2.dps import candidate_bank
     from sk_a2.models import load_model
 
-    vm = load_model("imgfocus_vits14", image_size=224, device="cpu")
-    image = torch.rand(1, 3, 224, 224)
-    boxes = torch.as_tensor(candidate_bank(224))[None]
+    vm = load_model("imgfocus_vits14", image_size=size, device="cpu")
+    image = torch.rand(1, 3, size, size)
+    boxes = torch.as_tensor(candidate_bank(224) * size / 224)[None]
 
     @torch.no_grad()
     def run():
-        crops = crop_resize(image, boxes, 224)[0]
+        crops = crop_resize(image, boxes, size)[0]
         vm.embed(vm.normalize(crops))
 
     run()
-    best, worst = best_of(run)
-    return best / N_CANDIDATES, worst / N_CANDIDATES, vm.embed_dim
+    return best_of(run), vm.embed_dim
+
+
+def attention_seconds(size):
+    from sk_a2.models import load_model
+
+    vm = load_model("imgfocus_vits14", image_size=size, device="cpu")
+    image = torch.rand(1, 3, size, size)
+
+    @torch.no_grad()
+    def run():
+        vm.embed(vm.normalize(image))  # one forward of the model, as the attention pass runs it
+
+    run()
+    return best_of(run)
 
 
 def outer_epoch_seconds(n, d=384, grid=(16, 16)):
-    from sk_a2.adapter import AttentionAdapter
+    from sk_a2.adapter import AttentionAdapter, _OuterLoop
     from sk_a2.dps import box_mass_matrix, candidate_bank
 
     rng = np.random.RandomState(0)
     G = grid[0] * grid[1]
     maps = rng.dirichlet(np.ones(G), size=n).astype(np.float32)
     codes = rng.randint(0, 2, n)
-    idx = rng.permutation(n)
-    n_val = int(0.3 * n)
     mass = box_mass_matrix(grid, 224, candidate_bank(224))
     adapter = AttentionAdapter(outer_epochs=1, device="cpu", random_state=0)
+    emb = rng.randn(n, N_CANDIDATES, d).astype(np.float32)
 
     def run():
-        emb = rng.randn(n, N_CANDIDATES, d).astype(np.float32)
-        start = time.perf_counter()
-        adapter._train(maps, emb, codes, 2, idx[n_val:], idx[:n_val], mass, rng)
-        return time.perf_counter() - start
+        loop = _OuterLoop(adapter, maps, emb, codes, None, np.arange(n), np.arange(0), mass, rng)
+        adapter._train(loop, None)
 
     run()
-    times = [run() for _ in range(3)]
-    return min(times), max(times)
+    return best_of(run)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--subset", type=int, default=2048)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[42, 56, 112, 224])
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    per_fwd, per_fwd_worst, d = candidate_forward_seconds()
-    print(f"candidate forward (ViT-S/14, 224 px, {args.threads} thread(s)): "
-          f"{per_fwd * 1e3:.1f} ms best of 3 (worst {per_fwd_worst * 1e3:.1f} ms)")
-    n_fwd = CELEBA_TRAIN * N_CANDIDATES
-    print(f"CelebA train: {n_fwd:,} candidate forwards -> {n_fwd * per_fwd / 3600:.1f} h "
-          "(extrapolated)")
-    print(f"stored candidate embeddings: {n_fwd * d * 4 / 2**30:.1f} GiB float32 (d={d})")
+    print(f"{args.threads} thread(s), float32, DINOv2 ViT-S/14 (imgfocus_vits14)")
+    for size in args.sizes:
+        (best, worst), d = candidate_seconds(size)
+        print(f"58 candidates at {size} px: {best:.3f} s per image best of 3 (worst {worst:.3f})"
+              f"; CelebA train: {CELEBA_TRAIN * best / 3600:.1f} h (extrapolated)")
+    for size in (112, 224):
+        best, worst = attention_seconds(size)
+        print(f"attention map at {size} px: {best * 1e3:.1f} ms per image "
+              f"(worst {worst * 1e3:.1f})")
+    print(f"stored candidate embeddings: {CELEBA_TRAIN * N_CANDIDATES * d * 4 / 2**30:.1f} GiB "
+          f"float32 at CelebA size (d={d}), {CELEBA_TRAIN * N_CANDIDATES * 64 * 4 / 2**30:.1f} "
+          "GiB once whitened to 64 components")
     best, worst = outer_epoch_seconds(args.subset, d)
-    per_image = best / args.subset
     print(f"outer epoch on {args.subset} images: {best:.2f} s best of 3 (worst {worst:.2f} s)")
-    print(f"CelebA train outer epoch: {per_image * CELEBA_TRAIN / 60:.1f} min (extrapolated)")
+    print(f"CelebA train outer epoch: {best / args.subset * CELEBA_TRAIN / 60:.1f} min "
+          "(extrapolated)")
     return 0
 
 

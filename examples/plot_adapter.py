@@ -41,8 +41,8 @@ groups = np.asarray(data.group_names)[data.groups[test]]
 common = dict(image_size=112, device="cpu", cache="memory")
 a2 = adapter_celeba.build(args, AttentionCropper("imgfocus_vits14", crop_sizes=(32,), **common))
 adapted = adapter_celeba.build(args, AttentionAdapter(
-    "imgfocus_vits14", "imgfocus_vits14", n_crops=1, outer_epochs=args.epochs, random_state=0,
-    **common))
+    "imgfocus_vits14", "imgfocus_vits14", n_crops=1, outer_epochs=args.epochs,
+    outer_batch_size=8, random_state=0, **common))
 for name, pipe in (("A², default attention", a2), ("A² + adapter", adapted)):
     pred = pipe.fit(Xtr, data.target[train]).predict(Xte)
     print(f"{name}\n{group_accuracy_report(data.target[test], pred, groups=groups)}\n")

@@ -20,6 +20,7 @@ from ._metashift import load_metashift_animals, load_metashift_cvd
 from ._registry import Benchmark, csv_benchmark, get_benchmark, list_benchmarks
 from ._spawrious import load_spawrious, spawrious_plan
 from ._synthetic import make_spurious_images
+from ._two_object import make_two_object
 from ._waterbirds import load_waterbirds
 
 __all__ = [
@@ -38,5 +39,6 @@ __all__ = [
     "load_spawrious",
     "load_waterbirds",
     "make_spurious_images",
+    "make_two_object",
     "spawrious_plan",
 ]
