@@ -167,7 +167,7 @@ def model_key(model, weights) -> str:
         if model not in _MODULE_DIGESTS:
             h = hashlib.blake2b(digest_size=20)
             for name, t in model.state_dict().items():
-                flat = t.detach().cpu().contiguous().reshape(-1)  # 0-d ones too (logit_scale)
+                flat = t.detach().cpu().contiguous().reshape(-1)  # 0-d ones too (a scalar)
                 h.update(name.encode())
                 h.update(flat.view(torch.uint8).numpy().data)
             _MODULE_DIGESTS[model] = "module:" + h.hexdigest()

