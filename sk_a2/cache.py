@@ -144,7 +144,11 @@ _MODULE_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def file_digest(path) -> str:
-    """Digest of a file's bytes, read once per (path, inode, size, mtime) in this process."""
+    """Digest of a file's bytes, read once per (path, inode, size, mtime) in this process; of a
+    folder, the digest of the names and digests of the files directly inside it."""
+    if os.path.isdir(path):
+        files = sorted((e for e in os.scandir(path) if e.is_file()), key=lambda e: e.name)
+        return digest("folder", *[(e.name, file_digest(e.path)) for e in files])
     st = os.stat(path)
     stamp = (os.fspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
     if stamp not in _FILE_DIGESTS:

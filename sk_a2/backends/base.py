@@ -74,12 +74,15 @@ class Backend:
     extra : str or None
         The optional dependency group (``pip install "sk-a2[<extra>]"``) its models need; None
         when the base install has the library.
+    weights_folders : bool
+        Whether ``weights=`` may also be a saved model folder (``config.json`` and weights).
     """
 
     name: str = ""
     name_hint: str | None = None
     has_text_tower = False
     extra: str | None = None
+    weights_folders = False
 
     # -- names ---------------------------------------------------------------------------------
     def parse(self, model: str, rest: str) -> ModelSpec | None:
