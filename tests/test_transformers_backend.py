@@ -59,6 +59,14 @@ def rotate_half(x):
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def projections(attention):
+    """The q and k linear layers of a block (``q_proj`` / ``k_proj``, or ``attention.query`` /
+    ``attention.key`` in older transformers releases)."""
+    if hasattr(attention, "q_proj"):
+        return attention.q_proj, attention.k_proj
+    return attention.attention.query, attention.attention.key
+
+
 def direct_cls_softmax(model, x, block):
     """softmax(q_cls · Kᵀ / √d) of every head at ``block``, from the model's weights and the
     block's input (its hidden states, taken from ``output_hidden_states``)."""
@@ -67,13 +75,14 @@ def direct_cls_softmax(model, x, block):
         layers = model.encoder.layer if hasattr(model, "encoder") else model.model.layer
         layer = layers[block]
         h = layer.norm1(out.hidden_states[block]).double()
-        attn, heads = layer.attention, model.config.num_attention_heads
-        q = h @ attn.q_proj.weight.double().T
-        k = h @ attn.k_proj.weight.double().T
-        if attn.q_proj.bias is not None:
-            q = q + attn.q_proj.bias.double()
-        if attn.k_proj.bias is not None:
-            k = k + attn.k_proj.bias.double()
+        heads = model.config.num_attention_heads
+        q_lin, k_lin = projections(layer.attention)
+        q = h @ q_lin.weight.double().T
+        k = h @ k_lin.weight.double().T
+        if q_lin.bias is not None:
+            q = q + q_lin.bias.double()
+        if k_lin.bias is not None:
+            k = k + k_lin.bias.double()
         B, N, C = h.shape
         d = C // heads
         q = q.reshape(B, N, heads, d).transpose(1, 2)
@@ -128,8 +137,12 @@ def test_embeddings_equal_the_model_cls_output(family):
     np.testing.assert_allclose(full, ref.pooler_output.numpy(), atol=1e-5)
 
 
-def timm_to_transformers(state, depth):
-    """A timm DINOv2 ViT's state dict in the layout of transformers' Dinov2Model."""
+def timm_to_transformers(state, depth, fused_names):
+    """A timm DINOv2 ViT's state dict in the layout of transformers' Dinov2Model
+    (``q_proj`` ... ``o_proj`` when ``fused_names``, else the older ``attention.attention.query``
+    ... ``attention.output.dense``)."""
+    names = (("q_proj", "k_proj", "v_proj", "o_proj") if fused_names else
+             ("attention.query", "attention.key", "attention.value", "output.dense"))
     out = {
         "embeddings.cls_token": state["cls_token"],
         "embeddings.position_embeddings": state["pos_embed"],
@@ -140,11 +153,11 @@ def timm_to_transformers(state, depth):
     }
     for i in range(depth):
         src, dst = f"blocks.{i}.", f"encoder.layer.{i}."
-        for a, b in (("norm1", "norm1"), ("norm2", "norm2"), ("attn.proj", "attention.o_proj"),
+        for a, b in (("norm1", "norm1"), ("norm2", "norm2"), ("attn.proj", f"attention.{names[3]}"),
                      ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
             out[dst + b + ".weight"] = state[src + a + ".weight"]
             out[dst + b + ".bias"] = state[src + a + ".bias"]
-        for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
+        for j, name in enumerate(names[:3]):
             out[dst + f"attention.{name}.weight"] = state[src + "attn.qkv.weight"].chunk(3)[j]
             out[dst + f"attention.{name}.bias"] = state[src + "attn.qkv.bias"].chunk(3)[j]
         out[dst + "layer_scale1.lambda1"] = state[src + "ls1.gamma"]
@@ -158,8 +171,9 @@ def twins():
     timm_model = randomize(make_timm("vit_small_patch14_dinov2", SIZE, 0, embed_dim=32, depth=2,
                                      num_heads=2), seed=2, std=0.2)
     hf = transformers.Dinov2Model(transformers.Dinov2Config(**TINY)).eval()
+    fused_names = any(".q_proj." in k for k in hf.state_dict())
     missing, unexpected = hf.load_state_dict(
-        timm_to_transformers(timm_model.state_dict(), 2), strict=False)
+        timm_to_transformers(timm_model.state_dict(), 2, fused_names), strict=False)
     assert missing == ["embeddings.mask_token"] and unexpected == []
     return timm_model, hf
 
