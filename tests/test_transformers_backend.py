@@ -254,3 +254,15 @@ def test_missing_checkpoints_and_bad_folders_are_clear(tmp_path, monkeypatch):
     save_file(make_hf("dinov2").state_dict(), str(state))
     with pytest.raises(ValueError, match="does not fit model 'hf_dinov2_vits14'"):
         load_model("hf_dinov2_vits14", weights=state, image_size=SIZE, device="cpu")
+
+
+def test_without_transformers_the_extra_is_named(monkeypatch, tmp_path):
+    import importlib.util
+
+    folder = tmp_path / "tiny"
+    make_hf("dinov2").save_pretrained(folder)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "transformers" else real(name, *a))
+    with pytest.raises(ImportError, match=r'pip install "sk-a2\[transformers\]"'):
+        load_model("hf:me/tiny", weights=folder, image_size=SIZE, device="cpu")

@@ -185,7 +185,8 @@ class Backend:
         if not self.is_vit(module):
             raise ValueError(
                 f"model {name!r} is not a vision transformer with CLS attention "
-                "(A² needs a timm ViT or an open_clip CLIP model with a ViT image tower)"
+                "(A² needs a timm ViT, an open_clip CLIP model with a ViT image tower or a "
+                "transformers DINOv2 / DINOv3 model)"
             )
 
     def finish(self, module, spec: ModelSpec, image_size: int, device, mean, std) -> VisionModel:

@@ -114,6 +114,14 @@ def _auto_config(fields: dict, where: str):
         ) from None
 
 
+def _require_transformers(model_name: str) -> None:
+    if importlib.util.find_spec("transformers") is None:
+        raise ImportError(
+            f"model {model_name!r} is a Hugging Face transformers model and needs the "
+            'transformers extra: pip install "sk-a2[transformers]"'
+        )
+
+
 def _version() -> str:
     import transformers
 
@@ -169,6 +177,7 @@ class TransformersBackend(Backend):
 
     # -- loading -------------------------------------------------------------------------------
     def load(self, spec, weights, image_size, device):
+        _require_transformers(spec.name)
         if weights is not None and Path(weights).is_dir():
             module = self._from_pretrained(str(weights), spec, f"weights folder {str(weights)!r}")
         elif weights is not None:
