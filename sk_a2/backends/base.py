@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Backend", "ModelSpec", "VisionModel", "cast_copy", "per_image", "square_side"]
+__all__ = ["Backend", "ModelSpec", "VisionModel", "cast_copy", "per_image", "square_side",
+           "state_dict_mismatch"]
 
 
 def square_side(size) -> int | None:
@@ -26,6 +27,17 @@ def square_side(size) -> int | None:
             raise ValueError(f"only square patches and inputs are supported, got {tuple(size)}")
         size = size[0]
     return int(size)
+
+
+def state_dict_mismatch(state, own) -> str:
+    """How the tensors ``state`` fail to fit a model's state dict ``own`` (missing and unexpected
+    keys, other shapes; the first three and a count), or ``""`` when they fit."""
+    problems = [f"missing {k}" for k in own if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in own]
+    problems += [f"{k} has shape {tuple(v.shape)}, the model's is {tuple(own[k].shape)}"
+                 for k, v in state.items() if k in own and v.shape != own[k].shape]
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return f"{'; '.join(problems[:3])}{more}" if problems else ""
 
 
 def per_image(project, xq: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import register_backend
-from .base import Backend, ModelSpec, per_image, square_side
+from .base import Backend, ModelSpec, per_image, square_side, state_dict_mismatch
 from .hub import WeightsUnavailableError, hf_reachable, host_reachable, unavailable
 
 __all__ = ["IBOT", "IBOT_BACKBONES", "TimmBackend", "ibot_backbone"]
@@ -279,15 +279,11 @@ def create_ibot(spec: ModelSpec, weights, image_size):
     state = checkpoint_filter_fn(state, module)  # resamples pos_embed to the model's grid
     own = module.state_dict()
     label = IBOT_BACKBONES.get(spec.arch, (spec.arch,))[0]
-    problems = [f"missing {k}" for k in own if k not in state]
-    problems += [f"unexpected {k}" for k in state if k not in own]
-    problems += [f"{k} has shape {tuple(v.shape)}, the model's is {tuple(own[k].shape)}"
-                 for k, v in state.items() if k in own and v.shape != own[k].shape]
+    problems = state_dict_mismatch(state, own)
     if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise ValueError(
             f"{where} does not fit model {spec.name!r} (iBOT {label}, timm {spec.arch}): "
-            f"{'; '.join(problems[:3])}{more}. Pass the iBOT checkpoint of that architecture."
+            f"{problems}. Pass the iBOT checkpoint of that architecture."
         )
     module.load_state_dict(state)
     return module

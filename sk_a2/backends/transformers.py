@@ -27,7 +27,7 @@ import torch
 
 from ..input_size import check_input_size
 from . import register_backend
-from .base import Backend, ModelSpec, per_image, square_side
+from .base import Backend, ModelSpec, per_image, square_side, state_dict_mismatch
 from .hub import WeightsUnavailableError, hf_cache_dir
 
 __all__ = ["KNOWN_CONFIGS", "TransformersBackend", "model_type_available"]
@@ -232,15 +232,10 @@ class TransformersBackend(Backend):
             )
         module = AutoModel.from_config(_auto_config(fields, f"model {spec.name!r}"))
         state = read_weights_file(weights)
-        own = module.state_dict()
-        problems = [f"missing {k}" for k in own if k not in state]
-        problems += [f"unexpected {k}" for k in state if k not in own]
-        problems += [f"{k} has shape {tuple(v.shape)}, the model's is {tuple(own[k].shape)}"
-                     for k, v in state.items() if k in own and v.shape != own[k].shape]
+        problems = state_dict_mismatch(state, module.state_dict())
         if problems:
-            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise ValueError(f"weights file {str(weights)!r} does not fit model {spec.name!r} "
-                             f"({spec.arch}): {'; '.join(problems[:3])}{more}")
+                             f"({spec.arch}): {problems}")
         module.load_state_dict(state)
         return module
 
