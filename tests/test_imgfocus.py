@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sk_a2 import _imgfocus
-from sk_a2._imgfocus import convert_imgfocus, imgfocus_weights, onnx_path
+from sk_a2.backends import imgfocus as _imgfocus
+from sk_a2.backends.imgfocus import convert_imgfocus, imgfocus_weights, onnx_path
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

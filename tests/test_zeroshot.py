@@ -170,7 +170,7 @@ def test_text_classifier_built_once_in_fit(clip, monkeypatch):
     X = random_images(2, 64, 64)
     est = zs(clip).fit(X, [0, 1])
     calls = []
-    monkeypatch.setattr(ZeroShotCLIPClassifier, "_encode_text",
+    monkeypatch.setattr(ZeroShotCLIPClassifier, "_class_embeddings",
                         lambda *args: calls.append(1))
     est.predict(X)
     est.predict_proba(X)

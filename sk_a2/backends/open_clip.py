@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from urllib.parse import urlparse
+
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 from . import register_backend
 from .base import Backend, ModelSpec, square_side
@@ -94,6 +99,54 @@ class OpenClipBackend(Backend):
 
     def embed(self, vm, x):
         return vm.module.encode_image(x)
+
+    def image_tower(self, module):
+        return module.visual
+
+    def meta_module(self, spec):
+        import open_clip
+
+        if spec.arch not in open_clip.list_models():
+            return None
+        logging.disable(logging.WARNING)  # "No pretrained weights loaded": none are wanted
+        try:
+            return open_clip.create_model(spec.arch, pretrained=None, device="meta")
+        finally:
+            logging.disable(logging.NOTSET)
+
+    def cls_query_keys(self, attn, args, kwargs):
+        """A ``torch.nn.MultiheadAttention`` block: its packed input projection."""
+        if not isinstance(attn, nn.MultiheadAttention):
+            return super().cls_query_keys(attn, args, kwargs)
+        query = args[0] if args else kwargs["query"]
+        key = args[1] if len(args) > 1 else kwargs.get("key", query)
+        if not attn.batch_first:
+            query, key = query.transpose(0, 1), key.transpose(0, 1)
+        d = attn.embed_dim
+        w, b = attn.in_proj_weight, attn.in_proj_bias
+        bq = None if b is None else b[:d]
+        bk = None if b is None else b[d:2 * d]
+        q = F.linear(query[:, :1], w[:d], bq)
+        k = F.linear(key, w[d:2 * d], bk)
+        heads = attn.num_heads
+        B, N = k.shape[:2]
+        q = q.reshape(B, 1, heads, -1).transpose(1, 2)
+        k = k.reshape(B, N, heads, -1).transpose(1, 2)
+        return q, k, (d // heads) ** -0.5
+
+    def encodes_text(self, module):
+        return all(hasattr(module, a) for a in ("encode_text", "encode_image", "logit_scale"))
+
+    def text_encoder(self, vm):
+        tokenizer = self.tokenizer(vm)
+
+        def encode(texts):
+            return vm.module.encode_text(tokenizer(texts).to(vm.device))
+
+        return encode
+
+    def similarity_scale(self, vm) -> torch.Tensor:
+        return vm.module.logit_scale.exp()
 
     def tokenizer(self, vm):
         """The text tokenizer of a loaded CLIP model."""

