@@ -79,9 +79,10 @@ def summarize(times, n_images, **info):
 
 
 def run(n_images=96, model="imgfocus_vits14", weights=None, device="cpu", batch_size=16,
-        image_size=224, rounds=3, num_cpus=2, folder=None):
-    """Time in-process vs the Ray engine's first and second call; the summary dict. Starts a
-    private local Ray instance (``num_cpus`` logical CPUs) and shuts it down."""
+        image_size=224, rounds=3, num_cpus=2, paths=None):
+    """Time in-process vs the Ray engine's first and second call on ``paths`` (default:
+    ``n_images`` random PNG files); the summary dict. Starts a private local Ray instance
+    (``num_cpus`` logical CPUs) and shuts it down."""
     import ray
 
     from sk_a2 import CropEmbedder
@@ -96,7 +97,7 @@ def run(n_images=96, model="imgfocus_vits14", weights=None, device="cpu", batch_
         "num_actors": 1, "batch_size": batch_size, "num_gpus": gpus}, **common)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            paths = folder or make_files(tmp, n_images, image_size)
+            paths = paths or make_files(tmp, n_images, image_size)
             local.fit(paths)
             remote.fit(paths)
             local.transform(paths[:batch_size])  # warm the in-process model once
