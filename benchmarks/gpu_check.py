@@ -5,7 +5,7 @@
                                    [--giant-model vit_giant_patch14_dinov2]
                                    [--precisions float32,bfloat16] [--json gpu_check.json]
 
-In order, within about 6 minutes on one H100:
+In order (sized for at most 6 minutes on one H100; not yet timed there):
 
 1. ``tests/test_cuda.py`` (pytest, in a subprocess; ``--skip-tests`` leaves it out);
 2. ``benchmarks/run.py``'s throughput part (imported, not copied) on ``--n-images`` JPEG files
@@ -240,7 +240,8 @@ def parse(argv):
     parser.add_argument("--n-images", type=int, default=2048)
     parser.add_argument("--giant-images", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--num-workers", type=int, default=8,
+                        help="A²'s decoding workers in benchmarks/run.py (default: 8)")
     parser.add_argument("--model", default="dinov2_vits14", help="ViT-S/14 model name")
     parser.add_argument("--weights", default=None, help="its weights (default: random ones)")
     parser.add_argument("--giant-model", default="vit_giant_patch14_dinov2", help="timm name")

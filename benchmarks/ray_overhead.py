@@ -6,8 +6,10 @@
 ``CropEmbedder(...).transform`` over the same image files (full images, float32) with the
 in-process engine and with ``engine="ray"`` on a local Ray instance (started once, before the
 timings) with one model actor: on the CPU (``--device cpu``: two logical CPUs, the actor's and
-one for a reading actor beside it, ``OMP_NUM_THREADS`` threads each side), or on the GPU
-(``--device cuda``: the actor takes the GPU, ``num_gpus=1``, reading actors on the other CPUs).
+one for a reading actor beside it, ``OMP_NUM_THREADS`` threads each side; ``--num-readers 0``:
+no reading actor, the model actor reads the images itself as the in-process call does, so the
+ratio is the engine's own overhead), or on the GPU (``--device cuda``: the actor takes the GPU,
+``num_gpus=1``, reading actors on the other CPUs).
 
 Each round times, interleaved: the in-process call; the Ray engine's **first** call (the engine
 closed before it with :func:`sk_a2.ray_engine.close_engines`, so it includes everything a cold
@@ -79,10 +81,11 @@ def summarize(times, n_images, **info):
 
 
 def run(n_images=96, model="imgfocus_vits14", weights=None, device="cpu", batch_size=16,
-        image_size=224, rounds=3, num_cpus=2, paths=None):
+        image_size=224, rounds=3, num_cpus=2, paths=None, num_readers=None):
     """Time in-process vs the Ray engine's first and second call on ``paths`` (default:
     ``n_images`` random PNG files); the summary dict. Starts a private local Ray instance
-    (``num_cpus`` logical CPUs) and shuts it down."""
+    (``num_cpus`` logical CPUs) and shuts it down. ``num_readers`` (default: the engine's) sets
+    the reading actors; 0: the model actor reads the images itself, as in-process does."""
     import ray
 
     from sk_a2 import CropEmbedder
@@ -93,8 +96,10 @@ def run(n_images=96, model="imgfocus_vits14", weights=None, device="cpu", batch_
     common = dict(weights=weights, image_size=image_size, batch_size=batch_size, device=device,
                   precision="float32", num_workers=0)
     local = CropEmbedder(model, **common)
-    remote = CropEmbedder(model, engine="ray", engine_options={
-        "num_actors": 1, "batch_size": batch_size, "num_gpus": gpus}, **common)
+    options = {"num_actors": 1, "batch_size": batch_size, "num_gpus": gpus}
+    if num_readers is not None:
+        options["num_readers"] = num_readers
+    remote = CropEmbedder(model, engine="ray", engine_options=options, **common)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             paths = paths or make_files(tmp, n_images, image_size)
@@ -105,7 +110,7 @@ def run(n_images=96, model="imgfocus_vits14", weights=None, device="cpu", batch_
     finally:
         ray.shutdown()
     return summarize(times, len(paths), model=model, device=device, batch_size=batch_size,
-                     image_size=image_size, ray_cpus=num_cpus,
+                     image_size=image_size, ray_cpus=num_cpus, num_readers=num_readers,
                      omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
 
 
@@ -119,10 +124,12 @@ def main(argv=None):
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--num-cpus", type=int, default=2, help="logical CPUs of the Ray instance")
+    parser.add_argument("--num-readers", type=int, default=None,
+                        help="reading actors (default: the engine's; 0: the model actor reads)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     result = run(args.n_images, args.model, args.weights, args.device, args.batch_size,
-                 args.image_size, args.rounds, args.num_cpus)
+                 args.image_size, args.rounds, args.num_cpus, num_readers=args.num_readers)
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -39,6 +39,7 @@ import copy
 import math
 import numbers
 import os
+import threading
 from collections import defaultdict
 
 import numpy as np
@@ -89,6 +90,9 @@ BATCH_TIMEOUT = 3600
 #: ``engine_options`` keys that shape the actors (part of an engine's key).
 ACTOR_KEYS = ("num_actors", "num_readers", "num_gpus", "num_cpus", "read_cpus", "max_restarts",
               "max_task_retries")
+
+#: Held while an engine is looked up or started (calls from several threads start one engine).
+_START_LOCK = threading.Lock()
 
 #: Parameter rules of ``engine`` and ``engine_options`` (merged into ``_parameter_constraints``).
 ENGINE_CONSTRAINTS = {
@@ -423,7 +427,8 @@ def run_sharded(estimator, X, *, columns=array_columns, outputs=None, worker_par
     options = dict(params["engine_options"] or {})
     ray = connect(options.pop("address", None))
     X = X if isinstance(X, CropSet) else as_sources(X)
-    engine = _engine(params, options, decode_size, ray)
+    with _START_LOCK:
+        engine = _engine(params, options, decode_size, ray)
     outputs = dict(outputs or {})
     worker, targets = _payload(estimator, params, worker_params, outputs)
     out, seen, stats = outputs, np.zeros(len(X), dtype=bool), defaultdict(lambda: [0, 0.0])

@@ -50,6 +50,7 @@ def test_dry_run_on_cpu_prints_every_row(tmp_path, capsys, monkeypatch):
     results = _gpu_check().main([
         "--device", "cpu", "--n-images", "4", "--giant-images", "2", "--batch-size", "4",
         "--model", "timm:test_vit", "--giant-model", "test_vit", "--precisions", "float32",
+        "--num-workers", "0",
         "--skip-tests", "--ray-cpus", "2", "--json", str(out)])
     printed = capsys.readouterr().out
     for row in ("A² ViT-S/14 float32, 4 JPEG", "vs bare forwards", "vs naive loop",
