@@ -210,7 +210,7 @@ def table(results):
         t = results["tests"]
         rows.append(("tests/test_cuda.py", "passed", f"{t['passed']} ({t['summary']})"))
     for prec, r in results.get("vits", {}).items():
-        stage = f"A² ViT-S/14 {prec}, {results['n_images']} JPEG"
+        stage = f"A² {results['model']} {prec}, {results['n_images']} JPEG"
         rows += [(stage, "images/s", f"{r['a2_images_per_s']:.1f}"),
                  (stage, "vs bare forwards", f"{r['a2_vs_bare']:.2f}"),
                  (stage, "vs naive loop", f"{r['a2_vs_naive']:.2f}")]
@@ -226,8 +226,8 @@ def table(results):
     r = results.get("ray")
     if r:
         stage = f"Ray engine, {r['n_images']} images"
-        rows += [(stage, "first call / in-process", f"{r['ratio']['ray_first']:.2f}"),
-                 (stage, "second call / in-process", f"{r['ratio']['ray_second']:.2f}")]
+        rows += [(stage, "first call / in-process", f"{r['ratio']['ray_first']:.3g}"),
+                 (stage, "second call / in-process", f"{r['ratio']['ray_second']:.3g}")]
     width = max(len(s) for s, _, _ in rows) + 2
     lines = [f"{'stage':<{width}}{'figure':<28}value", "-" * (width + 40)]
     lines += [f"{s:<{width}}{f:<28}{v}" for s, f, v in rows]
@@ -258,7 +258,7 @@ def parse(argv):
 def main(argv=None):
     args = parse(argv)
     device = torch.device(args.device)
-    results = {"device": str(device), "n_images": args.n_images,
+    results = {"device": str(device), "n_images": args.n_images, "model": args.model,
                "torch": torch.__version__, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     if not args.skip_tests:
         print("tests/test_cuda.py ...", flush=True)
@@ -267,7 +267,7 @@ def main(argv=None):
         if args.weights is None:
             args.weights = random_weights(args.model, tmp)
         paths, _ = write_jpeg_images(args.n_images, tmp)
-        print(f"A² ViT-S/14 on {len(paths)} JPEG files ...", flush=True)
+        print(f"A² {args.model} on {len(paths)} JPEG files ...", flush=True)
         results["vits"], results["run_py"] = vits_throughput(paths, args, device)
         print(f"{args.giant_model} bf16 embeddings ...", flush=True)
         results["giant"] = giant_throughput(args.giant_model, args.giant_images,

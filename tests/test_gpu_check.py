@@ -53,7 +53,7 @@ def test_dry_run_on_cpu_prints_every_row(tmp_path, capsys, monkeypatch):
         "--num-workers", "0",
         "--skip-tests", "--ray-cpus", "2", "--json", str(out)])
     printed = capsys.readouterr().out
-    for row in ("A² ViT-S/14 float32, 4 JPEG", "vs bare forwards", "vs naive loop",
+    for row in ("A² timm:test_vit float32, 4 JPEG", "vs bare forwards", "vs naive loop",
                 "test_vit bf16 embeddings", "GFLOP/image", "bare MFU", "n/a",
                 "first call / in-process", "second call / in-process"):
         assert row in printed, printed
