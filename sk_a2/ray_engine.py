@@ -423,10 +423,12 @@ def run_sharded(estimator, X, *, columns=array_columns, outputs=None, worker_par
     ``num_workers=0`` and ``worker_params``; with ``verbose`` the driver reports each actor's
     throughput.
     """
+    X = X if isinstance(X, CropSet) else as_sources(X)
+    if len(X) == 0:  # nothing for the actors: the empty result, in this process
+        return {**columns(estimator.transform_batch(X)), **(outputs or {})}
     params = estimator.get_params(deep=False)
     options = dict(params["engine_options"] or {})
     ray = connect(options.pop("address", None))
-    X = X if isinstance(X, CropSet) else as_sources(X)
     with _START_LOCK:
         engine = _engine(params, options, decode_size, ray)
     outputs = dict(outputs or {})
