@@ -323,10 +323,10 @@ def _start_timeout_error(plan, ray):
     )
 
 
-def _stall_error(plan, ray, waiting):
+def _stall_error(plan, ray, waiting, timeout):
     return TimeoutError(
         f"engine='ray': no batch finished within engine_options['batch_timeout']="
-        f"{plan['batch_timeout']:g} s ({waiting} batch(es) queued on {plan['num_actors']} model "
+        f"{timeout:g} s ({waiting} batch(es) queued on {plan['num_actors']} model "
         f"actor(s)); free now on the Ray cluster: {_free_now(ray)} (ray.available_resources()). "
         "Lower batch_size, or raise batch_timeout for slow models."
     )
@@ -448,7 +448,8 @@ def run_sharded(estimator, X, *, columns=array_columns, outputs=None, worker_par
         seen[idx] = True
 
     parts = _parts(X, options.get("batch_size", params["batch_size"]), engine.readers)
-    _run(engine, (worker, columns, targets), parts, gather, ray)
+    _run(engine, (worker, columns, targets), parts, gather, ray,
+         options.get("batch_timeout", BATCH_TIMEOUT))
     if not seen.all():  # pragma: no cover - every batch returns its rows or raises
         raise RuntimeError(f"the Ray engine returned {seen.sum()} of {len(X)} images")
     if params["verbose"]:
@@ -456,13 +457,13 @@ def run_sharded(estimator, X, *, columns=array_columns, outputs=None, worker_par
     return out
 
 
-def _run(engine, payload, parts, gather, ray):
-    """Run the batches on ``engine``; a batch's own error (e.g. an unreadable ``X[i]``) is raised
-    as itself, and an engine whose actors failed is closed (the next call starts a new one)."""
-    plan = engine.plan
+def _run(engine, payload, parts, gather, ray, timeout):
+    """Run the batches on ``engine``, ``timeout`` seconds at most for each next result; a
+    batch's own error (e.g. an unreadable ``X[i]``) is raised as itself, and an engine whose
+    actors failed or stalled is closed (the next call starts a new one)."""
     try:
-        engine.run(payload, parts, gather, plan["batch_timeout"],
-                   lambda waiting: _stall_error(plan, ray, waiting))
+        engine.run(payload, parts, gather, timeout,
+                   lambda waiting: _stall_error(engine.plan, ray, waiting, timeout))
     except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, Exception) and not isinstance(cause, ray.exceptions.RayError):

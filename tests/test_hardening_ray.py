@@ -341,13 +341,13 @@ def test_actors_that_cannot_start_time_out_with_a_message(two_cpus, small):
     assert open_engines() == []
 
 
-def slow_norm(norm, armed):
-    """``norm`` that sleeps a minute while ``armed`` (a file) exists."""
+def slow_layer(layer, armed):
+    """``layer`` that sleeps a minute while ``armed`` (a file) exists."""
 
     class Slow(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.inner = norm
+            self.inner = layer
 
         def forward(self, x):
             if os.path.exists(armed):
@@ -358,12 +358,17 @@ def slow_norm(norm, armed):
 
 
 def test_a_stalled_batch_times_out_with_a_message(two_cpus, small, tmp_path):
+    """The engine started by a call with a long ``batch_timeout`` is warm; the next call's
+    own, short one bounds its wait."""
     vit, X = small
     armed = tmp_path / "armed"
-    armed.touch()
     slow = make_timm(img_size=64, seed=1)
-    slow.norm = slow_norm(slow.norm, str(armed))
-    est = _cropper(slow, {"batch_timeout": 1, "num_actors": 1})
+    # in the first block: the attention forward runs it (it stops at the last block)
+    slow.blocks[0].ls2 = slow_layer(slow.blocks[0].ls2, str(armed))
+    est = _cropper(slow, {"batch_timeout": 120, "num_actors": 1})
+    est.transform(X)  # starts the engine
+    armed.touch()
+    est.set_params(engine_options={"batch_timeout": 1, "num_actors": 1})
     with pytest.raises(TimeoutError) as info:
         est.transform(X)
     message = str(info.value)
