@@ -261,9 +261,29 @@ class AttentionCropper(
         sizes = self._validate()
         sources = as_sources(X)
         if self.engine == "ray":
-            return self._crop_set(sources, run_sharded(self, "transform", sources,
-                                                       columns=crop_columns,
+            return self._crop_set(sources, run_sharded(self, sources, columns=crop_columns,
                                                        decode_size=self.image_size))
+        return self._crop_set(sources, self._rows(sources, sizes))
+
+    def transform_batch(self, X):
+        """Choose the crops of one batch of images in this process, whatever ``engine`` says.
+
+        The unit of work of the Ray engine's actors (see ``docs/ray.md``): the same result as
+        ``transform`` with ``engine=None``. ``X`` may also hold images decoded and resized to
+        ``image_size`` ahead of the model (:class:`sk_a2.images.Decoded`).
+
+        Returns
+        -------
+        CropSet
+        """
+        check_is_fitted(self)
+        sizes = self._validate()
+        sources = as_sources(X)
+        return self._crop_set(sources, self._rows(sources, sizes))
+
+    def _rows(self, sources, sizes):
+        """The in-process per-image rows (boxes, scores, image_size, embedding) of
+        ``sources``."""
         cache = self._cache_args()["cache"]
         embed = bool(self.embed_full_image)
         map_keys = self._map_keys(sources, embed)
@@ -284,8 +304,7 @@ class AttentionCropper(
 
         vm = self._load()
         layout = box_entry(len(sizes), vm.embed_dim if embed else 0)
-        rows = cached_rows(layout, len(sources), compute, cache, box_keys)
-        return self._crop_set(sources, rows)
+        return cached_rows(layout, len(sources), compute, cache, box_keys)
 
     def _crop_set(self, sources, rows):
         """The :class:`CropSet` of the per-image ``rows`` (boxes, scores, image_size,

@@ -28,7 +28,7 @@ from .original_crops import (
 )
 from .outputs import check_output_dir, open_output
 from .precision import at_precision, precision_key
-from .ray_engine import ENGINE_CONSTRAINTS, check_engine, decode_size_of, run_sharded
+from .ray_engine import ENGINE_CONSTRAINTS, check_engine, run_sharded
 
 __all__ = ["CropEmbedder"]
 
@@ -347,17 +347,11 @@ class CropEmbedder(
         -------
         ndarray of shape (n, n_features_out_), float32
         """
-        check_is_fitted(self)
-        self._validate()
-        k = X.n_crops if isinstance(X, CropSet) else 0
-        if k != self.n_crops_:
-            what = f"a CropSet with {k} crops per image" if k else "plain images"
-            fitted = f"{self.n_crops_} crops per image" if self.n_crops_ else "plain images"
-            raise ValueError(f"CropEmbedder was fitted on {fitted}; transform got {what}")
+        self._check_input(X, "transform")
         if self.output_dir is None:
             if self.engine == "ray":
-                return run_sharded(self, "transform", X, worker_params={"output_dir": None},
-                                   decode_size=decode_size_of(self))["out"]
+                return run_sharded(self, X, worker_params={"output_dir": None},
+                                   decode_size=self._decode_size())["out"]
             return self._embed(X)
         n = len(X) if isinstance(X, CropSet) else len(as_sources(X))
         # written as <name>.npy.partial, renamed to <name>.npy once complete, removed on failure
@@ -365,12 +359,41 @@ class CropEmbedder(
             self._fill(file.array, X, n)
         return file.result
 
+    def transform_batch(self, X):
+        """Embed one batch in this process, whatever ``engine`` and ``output_dir`` say.
+
+        The unit of work of the Ray engine's actors (see ``docs/ray.md``): the same result as
+        ``transform`` with ``engine=None`` and ``output_dir=None``. With
+        ``crop_source="resized"``, ``X`` may also hold images decoded and resized to
+        ``image_size`` ahead of the model (:class:`sk_a2.images.Decoded`).
+
+        Returns
+        -------
+        ndarray of shape (n, n_features_out_), float32
+        """
+        self._check_input(X, "transform_batch")
+        return self._embed(X)
+
+    def _check_input(self, X, method):
+        check_is_fitted(self)
+        self._validate()
+        k = X.n_crops if isinstance(X, CropSet) else 0
+        if k != self.n_crops_:
+            what = f"a CropSet with {k} crops per image" if k else "plain images"
+            fitted = f"{self.n_crops_} crops per image" if self.n_crops_ else "plain images"
+            raise ValueError(f"CropEmbedder was fitted on {fitted}; {method} got {what}")
+
+    def _decode_size(self):
+        """Where the Ray engine may decode ahead of the model: at ``image_size`` when crops are
+        cut from the resized image; None (the model actors read) for crops from the originals."""
+        return self.image_size if self.crop_source == "resized" else None
+
     def _fill(self, out, X, n):
         """Write the embeddings of ``X`` into ``out``, an output file's memory-mapped array:
         by the Ray actors, or here in blocks of :data:`OUTPUT_BLOCK` images."""
         if self.engine == "ray":
-            run_sharded(self, "transform", X, outputs={"out": out},
-                        worker_params={"output_dir": None}, decode_size=decode_size_of(self))
+            run_sharded(self, X, outputs={"out": out}, worker_params={"output_dir": None},
+                        decode_size=self._decode_size())
             return
         for start in range(0, n, OUTPUT_BLOCK):
             out[start:start + OUTPUT_BLOCK] = self._embed(_rows(X, start, OUTPUT_BLOCK))

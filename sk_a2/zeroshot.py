@@ -19,7 +19,7 @@ from .images import as_sources
 from .models import resolve_model_spec
 from .original_crops import CROP_SOURCES
 from .precision import at_precision
-from .ray_engine import ENGINE_CONSTRAINTS, check_engine, decode_size_of, run_sharded
+from .ray_engine import ENGINE_CONSTRAINTS, check_engine, run_sharded
 
 __all__ = ["CROP_AGGREGATIONS", "ZeroShotCLIPClassifier"]
 
@@ -282,13 +282,32 @@ class ZeroShotCLIPClassifier(ModelParamsMixin, ImageModelMixin, ClassifierMixin,
         else:
             X = as_sources(X)
         if self.engine == "ray":
-            emb = run_sharded(self, "_crop_embeddings", X, decode_size=decode_size_of(self))["out"]
+            decode_size = self.image_size if self.crop_source == "resized" else None
+            emb = run_sharded(self, X, decode_size=decode_size)["out"]
         else:
             emb = self._crop_embeddings(X)
         vm = self._load()
         text = self._text_embeddings(vm).cpu()
         emb = F.normalize(torch.from_numpy(emb), dim=-1)
         return (vm.similarity_scale().float().cpu() * emb @ text.T).numpy()
+
+    def transform_batch(self, X):
+        """The image embeddings of every crop of one batch, in this process, whatever
+        ``engine`` says.
+
+        The unit of work of the Ray engine's actors (see ``docs/ray.md``); the classifier's
+        scores are these embeddings against the class texts' embeddings. With
+        ``crop_source="resized"``, ``X`` may also hold images decoded and resized to
+        ``image_size`` ahead of the model (:class:`sk_a2.images.Decoded`).
+
+        Returns
+        -------
+        ndarray of shape (n, n_inputs_per_image, d), float32
+            Not normalised.
+        """
+        check_is_fitted(self)
+        self._validate()
+        return self._crop_embeddings(X)
 
     def _crop_embeddings(self, X):
         """Image embeddings of every crop: (n, n_inputs_per_image, d), float32."""

@@ -63,7 +63,7 @@ class Blocks:
 def fake_ray(monkeypatch):
     """The Ray engine's contract without Ray: the driver hands the output file to
     ``run_sharded``, whose actors write each batch's rows into it by file name."""
-    def run_sharded(estimator, method, X, *, outputs=None, worker_params=None, **kwargs):
+    def run_sharded(estimator, X, *, outputs=None, worker_params=None, **kwargs):
         target = outputs["out"]
         for start in range(0, len(X), BLOCK):
             rows = estimator._embed(X[start:start + BLOCK])

@@ -20,11 +20,11 @@ from conftest import blob_images, make_clip, make_timm
 from sk_a2 import AttentionCropper, CropEmbedder, ZeroShotCLIPClassifier
 from sk_a2.backends.base import VisionModel
 from sk_a2.cache import image_key
-from sk_a2.images import Decoded, load_resized
-from sk_a2.ray_engine import read_batch
+from sk_a2.images import Decoded, load_resized, take
+from sk_a2.ray_engine import close_engines, read_batch
+from sk_a2.ray_session import open_engines
 
 ray = pytest.importorskip("ray")
-pytest.importorskip("ray.data", reason='Ray Data (pyarrow) missing: pip install "sk-a2[ray]"')
 
 S = 64
 # Ray batches of 4 images: whole in-process forward batches (2 images × 2 crops), so every
@@ -35,10 +35,11 @@ COMMON = {"image_size": S, "batch_size": 4, "device": "cpu", "precision": "float
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    """One local Ray instance for the module (3 logical CPUs: 2 actors and a reading task),
-    shut down after it."""
+    """One local Ray instance for the module (3 logical CPUs: 2 model actors and a reading
+    actor), its engines closed and the instance shut down after it."""
     ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
     yield
+    close_engines()
     ray.shutdown()
 
 
@@ -65,8 +66,7 @@ def cropper(model, **kw):
 
 def test_reading_tasks_decode_with_the_sources_cache_keys(images):
     paths, _ = images
-    out = read_batch({"data": np.array([3, 1])}, [ray.put(paths)], S)
-    assert out["data"].tolist() == [3, 1]
+    out = read_batch(take(paths, [3, 1]), S)
     assert out["key"].tolist() == [image_key(paths[3]), image_key(paths[1])]
     for row, i in enumerate((3, 1)):
         pixels, hw = load_resized(paths[i], S)
@@ -74,7 +74,7 @@ def test_reading_tasks_decode_with_the_sources_cache_keys(images):
         assert tuple(out["hw"][row]) == hw
     broken = [paths[0], __file__]
     with pytest.raises(ValueError, match=r"X\[1\]"):
-        read_batch({"data": np.array([0, 1])}, [ray.put(broken)], S)
+        read_batch(take(broken, [0, 1]), S)
 
 
 def test_decoded_sources_give_the_results_of_their_files(images, vit):
@@ -202,6 +202,49 @@ def test_killed_actor_batches_are_retried(images, vit, tmp_path):
     got = CropEmbedder(dying, **COMMON, **RAY).fit(paths).transform(paths)
     assert not armed.exists() and (tmp_path / "armed.fired").exists()  # an actor did die
     np.testing.assert_array_equal(got, ref)
+
+
+def counted_model(log):
+    """A tiny ViT whose every deserialisation (one per process that receives a copy of it)
+    appends that process's id to ``log``."""
+
+    class CountedNorm(torch.nn.Module):
+        def __init__(self, norm):
+            super().__init__()
+            self.inner, self.log = norm, log
+
+        def forward(self, x):
+            return self.inner(x)
+
+        def __setstate__(self, state):
+            super().__setstate__(state)
+            with open(self.log, "a") as f:
+                f.write(f"{os.getpid()}\n")
+
+    model = make_timm(img_size=S, seed=5)
+    model.norm = CountedNorm(model.norm)
+    return model.eval()  # in eval mode: used as it is, no copy, in every process
+
+
+def test_warm_engine_loads_the_model_once_per_actor(images, tmp_path):
+    """fit -> transform of the cropper, then of the embedder, then of a clone (as each
+    GridSearchCV candidate is): three calls on one engine, one model load in each of its two
+    actors, every result equal to the in-process one."""
+    paths, _ = images
+    log = tmp_path / "loads.txt"
+    model = counted_model(str(log))
+    ref_crops = cropper(model).fit().transform(paths)
+    ref = CropEmbedder(model, include_full_image=True, **COMMON).fit(ref_crops).transform(ref_crops)
+    crops = cropper(model, **RAY).fit().transform(paths)                      # call 1: starts
+    np.testing.assert_array_equal(crops.boxes, ref_crops.boxes)
+    embedder = CropEmbedder(model, include_full_image=True, **COMMON, **RAY).fit(crops)
+    np.testing.assert_array_equal(embedder.transform(crops), ref)             # call 2: warm
+    np.testing.assert_array_equal(clone(embedder).fit(crops).transform(crops), ref)  # call 3
+    (engine,) = [e for e in open_engines() if e.key[0][0].startswith("module:")
+                 and any("CountedNorm" in t for t in e.key[0][1])]
+    actor_pids = {ray.get(actor.ready.remote()) for actor in engine.actors}
+    loads = [int(pid) for pid in log.read_text().split() if int(pid) != os.getpid()]
+    assert len(actor_pids) == 2 and sorted(loads) == sorted(actor_pids), (loads, actor_pids)
 
 
 def test_engine_parameters_clone_and_check(vit):
