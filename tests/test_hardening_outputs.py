@@ -173,7 +173,6 @@ def test_the_ray_engine_leaves_a_final_file_only_when_complete(tmp_path, tiny_vi
     """With a real local Ray: the actors write the partial file, the driver renames it; a failed
     batch (an unreadable image) leaves nothing."""
     ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.data")
     started = not ray.is_initialized()
     if started:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
