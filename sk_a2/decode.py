@@ -26,6 +26,7 @@ nearly the same attention. The share of images whose boxes stay identical is mea
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from PIL import Image
@@ -42,7 +43,9 @@ DECODERS = ("auto", "cpu", "cuda")
 def _torchvision_decode():
     """``torchvision.io.decode_jpeg``, or None where torchvision is missing."""
     try:
-        from torchvision.io import decode_jpeg
+        with warnings.catch_warnings():  # torchvision >= 0.29 announces TorchCodec's decoders
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import decode_jpeg
     except Exception:
         return None
     return decode_jpeg
@@ -89,6 +92,13 @@ def device_jpeg(source):
         return None  # unreadable: the CPU path raises the documented error
 
 
+def _decode_one(decode_jpeg, data, mode, device):
+    try:
+        return decode_jpeg(data, mode=mode, device=device)
+    except Exception:
+        return None
+
+
 def decode_jpeg_batch(datas, size, device):
     """Decode JPEG ``datas`` (bytes) on ``device`` and resize each to ``size × size``.
 
@@ -99,15 +109,12 @@ def decode_jpeg_batch(datas, size, device):
     tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
     from torchvision.io import ImageReadMode
 
-    try:
-        images = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
-    except Exception:  # one bad file fails the batch: decode them one by one
-        images = []
-        for t in tensors:
-            try:
-                images.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device))
-            except Exception:
-                images.append(None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            images = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+        except Exception:  # one bad file fails the batch: decode them one by one
+            images = [_decode_one(decode_jpeg, t, ImageReadMode.RGB, device) for t in tensors]
     out = []
     for img in images:
         if img is None:
