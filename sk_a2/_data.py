@@ -130,7 +130,7 @@ def _read_jpeg(sources, i, size, key, store):
         hit = store.get(key, size)
         if hit is not None:
             return hit
-    data = device_jpeg(sources[i])
+    data = device_jpeg(sources[i], size)
     return data if data is not None else _host_image(sources, i, size, key, store)
 
 

@@ -20,6 +20,15 @@ Keys are digests of the image *content* (file bytes, pixels) and of every parame
 the result (model and weights, image size, layer and head aggregation for maps; model, image size
 and box for embeddings), so a stale entry cannot be returned.
 
+An image's content key is computed once per image per pass and travels with the data (a
+:class:`~sk_a2.CropSet` carries its images' ``image_keys`` from the cropper to the embedder). A
+file's key is the BLAKE2b digest of its bytes, as in every earlier version, so disk caches of
+files stay valid. An in-memory image's key is XXH3-128 of its pixels (``"xxh3:<hex>"``) where the
+``xxhash`` package is installed (the ``fast`` extra), else BLAKE2b as before
+(``SK_A2_IMAGE_KEYS=blake2b`` asks for it): the cache is not a security boundary, so a fast
+non-cryptographic 128-bit hash is enough; the two kinds of keys never equal each other, so
+entries of the other kind are misses, never wrong hits (:func:`memory_image_hash`).
+
 The disk store
 --------------
 A :class:`DiskCache` keeps every entry in **one SQLite database file** that it alone owns,

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from .images import exif_orientation
-from .resize import pil_bicubic
+from .resize import pass_order, pil_bicubic
 
 __all__ = ["DECODERS", "check_decoder", "decode_jpeg_batch", "device_jpeg", "resolve_decoder"]
 
@@ -73,9 +73,13 @@ def resolve_decoder(decoder, device) -> str:
     return decoder
 
 
-def device_jpeg(source):
+def device_jpeg(source, size=None):
     """The bytes of ``source`` when nvJPEG can decode it to what PIL gives (a baseline RGB JPEG
-    file without EXIF orientation, within PIL's pixel limit), else None (the CPU path)."""
+    file without EXIF orientation, within PIL's pixel limit), else None (the CPU path).
+
+    With ``size``, the order of the resize's passes to ``size × size``
+    (:func:`sk_a2.resize.pass_order`) is looked up here, in the loader's threads, so that the
+    device resize does not wait for it."""
     if not isinstance(source, (str, os.PathLike)):
         return None
     try:
@@ -86,6 +90,8 @@ def device_jpeg(source):
             limit = Image.MAX_IMAGE_PIXELS
             if limit is not None and img.width * img.height > limit:
                 return None
+            if size is not None and img.width != size and img.height != size:
+                pass_order(img.height, img.width, size, size)
         with open(source, "rb") as f:
             return f.read()
     except Exception:

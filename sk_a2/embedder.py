@@ -84,7 +84,7 @@ def embed_boxes(vm, sources, boxes, *, size, batch_size, num_workers=0, verbose=
     ``"float32"`` or ``"bfloat16"`` (see :mod:`sk_a2.precision`).
 
     With ``originals`` (from :func:`crop_inputs`), boxes are cut from the decoded originals
-    instead, in the decoding workers (:mod:`sk_a2.original_crops`), and cached under other keys.
+    instead, in the decoding threads (:mod:`sk_a2.original_crops`), and cached under other keys.
 
     ``image_keys`` are the images' content keys when known (a :class:`CropSet`'s
     ``image_keys``): they are then not computed again, and the resized pixels an earlier stage

@@ -10,7 +10,7 @@ What PIL computes (``libImaging/Resample.c``), and this module with it:
   along the height (skipped when it does not change), the intermediate image being uint8. Which
   pass runs first changes the last bit of some pixels, and recent Pillow versions choose it by a
   rule of their own; :func:`pass_order` reads that choice from Pillow once per (input size,
-  output size), by resizing a probe image of that size;
+  output size), by resizing a one-band probe image of that size;
 * per output pixel ``x``: ``center = (x + 0.5) * scale`` with ``scale = in / out``; the filter
   (Keys' cubic, ``a = -0.5``, support 2) is stretched by ``max(scale, 1)`` (antialiasing when
   shrinking), evaluated in double precision at the input pixels ``xmin..xmax`` it covers and
@@ -107,16 +107,15 @@ def pil_bicubic(image: torch.Tensor, size) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=4096)
 def pass_order(in_h: int, in_w: int, out_h: int, out_w: int) -> str:
-    """``"wh"`` (width pass first) or ``"hw"``: the order in which this Pillow resizes an RGB
-    image of ``in_h x in_w`` to ``out_h x out_w``, read by resizing a random probe image (once
-    per sizes in this process)."""
+    """``"wh"`` (width pass first) or ``"hw"``: the order in which this Pillow resizes an image
+    of ``in_h x in_w`` to ``out_h x out_w``, read by resizing a random one-band probe image of
+    that size (once per sizes in this process; the order does not depend on the bands)."""
     from PIL import Image
 
-    probe = np.random.default_rng(in_h * 7919 + in_w).integers(0, 256, (in_h, in_w, 3),
+    probe = np.random.default_rng(in_h * 7919 + in_w).integers(0, 256, (in_h, in_w),
                                                                 dtype=np.uint8)
     ref = torch.from_numpy(np.asarray(
         Image.fromarray(probe).resize((out_w, out_h), Image.BICUBIC)).copy())
-    x = torch.from_numpy(probe).to(torch.float64)
+    x = torch.from_numpy(probe)[..., None].to(torch.float64)
     wh = _pass(_pass(x, resize_weights(in_w, out_w), 1), resize_weights(in_h, out_h), 0)
-    return "wh" if torch.equal(wh.to(torch.uint8), ref) else "hw"
-
+    return "wh" if torch.equal(wh[..., 0].to(torch.uint8), ref) else "hw"
