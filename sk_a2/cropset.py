@@ -119,6 +119,10 @@ class CropSet:
         ``include_full_image=True`` and the same model then uses it instead of a second forward.
     full_embedding_source : dict, optional
         Where ``full_embeddings`` come from: ``model_id``, ``image_size`` and ``precision``.
+    image_keys : sequence of str, optional
+        Each image's content key (:func:`sk_a2.cache.image_key`), when the cropper computed them:
+        the embedder then uses them for its cache and to take the cropper's decoded pixels
+        (:mod:`sk_a2.pixel_store`) instead of digesting and decoding each image again.
 
     Notes
     -----
@@ -144,8 +148,9 @@ class CropSet:
     """
 
     def __init__(self, images, boxes, scores, image_sizes, full_embeddings=None,
-                 full_embedding_source=None):
+                 full_embedding_source=None, image_keys=None):
         self.images = images
+        self.image_keys = None if image_keys is None else list(image_keys)
         self.full_embeddings = full_embeddings
         self.full_embedding_source = full_embedding_source
         self.boxes = np.asarray(boxes, dtype=np.float32)
@@ -164,6 +169,8 @@ class CropSet:
                                             or len(full_embeddings) != n):
             raise ValueError(f"full_embeddings must have shape ({n}, d), got "
                              f"{np.shape(full_embeddings)}")
+        if self.image_keys is not None and len(self.image_keys) != n:
+            raise ValueError(f"image_keys must hold {n} keys, got {len(self.image_keys)}")
         check_boxes(self.boxes, self.image_sizes)
         if not isinstance(images, np.ndarray):
             for i, source in enumerate(images):
@@ -175,7 +182,7 @@ class CropSet:
     def with_images(self, images) -> CropSet:
         """The same boxes on other sources of the same images (e.g. decoded ones)."""
         return CropSet(images, self.boxes, self.scores, self.image_sizes,
-                       self.full_embeddings, self.full_embedding_source)
+                       self.full_embeddings, self.full_embedding_source, self.image_keys)
 
     @property
     def n_crops(self) -> int:
@@ -212,15 +219,16 @@ class CropSet:
         else:
             images = [self.images[i] for i in idx]
         full = None if self.full_embeddings is None else self.full_embeddings[idx]
+        keys = None if self.image_keys is None else [self.image_keys[i] for i in idx]
         return CropSet(images, self.boxes[idx], self.scores[idx], self.image_sizes[idx],
-                       full, self.full_embedding_source)
+                       full, self.full_embedding_source, keys)
 
     def first(self, k: int) -> CropSet:
         """The same images with only their first ``k`` boxes."""
         if not 1 <= k <= self.n_crops:
             raise ValueError(f"k must be in [1, {self.n_crops}], got {k}")
         return CropSet(self.images, self.boxes[:, :k], self.scores[:, :k], self.image_sizes,
-                       self.full_embeddings, self.full_embedding_source)
+                       self.full_embeddings, self.full_embedding_source, self.image_keys)
 
     def frame_boxes(self, size: int) -> np.ndarray:
         """Boxes in the pixels of the image resized to ``size × size`` (float64).

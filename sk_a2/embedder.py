@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -19,6 +21,8 @@ from ._param_validation import PATH, Boolean, StrOptions, Text, validate_params
 from .cache import EntryLayout, cached_rows, digest, image_key, model_key
 from .crops import crop_resize
 from .cropset import CropSet
+from .decode import DECODERS, check_decoder
+from .device import resolve_device
 from .images import as_sources, take
 from .original_crops import (
     CROP_SOURCES,
@@ -69,7 +73,7 @@ def shared_full_embeddings(X, model_id, image_size, precision, resolved):
 
 def embed_boxes(vm, sources, boxes, *, size, batch_size, num_workers=0, verbose=False,
                 cache=None, model_id=None, desc="embedding", originals=None,
-                precision="float32"):
+                precision="float32", image_keys=None, decoder="cpu"):
     """Embed every box of every image: (n, m, d) float32.
 
     Each box (in pixels of the image resized to ``size × size``) is cut and resized bilinearly to
@@ -80,16 +84,26 @@ def embed_boxes(vm, sources, boxes, *, size, batch_size, num_workers=0, verbose=
     ``"float32"`` or ``"bfloat16"`` (see :mod:`sk_a2.precision`).
 
     With ``originals`` (from :func:`crop_inputs`), boxes are cut from the decoded originals
-    instead, in the decoding workers (:mod:`sk_a2.original_crops`), and cached under other keys.
+    instead, in the decoding threads (:mod:`sk_a2.original_crops`), and cached under other keys.
+
+    ``image_keys`` are the images' content keys when known (a :class:`CropSet`'s
+    ``image_keys``): they are then not computed again, and the resized pixels an earlier stage
+    decoded are taken from the :mod:`~sk_a2.pixel_store`. ``decoder`` is the ``decoder``
+    parameter (:mod:`sk_a2.decode`).
     """
     n, m = boxes.shape[:2]
     keys = None
     if cache is not None:
+        if image_keys is None:
+            image_keys = [image_key(src) for src in sources]  # once per image, not per box
         tag = () if originals is None else ("original",)
-        keys = [digest("embedding", model_id, size, precision_key(precision), image_key(src),
+        keys = [digest("embedding", model_id, size, precision_key(precision), key,
                        tuple(round(v, 4) for v in b), *tag)
-                for src, image_boxes in zip(sources, boxes) for b in image_boxes.tolist()]
-    embed = _embed_missing if originals is None else _embed_missing_original
+                for key, image_boxes in zip(image_keys, boxes) for b in image_boxes.tolist()]
+    if originals is None:
+        embed = functools.partial(_embed_missing, image_keys=image_keys, decoder=decoder)
+    else:
+        embed = _embed_missing_original
 
     def compute(todo):  # todo: flat (image, box) indices
         missing = np.zeros(n * m, dtype=bool)
@@ -109,13 +123,14 @@ def embedding_entry(embed_dim) -> EntryLayout:
 
 
 def _embed_missing(vm, sources, boxes, todo, size, batch_size, num_workers, verbose, desc,
-                   precision):
+                   precision, image_keys=None, decoder="cpu"):
     """Yield ``(image rows, box indices, embeddings)`` for the boxes where ``todo`` is set."""
     rows = np.flatnonzero(todo.any(1))
     full = np.array([0, 0, size, size], dtype=np.float64)
     batches = iter_image_batches(
         take(sources, rows), size, batch_size=max(1, batch_size // boxes.shape[1]),
         num_workers=num_workers, device=vm.device, verbose=verbose, desc=desc,
+        keys=None if image_keys is None else [image_keys[r] for r in rows], decoder=decoder,
     )
     for start, pixels, _ in batches:
         batch_rows = rows[start:start + len(pixels)]
@@ -226,8 +241,14 @@ class CropEmbedder(
     batch_size : int, default=32
         Model inputs (crops) per forward pass.
     num_workers : int or "auto", default="auto"
-        Worker processes decoding and resizing images while the model runs; ``"auto"`` uses up
-        to 8 on CUDA and none on CPU (where the model already uses every core).
+        Threads decoding and resizing images, up to two batches ahead of the model, started
+        once per process and kept; ``"auto"``: ``min(8, CPU cores)`` on CUDA, 1 on CPU; 0
+        decodes in the calling thread. With ``crop_source="original"`` the same threads cut
+        the crops from the originals.
+    decoder : {"auto", "cpu", "cuda"}, default="auto"
+        Who decodes JPEG files: PIL on the CPU, or nvJPEG on the CUDA device (resized there to
+        PIL's exact bytes); ``"auto"`` is ``"cuda"`` on a CUDA device with torchvision
+        installed. See :mod:`sk_a2.decode`. (``crop_source="original"`` decodes on the CPU.)
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     precision : {"auto", "float32", "bfloat16"}, default="auto"
@@ -295,10 +316,12 @@ class CropEmbedder(
         engine=None,
         engine_options=None,
         output_dir=None,
+        decoder="auto",
     ):
         super().__init__(model, weights=weights, image_size=image_size, batch_size=batch_size,
                          num_workers=num_workers, device=device, precision=precision, cache=cache,
                          verbose=verbose, engine=engine, engine_options=engine_options)
+        self.decoder = decoder
         self.include_full_image = include_full_image
         self.crop_source = crop_source
         self.output_dir = output_dir
@@ -309,12 +332,14 @@ class CropEmbedder(
         "include_full_image": [Boolean()],
         "crop_source": [StrOptions(CROP_SOURCES)],
         "output_dir": [None, Text(lambda v: isinstance(v, PATH), "a directory path")],
+        "decoder": [StrOptions(DECODERS)],
     }
 
     def _validate(self):
         validate_params(self)
         self._check_precision()
         check_engine(self.engine, self.engine_options)
+        check_decoder(self.decoder, resolve_device(self.device))
         if self.output_dir is not None:  # fit and each transform, before any model work
             check_output_dir(self.output_dir, "output_dir", otherwise=("None",))
 
@@ -413,7 +438,8 @@ class CropEmbedder(
         emb = embed_boxes(
             vm, sources, boxes, size=self.image_size, batch_size=self.batch_size,
             num_workers=self.num_workers, verbose=self.verbose, originals=originals,
-            precision=resolved, **self._cache_args(),
+            precision=resolved, image_keys=X.image_keys if isinstance(X, CropSet) else None,
+            decoder=self.decoder, **self._cache_args(),
         )
         if shared is not None:
             emb = np.concatenate([emb, shared[:, None, :]], axis=1)

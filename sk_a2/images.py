@@ -89,14 +89,15 @@ def open_image(path, where: str):
         ) from None
 
 
-def image_digest(source) -> bytes:
+def image_digest(source, new_hash=None) -> bytes:
     """16 bytes identifying an image source without reading a file.
 
     An array by its dtype, shape and pixels; a PIL image by its mode, size, EXIF orientation
     (when not 1) and pixels; a path by its absolute form (see :func:`sk_a2.cache.image_key` for
-    the identity of a file's content).
+    the identity of a file's content). ``new_hash`` makes the hash object (``update`` and
+    ``digest`` methods, 16-byte digest); by default BLAKE2b.
     """
-    h = hashlib.blake2b(digest_size=16)
+    h = hashlib.blake2b(digest_size=16) if new_hash is None else new_hash()
     if isinstance(source, np.ndarray):
         h.update(b"array" + repr((source.shape, source.dtype.str)).encode())
         h.update(np.ascontiguousarray(source).tobytes())

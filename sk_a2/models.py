@@ -41,12 +41,14 @@ from copy import deepcopy
 import torch
 from torch import nn
 
+from ._data import shutdown_pools
 from ._param_validation import IMAGE_SIZE
 from .backends import ModelSpec, VisionModel, backend_for_module, get_backend, list_backends
 from .backends.hub import WeightsUnavailableError
 from .backends.transformers import model_type_available
 from .device import resolve_device
 from .input_size import check_input_size
+from .pixel_store import pixel_store
 from .weights import check_weights_file
 
 __all__ = [
@@ -183,10 +185,13 @@ _LOCK = threading.RLock()
 
 
 def clear_model_cache() -> None:
-    """Drop every loaded model held by this process."""
+    """Drop every loaded model held by this process, stop the data path's decoding threads
+    and empty its store of decoded images (:mod:`sk_a2.pixel_store`)."""
     with _LOCK:
         _CACHE.clear()
         _MODULE_CACHE.clear()
+    shutdown_pools()
+    pixel_store().clear()
 
 
 def load_model(model, *, weights=None, image_size=224, device="cpu") -> VisionModel:

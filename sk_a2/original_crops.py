@@ -43,8 +43,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from ._data import prefetched
 from .images import exif_orientation, load_rgb, resize_rgb
 
 __all__ = [
@@ -236,15 +237,18 @@ def _concat(items):
 def iter_original_crop_batches(dataset, *, batch_size, num_workers, device, verbose=False,
                                desc=""):
     """Yield ``(start, crops, counts)``: the crops of ``batch_size`` images, concatenated on
-    ``device``, and how many belong to each image. ``num_workers`` worker processes (a resolved
-    int) decode, cut and resize while the model runs."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=_concat, pin_memory=device.type == "cuda")
+    ``device``, and how many belong to each image. ``num_workers`` threads of the process's
+    decoding pool (a resolved int, see ``sk_a2._data``) decode, cut and resize up to two batches
+    ahead of the model."""
     from tqdm.auto import tqdm
 
-    start = 0
-    with tqdm(total=len(dataset), desc=desc, unit="img", disable=not verbose) as progress:
-        for crops, counts in loader:
+    n = len(dataset)
+    starts = range(0, n, batch_size)
+    jobs = ([lambda i=i: dataset[i] for i in range(s, min(s + batch_size, n))] for s in starts)
+    with tqdm(total=n, desc=desc, unit="img", disable=not verbose) as progress:
+        for start, items in zip(starts, prefetched(jobs, num_workers)):
+            crops, counts = _concat(items)
+            if device.type == "cuda":
+                crops = crops.pin_memory()
             yield start, crops.to(device, non_blocking=True), counts
-            start += len(counts)
             progress.update(len(counts))

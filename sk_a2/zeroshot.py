@@ -84,8 +84,9 @@ class ZeroShotCLIPClassifier(ModelParamsMixin, ImageModelMixin, ClassifierMixin,
     batch_size : int, default=32
         Model inputs (crops, or prompts) per forward pass.
     num_workers : int or "auto", default="auto"
-        Worker processes decoding and resizing images while the model runs; ``"auto"`` uses up
-        to 8 on CUDA and none on CPU (where the model already uses every core).
+        Threads decoding and resizing images, up to two batches ahead of the model, started
+        once per process and kept; ``"auto"``: ``min(8, CPU cores)`` on CUDA, 1 on CPU; 0
+        decodes in the calling thread.
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     precision : {"auto", "float32", "bfloat16"}, default="auto"

@@ -106,3 +106,66 @@ def test_zero_shot_on_cuda_matches_cpu(tmp_path):
                                     image_size=64, device=device, batch_size=4).fit(X, y)
         scores[device] = zs.predict_proba(X)
     np.testing.assert_allclose(scores["cuda"], scores["cpu"], atol=1e-4)
+
+
+# ---- the data path on CUDA: pinned uint8 transfers, nvJPEG decoding, PIL-exact resize ------
+
+
+def _jpeg_files(tmp_path, n=8):
+    from PIL import Image
+
+    X = blob_images(n, size=96, seed=7)[0]
+    paths = []
+    for i, img in enumerate(X):
+        p = tmp_path / f"{i}.jpg"
+        Image.fromarray(img).save(p, quality=90)
+        paths.append(str(p))
+    return paths
+
+
+def test_pil_bicubic_on_cuda_is_byte_identical_to_pil():
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    from sk_a2.resize import pil_bicubic
+
+    for photo in load_sample_images().images:
+        for size in (224, 64, (300, 500)):
+            h, w = (size, size) if isinstance(size, int) else size
+            ref = np.asarray(Image.fromarray(photo).resize((w, h), Image.BICUBIC))
+            got = pil_bicubic(torch.from_numpy(photo.copy()).cuda(), size)
+            assert got.device.type == "cuda"
+            np.testing.assert_array_equal(got.cpu().numpy(), ref)
+
+
+def test_cpu_decoder_batches_on_cuda_equal_cpu_batches(tmp_path):
+    from sk_a2._data import iter_image_batches
+
+    paths = _jpeg_files(tmp_path)
+
+    def batches(device):
+        return [x.cpu() for _, x, _ in iter_image_batches(
+            paths, 64, batch_size=3, num_workers=2, device=torch.device(device), decoder="cpu")]
+
+    for a, b in zip(batches("cpu"), batches("cuda")):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def test_nvjpeg_decoder_close_to_pil(tiny_vit_file, tmp_path):
+    pytest.importorskip("torchvision")
+    from sk_a2._data import iter_image_batches
+
+    paths = _jpeg_files(tmp_path)
+
+    def batches(decoder):
+        return torch.cat([x.cpu() for _, x, _ in iter_image_batches(
+            paths, 64, batch_size=3, num_workers=2, device=torch.device("cuda"),
+            decoder=decoder)])
+
+    cpu, gpu = batches("cpu"), batches("cuda")
+    assert (gpu - cpu).abs().max().item() <= 4 / 255  # nvJPEG's IDCT is not libjpeg's
+    cs_cpu = AttentionCropper("timm:test_vit", crop_sizes=(32,), decoder="cpu",
+                              **_kw(tiny_vit_file, "cuda")).fit().transform(paths)
+    cs_gpu = AttentionCropper("timm:test_vit", crop_sizes=(32,), decoder="cuda",
+                              **_kw(tiny_vit_file, "cuda")).fit().transform(paths)
+    np.testing.assert_allclose(cs_gpu.scores, cs_cpu.scores, atol=1e-3)

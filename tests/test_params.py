@@ -42,8 +42,10 @@ CROP_BAD = {
 BAD = {
     AttentionCropper: {**COMMON_MODEL_BAD, **CROP_BAD,
                        "head_aggregation": ["median", None, 1],
-                       "layer": [1.5, "last", None]},
-    CropEmbedder: {**COMMON_MODEL_BAD, "include_full_image": ["yes", None, 1]},
+                       "layer": [1.5, "last", None],
+                       "decoder": ["nvjpeg", None, 1, "CUDA"]},
+    CropEmbedder: {**COMMON_MODEL_BAD, "include_full_image": ["yes", None, 1],
+                   "decoder": ["nvjpeg", None, 1]},
     CenterCropper: CROP_BAD,
     RandomCropper: {**CROP_BAD, "random_state": ["0", 1.5, -1, 2**32]},
     DFRClassifier: {

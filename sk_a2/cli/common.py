@@ -174,8 +174,8 @@ def add_runtime_options(parser, *, batch_size=32, workers=False):
                              "(default: auto)")
     if workers:
         parser.add_argument("--num-workers", type=non_negative_int, default=0, metavar="N",
-                            help="worker processes decoding images while the models run "
-                                 "(default: 0)")
+                            help="threads decoding images while the models run (default: 0, "
+                                 "decoding in the main thread)")
 
 
 def add_overwrite_option(parser, what):
