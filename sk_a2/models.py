@@ -39,6 +39,7 @@ import weakref
 from copy import deepcopy
 
 import torch
+from sklearn_compat.utils._param_validation import validate_params
 from torch import nn
 
 from ._param_validation import IMAGE_SIZE
@@ -189,6 +190,7 @@ def clear_model_cache() -> None:
         _MODULE_CACHE.clear()
 
 
+@validate_params({"image_size": [IMAGE_SIZE]}, prefer_skip_nested_validation=True)
 def load_model(model, *, weights=None, image_size=224, device="cpu") -> VisionModel:
     """Load (or fetch from the process cache) a vision model.
 
@@ -206,8 +208,6 @@ def load_model(model, *, weights=None, image_size=224, device="cpu") -> VisionMo
     -------
     VisionModel
     """
-    if not IMAGE_SIZE.is_satisfied_by(image_size):
-        raise ValueError(f"image_size must be {IMAGE_SIZE}, got {image_size!r}")
     image_size = int(image_size)
     device = resolve_device(device)
     if weights is not None:

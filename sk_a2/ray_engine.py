@@ -37,7 +37,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from ._param_validation import StrOptions, Text
+from ._param_validation import Rule, StrOptions
 from .cropset import CropSet
 from .images import Decoded, Subset, as_sources, load_resized, take
 from .outputs import write_file_rows, write_rows
@@ -74,7 +74,7 @@ START_TIMEOUT = 600
 #: Parameter rules of ``engine`` and ``engine_options`` (merged into ``_parameter_constraints``).
 ENGINE_CONSTRAINTS = {
     "engine": [None, StrOptions(["ray"])],
-    "engine_options": [None, Text(lambda v: isinstance(v, dict), "a dict of engine options")],
+    "engine_options": [None, Rule(lambda v: isinstance(v, dict), "a dict of engine options")],
 }
 
 
