@@ -8,28 +8,28 @@ import os
 import numpy as np
 import torch
 
-from ._param_validation import IMAGE_SIZE, PATH, Boolean, Interval, StrOptions, Text
+from ._param_validation import IMAGE_SIZE, PATH, Interval, Rule, StrOptions
 from .cache import DiskCache, MemoryCache, model_key, resolve_cache
 from .device import DEVICE, cpu_fallback, resolve_device
 from .images import position
 from .models import load_model
-from .precision import PRECISIONS, check_precision, resolve_precision, warn_if_slow
+from .precision import PRECISIONS, resolve_precision, warn_if_slow
 from .weights import check_fingerprint, weights_fingerprint
 
 #: Parameter rules shared by the estimators that run a model (see ``_parameter_constraints``).
 MODEL_CONSTRAINTS = {
-    "model": [Text(lambda v: isinstance(v, (str, torch.nn.Module)),
+    "model": [Rule(lambda v: isinstance(v, (str, torch.nn.Module)),
                    "a model name (see sk_a2.list_models()) or a torch.nn.Module")],
-    "weights": [None, Text(lambda v: isinstance(v, PATH), "a path to a state-dict file")],
+    "weights": [None, Rule(lambda v: isinstance(v, PATH), "a path to a state-dict file")],
     "image_size": [IMAGE_SIZE],
     "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
     "num_workers": [StrOptions(["auto"]), Interval(numbers.Integral, 0, None, closed="left")],
     "device": [DEVICE],
     "precision": [StrOptions(list(PRECISIONS))],
     "cache": [None, StrOptions(["memory"]),
-              Text(lambda v: isinstance(v, (str, os.PathLike, MemoryCache, DiskCache)),
+              Rule(lambda v: isinstance(v, (str, os.PathLike, MemoryCache, DiskCache)),
                    "a directory path")],
-    "verbose": [Boolean()],
+    "verbose": ["boolean"],
 }
 
 
@@ -133,8 +133,8 @@ class ImageModelMixin:
                 "model_id": None if cache is None else model_key(self.model, self.weights)}
 
     def _check_precision(self):
-        """Validate ``precision``; warn when bf16 would be emulated (slow) on this CPU."""
-        check_precision(self.precision)
+        """Warn when bf16 would be emulated (slow) on this CPU (``precision`` itself is checked
+        by the parameter constraints)."""
         warn_if_slow(self.precision, resolve_device(self.device))
 
     def _precision(self, role="embedding"):

@@ -25,9 +25,10 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
+from sklearn_compat.base import _fit_context
 
 from ._base import MODEL_CONSTRAINTS, ImageModelMixin, ImageTransformerTagsMixin
-from ._param_validation import RANDOM_STATE, Boolean, Interval, StrOptions, validate_params
+from ._param_validation import Interval, StrOptions, validated_call
 from .attention import HEAD_AGGREGATIONS
 from .cache import MemoryCache
 from .cropper import AttentionCropper
@@ -526,14 +527,14 @@ class AttentionAdapter(
         "sigma": [Interval(Real, 0, None, closed="neither")],
         "sigma_final": [None, Interval(Real, 0, None, closed="neither")],
         "n_samples": [Interval(Integral, 1, None, closed="left")],
-        "early_stopping": [StrOptions({"auto"}), Boolean()],
+        "early_stopping": [StrOptions(["auto"]), "boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "batch_size": MODEL_CONSTRAINTS["batch_size"],
         "device": MODEL_CONSTRAINTS["device"],
         "precision": MODEL_CONSTRAINTS["precision"],
         "cache": MODEL_CONSTRAINTS["cache"],
-        "random_state": [RANDOM_STATE],
+        "random_state": ["random_state"],
         "verbose": MODEL_CONSTRAINTS["verbose"],
     }
 
@@ -605,7 +606,6 @@ class AttentionAdapter(
     # ------------------------------------------------------------------ validation
 
     def _check_params(self):
-        validate_params(self)
         bank = candidate_bank(self.image_size)
         if self.n_crops > len(bank):
             raise ValueError(
@@ -745,6 +745,7 @@ class AttentionAdapter(
 
     # ------------------------------------------------------------------ fit
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, groups=None, *, X_val=None, y_val=None, groups_val=None):
         """Learn the MLP adapter.
 
@@ -824,7 +825,7 @@ class AttentionAdapter(
                 f"outer_batch_size <= {max(1, n_train // 4)} (4 steps per epoch), more images "
                 "or more outer_epochs",
                 DegenerateTrainingWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
 
     def _train(self, loop, val_cells):
@@ -879,17 +880,20 @@ class AttentionAdapter(
             )
         return maps, hws
 
+    @validated_call
     def attention_maps(self, X):
         """The attention model's maps ``A``: (n, grid_h, grid_w) float32, each summing to 1."""
         maps, _ = self._fitted_maps(as_sources(X))
         return maps.reshape(len(maps), *self.grid_size_)
 
+    @validated_call
     def adapted_maps(self, X):
         """The adapted maps ``Ã``: (n, grid_h, grid_w) float32, each summing to 1."""
         maps, _ = self._fitted_maps(as_sources(X))
         adapted = adapt_maps(maps.astype(np.float64), self.coefs_, self.intercepts_)
         return adapted.reshape(len(maps), *self.grid_size_).astype(np.float32)
 
+    @validated_call
     def transform(self, X):
         """Hard top-k crops under ``Ã``.
 

@@ -23,8 +23,9 @@ from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
+from sklearn_compat.base import _fit_context
 
-from ._param_validation import RANDOM_STATE, validate_params
+from ._param_validation import validated_call
 from .crops import CropOverlapWarning
 from .cropset import CROP_CONSTRAINTS, CropSet, effective_crop_sizes, to_original
 from .images import as_sources, exif_orientation, image_digest, open_image
@@ -91,10 +92,10 @@ class _BaselineCropper(TransformerMixin, BaseEstimator):
     _parameter_constraints = dict(CROP_CONSTRAINTS)
 
     def _validate(self):
-        validate_params(self)
         return self.image_size, effective_crop_sizes(self.crop_sizes, self.n_crops,
                                                      self.image_size)
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X=None, y=None):
         """Check the parameters; return ``self``.
 
@@ -106,6 +107,7 @@ class _BaselineCropper(TransformerMixin, BaseEstimator):
     def _frame_boxes(self, sources, hw, image_size, sizes):
         raise NotImplementedError
 
+    @validated_call
     def transform(self, X):
         """Place the crops of each image; only the image sizes are read.
 
@@ -225,7 +227,7 @@ class RandomCropper(_BaselineCropper):
     (3, 2, 4)
     """
 
-    _parameter_constraints = {**CROP_CONSTRAINTS, "random_state": [RANDOM_STATE]}
+    _parameter_constraints = {**CROP_CONSTRAINTS, "random_state": ["random_state"]}
 
     def __init__(self, *, crop_sizes=(64,), n_crops=None, image_size=224, random_state=None):
         self.crop_sizes = crop_sizes
@@ -233,6 +235,7 @@ class RandomCropper(_BaselineCropper):
         self.image_size = image_size
         self.random_state = random_state
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X=None, y=None):
         """Check the parameters and draw ``seed_`` from ``random_state``; return ``self``.
 
@@ -257,7 +260,7 @@ class RandomCropper(_BaselineCropper):
                 "earlier crop (image_size is too small for these crop sizes); they were placed "
                 "anywhere.",
                 CropOverlapWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         return boxes
 

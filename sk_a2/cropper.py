@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
+from sklearn_compat.base import _fit_context
 
 from ._base import (
     MODEL_CONSTRAINTS,
@@ -17,7 +18,7 @@ from ._base import (
     check_finite,
 )
 from ._data import iter_image_batches
-from ._param_validation import Boolean, Interval, StrOptions, validate_params
+from ._param_validation import Interval, StrOptions, validated_call
 from .attention import HEAD_AGGREGATIONS, aggregate_heads, patch_attention, resolve_layer
 from .cache import EntryLayout, cached_rows, digest, image_key, model_key
 from .crops import greedy_boxes, upsample_maps
@@ -168,17 +169,18 @@ class AttentionCropper(
         **ENGINE_CONSTRAINTS,
         "head_aggregation": [StrOptions(HEAD_AGGREGATIONS)],
         "layer": [Interval(numbers.Integral, None, None, closed="neither")],
-        "embed_full_image": [Boolean()],
+        "embed_full_image": ["boolean"],
         "decoder": [StrOptions(DECODERS)],
     }
 
     def _validate(self):
-        validate_params(self)
+        """The rules across parameters (each parameter's own rule: ``_parameter_constraints``)."""
         self._check_precision()
         check_engine(self.engine, self.engine_options)
         check_decoder(self.decoder, resolve_device(self.device))
         return effective_crop_sizes(self.crop_sizes, self.n_crops, self.image_size)
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X=None, y=None):
         """Check the parameters and load the attention model.
 
@@ -247,6 +249,7 @@ class AttentionCropper(
         layout = map_entry(vm.grid_size, vm.embed_dim if embed else 0)
         return cached_rows(layout, len(sources), compute, cache, keys)
 
+    @validated_call
     def attention_maps(self, X):
         """Aggregated CLS-to-patch attention, one map per image.
 
@@ -259,6 +262,7 @@ class AttentionCropper(
         self._validate()
         return self._compute_maps(as_sources(X))["map"]
 
+    @validated_call
     def transform(self, X):
         """Choose the crops of each image.
 

@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from ._param_validation import Text
+from ._param_validation import Rule
 
 __all__ = ["DEVICE", "cpu_fallback", "resolve_device"]
 
@@ -22,7 +22,7 @@ def _is_device(value) -> bool:
 
 
 #: The ``device`` rule shared by every estimator that runs a model.
-DEVICE = Text(_is_device, "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+DEVICE = Rule(_is_device, "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
 
 def _available(device_type: str) -> bool:

@@ -13,8 +13,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn_compat.base import _fit_context
 
-from ._param_validation import RANDOM_STATE, Interval, SequenceOf, StrOptions, validate_params
+from ._param_validation import Interval, SequenceOf, StrOptions
 from .metrics import python_scalar, worst_group_accuracy
 
 __all__ = ["DFRClassifier"]
@@ -163,7 +164,7 @@ class DFRClassifier(ClassifierMixin, BaseEstimator):
         ],
         "n_retrains": [Interval(numbers.Integral, 1, None, closed="left")],
         "tune_fraction": [Interval(numbers.Real, 0, 1, closed="neither"), None],
-        "random_state": [RANDOM_STATE],
+        "random_state": ["random_state"],
     }
 
     def __init__(
@@ -183,6 +184,7 @@ class DFRClassifier(ClassifierMixin, BaseEstimator):
         self.tune_fraction = tune_fraction
         self.random_state = random_state
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, groups=None):
         """Tune on a held-out part, then average L1 models fitted on group-balanced subsets.
 
@@ -323,8 +325,7 @@ class DFRClassifier(ClassifierMixin, BaseEstimator):
         return "\n".join(lines)
 
     def _checked_params(self):
-        """Validate the hyper-parameters; return the C grid and the tuning fraction."""
-        validate_params(self)
+        """The C grid and the tuning fraction (the parameters were checked by ``fit``)."""
         fraction = self.tune_fraction
         if fraction is None:
             fraction = _DEFAULT_TUNE_FRACTION[self.mode]
@@ -339,7 +340,7 @@ class DFRClassifier(ClassifierMixin, BaseEstimator):
                 "Pipeline or GridSearchCV, enable metadata routing and call "
                 "set_fit_request(groups=True).",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             self.groups_ = self.classes_.copy()
             return y_codes
@@ -406,7 +407,7 @@ class DFRClassifier(ClassifierMixin, BaseEstimator):
                 "DFRClassifier: the tuning part is empty (every (group, class) cell is too "
                 "small to share), so the first grid entry is used untuned.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         wga, acc = np.asarray(wga), np.asarray(acc)
         sortable = np.where(np.isnan(wga), -np.inf, wga)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
+from sklearn_compat.base import _fit_context
 
 from ._base import (
     MODEL_CONSTRAINTS,
@@ -17,7 +18,7 @@ from ._base import (
     check_finite,
 )
 from ._data import iter_image_batches, resolve_num_workers
-from ._param_validation import PATH, Boolean, StrOptions, Text, validate_params
+from ._param_validation import PATH, Rule, StrOptions, validated_call
 from .cache import EntryLayout, cached_rows, digest, image_key, model_key
 from .crops import crop_resize
 from .cropset import CropSet
@@ -329,20 +330,21 @@ class CropEmbedder(
     _parameter_constraints = {
         **MODEL_CONSTRAINTS,
         **ENGINE_CONSTRAINTS,
-        "include_full_image": [Boolean()],
+        "include_full_image": ["boolean"],
         "crop_source": [StrOptions(CROP_SOURCES)],
-        "output_dir": [None, Text(lambda v: isinstance(v, PATH), "a directory path")],
+        "output_dir": [None, Rule(lambda v: isinstance(v, PATH), "a directory path")],
         "decoder": [StrOptions(DECODERS)],
     }
 
     def _validate(self):
-        validate_params(self)
+        """The rules across parameters (each parameter's own rule: ``_parameter_constraints``)."""
         self._check_precision()
         check_engine(self.engine, self.engine_options)
         check_decoder(self.decoder, resolve_device(self.device))
         if self.output_dir is not None:  # fit and each transform, before any model work
             check_output_dir(self.output_dir, "output_dir", otherwise=("None",))
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Load the embedding model and record the layout of ``X``.
 
@@ -365,6 +367,7 @@ class CropEmbedder(
         self.n_features_out_ = n_inputs * self.embed_dim_
         return self
 
+    @validated_call
     def transform(self, X):
         """Embed the crops (or the full images).
 

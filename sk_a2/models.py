@@ -39,6 +39,7 @@ import weakref
 from copy import deepcopy
 
 import torch
+from sklearn_compat.utils._param_validation import validate_params
 from torch import nn
 
 from ._data import shutdown_pools
@@ -194,6 +195,7 @@ def clear_model_cache() -> None:
     pixel_store().clear()
 
 
+@validate_params({"image_size": [IMAGE_SIZE]}, prefer_skip_nested_validation=True)
 def load_model(model, *, weights=None, image_size=224, device="cpu") -> VisionModel:
     """Load (or fetch from the process cache) a vision model.
 
@@ -211,8 +213,6 @@ def load_model(model, *, weights=None, image_size=224, device="cpu") -> VisionMo
     -------
     VisionModel
     """
-    if not IMAGE_SIZE.is_satisfied_by(image_size):
-        raise ValueError(f"image_size must be {IMAGE_SIZE}, got {image_size!r}")
     image_size = int(image_size)
     device = resolve_device(device)
     if weights is not None:

@@ -44,7 +44,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from ._param_validation import StrOptions, Text
+from ._param_validation import Rule, StrOptions
 from .cache import model_key
 from .cropset import CropSet
 from .images import as_sources, take
@@ -97,7 +97,7 @@ _START_LOCK = threading.Lock()
 #: Parameter rules of ``engine`` and ``engine_options`` (merged into ``_parameter_constraints``).
 ENGINE_CONSTRAINTS = {
     "engine": [None, StrOptions(["ray"])],
-    "engine_options": [None, Text(lambda v: isinstance(v, dict), "a dict of engine options")],
+    "engine_options": [None, Rule(lambda v: isinstance(v, dict), "a dict of engine options")],
 }
 
 

@@ -920,8 +920,8 @@ def write_report(path, *, metadata=None, y_true=None, y_pred=None, groups=None, 
         The paper's values in percent by metric (``accuracy``, ``worst_group_accuracy``,
         ``worst_class_accuracy``, ``train_weighted_accuracy``, ``mean_group_accuracy``): a
         number, a ``{"value", "table", "std"}`` dict, a
-        :class:`~sk_a2.reported.ReportedValue` or a list of them (the first is shown), as
-        :func:`~sk_a2.reported.match_reported` returns.
+        :class:`~sk_a2.paper.reported.ReportedValue` or a list of them (the first is shown), as
+        :func:`~sk_a2.paper.reported.match_reported` returns.
     tuning : TuneResult or dict, default=None
         ``Protocol.tune``'s result (or its ``to_dict()``): the table and chosen setting.
     compare : list of dict, default=None

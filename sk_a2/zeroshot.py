@@ -9,9 +9,10 @@ from scipy.special import log_softmax, logsumexp
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
+from sklearn_compat.base import _fit_context
 
 from ._base import MODEL_CONSTRAINTS, ImageModelMixin, ModelParamsMixin
-from ._param_validation import SequenceOf, StrOptions, validate_params
+from ._param_validation import SequenceOf, StrOptions, validated_call
 from .backends import get_backend
 from .cropset import CropSet
 from .embedder import crop_inputs, embed_boxes
@@ -196,7 +197,7 @@ class ZeroShotCLIPClassifier(ModelParamsMixin, ImageModelMixin, ClassifierMixin,
     }
 
     def _validate(self):
-        validate_params(self)
+        """The rules across parameters (each parameter's own rule: ``_parameter_constraints``)."""
         self._check_precision()
         check_engine(self.engine, self.engine_options)
 
@@ -238,6 +239,7 @@ class ZeroShotCLIPClassifier(ModelParamsMixin, ImageModelMixin, ClassifierMixin,
 
     # ------------------------------------------------------------------ fit
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
         """Record the classes of ``y``, name them and build the text classifier.
 
@@ -336,6 +338,7 @@ class ZeroShotCLIPClassifier(ModelParamsMixin, ImageModelMixin, ClassifierMixin,
             log_p = log_p - logsumexp(log_p, axis=-1, keepdims=True)
         return log_p, log_p
 
+    @validated_call
     def decision_function(self, X):
         """Aggregated class scores.
 
@@ -357,6 +360,7 @@ class ZeroShotCLIPClassifier(ModelParamsMixin, ImageModelMixin, ClassifierMixin,
             return decision[:, 1] - decision[:, 0]
         return decision
 
+    @validated_call
     def predict_log_proba(self, X):
         """Log of :meth:`predict_proba`.
 
@@ -366,6 +370,7 @@ class ZeroShotCLIPClassifier(ModelParamsMixin, ImageModelMixin, ClassifierMixin,
         """
         return self._scores(X)[1]
 
+    @validated_call
     def predict_proba(self, X):
         """Class probabilities of each image, crops combined by ``crop_aggregation``.
 
@@ -380,6 +385,7 @@ class ZeroShotCLIPClassifier(ModelParamsMixin, ImageModelMixin, ClassifierMixin,
         """
         return np.exp(self.predict_log_proba(X))
 
+    @validated_call
     def predict(self, X):
         """The most probable class of each image.
 

@@ -18,7 +18,6 @@ from sklearn.pipeline import Pipeline
 from timm.models.vision_transformer import VisionTransformer
 
 from sk_a2 import AttentionAdapter, AttentionCropper, CropEmbedder, CropSet, worst_group_accuracy
-from sk_a2._param_validation import validate_params
 from sk_a2.adapter import DegenerateTrainingWarning
 from sk_a2.datasets import make_two_object
 from sk_a2.dps import candidate_bank
@@ -265,13 +264,14 @@ PARAM_CASES = [(n, v) for n, values in BAD_PARAMS.items() for v in values]
 def test_bad_parameter_named_before_any_work(name, value):
     X, y = blob_images(4, size=SIZE, seed=0)
     est = AttentionAdapter("no-such-model", "no-such-model", image_size=SIZE, device="cpu")
-    with pytest.raises(ValueError, match=rf"^{name} must be .+, got {re.escape(repr(value))}$"):
+    with pytest.raises(ValueError, match=rf"^The '{name}' parameter of AttentionAdapter must be "
+                                         rf".+\. Got {re.escape(repr(value))} instead\.$"):
         est.set_params(**{name: value}).fit(X, y)
 
 
 def test_every_parameter_has_a_rule_and_defaults_pass():
     assert set(AttentionAdapter._parameter_constraints) == set(AttentionAdapter().get_params())
-    validate_params(AttentionAdapter())
+    AttentionAdapter()._validate_params()
 
 
 # ---------------------------------------------------------------- training mechanics

@@ -199,7 +199,7 @@ def test_concurrent_processes_share_a_disk_cache(tiny_vit_file, tmp_path):
 
 
 def test_bad_cache_value(tiny_vit_file):
-    with pytest.raises(ValueError, match="cache must be"):
+    with pytest.raises(ValueError, match="'cache' parameter of AttentionCropper must be"):
         cropper(tiny_vit_file, cache=3).fit(random_images(1)).transform(random_images(1))
 
 

@@ -12,8 +12,8 @@ from sk_a2 import AttentionCropper, CenterCropper, CropEmbedder, RandomCropper
 from sk_a2.cli import build_parser, main
 from sk_a2.cli.evaluate import plan
 from sk_a2.datasets import load_waterbirds
-from sk_a2.presets import paper_preset
-from sk_a2.protocol import default_tune_grid
+from sk_a2.paper.presets import paper_preset
+from sk_a2.paper.protocol import default_tune_grid
 
 pytest.importorskip("matplotlib")
 # tiny frames: some tuning candidates cannot place every crop without overlap

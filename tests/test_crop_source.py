@@ -117,7 +117,8 @@ def test_parameter_rule_and_contract(tiny_vit_file2):
     assert clone(emb).crop_source == "original"
     X = random_images(2, 64, 64)
     for bad in ("Original", None, 1):
-        with pytest.raises(ValueError, match="crop_source must be 'resized' or 'original', got"):
+        with pytest.raises(ValueError, match=r"'crop_source' parameter of CropEmbedder must be a "
+                                             r"str among \{'resized', 'original'\}\. Got"):
             embedder(tiny_vit_file2, crop_source=bad).fit(X)
 
 
@@ -133,5 +134,6 @@ def test_zero_shot_shares_the_crop_path(tiny_vit_file):
     big = [smooth_image(130, 90, seed=i) for i in range(4)]
     cs = cropper.transform(big)
     assert not np.allclose(zs[0].predict_proba(cs), zs[1].predict_proba(cs), atol=1e-6)
-    with pytest.raises(ValueError, match="crop_source must be 'resized' or 'original'"):
+    with pytest.raises(ValueError, match=r"'crop_source' parameter of ZeroShotCLIPClassifier must "
+                                         r"be a str among \{'resized', 'original'\}"):
         ZeroShotCLIPClassifier(clip, classnames=["a", "b"], crop_source="raw").fit(same, y)

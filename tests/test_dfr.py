@@ -375,13 +375,19 @@ def test_inputs_are_not_modified(small):
 @pytest.mark.parametrize(
     "params, match",
     [
-        ({"mode": "test"}, "mode must be 'val' or 'train'"),
-        ({"C_grid": ()}, "C_grid must be a non-empty sequence"),
-        ({"C_grid": (1.0, -0.1)}, "C_grid must be a non-empty sequence of C > 0"),
-        ({"class_weight_grid": "balanced"}, "class_weight_grid must be 'auto', None"),
-        ({"class_weight_grid": []}, "class_weight_grid must be 'auto', None"),
-        ({"n_retrains": 0}, "n_retrains must be an integer >= 1"),
-        ({"tune_fraction": 1.0}, r"tune_fraction must be in \(0, 1\)"),
+        ({"mode": "test"}, r"'mode' parameter of DFRClassifier must be a str among "
+                           r"\{'val', 'train'\}"),
+        ({"C_grid": ()}, "'C_grid' parameter of DFRClassifier must be a non-empty sequence"),
+        ({"C_grid": (1.0, -0.1)},
+         "'C_grid' parameter of DFRClassifier must be a non-empty sequence of C > 0"),
+        ({"class_weight_grid": "balanced"},
+         "'class_weight_grid' parameter of DFRClassifier must be a str among \\{'auto'\\}, None"),
+        ({"class_weight_grid": []},
+         "'class_weight_grid' parameter of DFRClassifier must be a str among \\{'auto'\\}, None"),
+        ({"n_retrains": 0},
+         r"'n_retrains' parameter of DFRClassifier must be an int in the range \[1, inf\)"),
+        ({"tune_fraction": 1.0}, r"'tune_fraction' parameter of DFRClassifier must be a float "
+                                 r"in the range \(0\.0, 1\.0\)"),
     ],
 )
 def test_bad_parameters_fail_in_fit(small, params, match):

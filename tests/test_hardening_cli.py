@@ -97,7 +97,7 @@ def no_models(monkeypatch):
     import sk_a2.localization
     import sk_a2.models
     from sk_a2 import AttentionCropper, CropEmbedder
-    from sk_a2.protocol import Protocol
+    from sk_a2.paper.protocol import Protocol
 
     def forbidden(*args, **kwargs):
         raise AssertionError("model work started before the output folders were checked")

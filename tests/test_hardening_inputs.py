@@ -251,9 +251,11 @@ DFR_CASES = [
     pytest.param({}, with_entry({"g": 1}, 2), ValueError, r"groups\[2\] is a dict: group "
                  "labels must be ints or strings", id="groups-dict-entry"),
     pytest.param({"C_grid": [1.0, np.inf]}, Y_DFR, ValueError,
-                 r"C_grid must be a non-empty sequence of C > 0, each finite, got \[1\.0, inf\]",
+                 r"'C_grid' parameter of DFRClassifier must be a non-empty sequence of C > 0, each "
+                 r"finite\. Got \[1\.0, inf\] instead",
                  id="C_grid-inf"),
-    pytest.param({"C_grid": [float("nan")]}, Y_DFR, ValueError, r"C_grid must be",
+    pytest.param({"C_grid": [float("nan")]}, Y_DFR, ValueError,
+                 r"'C_grid' parameter of DFRClassifier must be",
                  id="C_grid-nan"),
     pytest.param({"class_weight_grid": [None, {5: 2.0}]}, Y_DFR, ValueError,
                  r"class_weight_grid\[1\] = \{5: 2\.0\} names class 5, which is not in y; "

@@ -18,7 +18,7 @@ from repro_layouts import write_waterbirds
 
 from sk_a2.cli import main
 from sk_a2.metrics import accuracy_summary, group_accuracy_report
-from sk_a2.reported import METRICS, match_reported, reported_values
+from sk_a2.paper.reported import METRICS, match_reported, reported_values
 
 
 def _oracle(y_true, y_pred, groups, train_groups=None):
@@ -125,7 +125,7 @@ def test_cli_json_gives_the_four_summaries_with_group_counts(tmp_path, tiny_vit_
 
 def test_reported_metrics_are_measured_names():
     assert {r.metric for r in reported_values()} <= set(METRICS)
-    text = resources.files("sk_a2").joinpath("data/paper_results.csv").read_text("utf-8")
+    text = resources.files("sk_a2.paper").joinpath("paper_results.csv").read_text("utf-8")
     assert {row["metric"] for row in csv.DictReader(text.splitlines())} == set(METRICS)
 
 

@@ -1,10 +1,8 @@
 """Parameter rules: every bad value of every public estimator gets an error naming it."""
 
-import importlib.util
 import numbers
 import pickle
 import re
-import sys
 import warnings
 
 import numpy as np
@@ -23,7 +21,8 @@ from sk_a2 import (
 )
 from sk_a2.device import resolve_device
 
-# Values each parameter rejects; each must fail in ``fit`` with "<name> must be ..., got <repr>".
+# Values each parameter rejects; each must fail in ``fit`` with scikit-learn's "The '<name>'
+# parameter of <class> must be .... Got <repr> instead."
 COMMON_MODEL_BAD = {
     "model": [3, None, ["timm:test_vit"]],
     "weights": [3, ["w.safetensors"]],
@@ -91,28 +90,33 @@ def _make(cls, tiny_vit_file, **params):
                          ids=[f"{c.__name__}-{n}-{v!r}" for c, n, v in CASES])
 def test_bad_value_names_the_parameter(cls, name, value, tiny_vit_file):
     est = _make(cls, tiny_vit_file, **{name: value})
-    with pytest.raises(ValueError, match=rf"^{name} must be .+, got {re.escape(repr(value))}$"):
+    with pytest.raises(ValueError, match=rf"^The '{name}' parameter of {cls.__name__} must be .+\. "
+                                         rf"Got {re.escape(repr(value))} instead\.$"):
         _fit(est, tiny_vit_file)
 
 
 @pytest.mark.parametrize("cls", list(BAD))
 def test_every_parameter_has_a_rule_and_defaults_pass(cls):
     assert set(cls._parameter_constraints) == set(cls().get_params(deep=False))
-    pv.validate_params(cls())  # the defaults are valid
+    cls()._validate_params()  # the defaults are valid
 
 
 def test_errors_are_scikit_learns_parameter_errors():
     validator = pytest.importorskip("sklearn.utils._param_validation")
-    with pytest.raises(validator.InvalidParameterError, match="^n_retrains must be"):
+    with pytest.raises(validator.InvalidParameterError,
+                       match="^The 'n_retrains' parameter of DFRClassifier must be"):
         DFRClassifier(n_retrains=0).fit(np.eye(4), [0, 1, 0, 1])
 
 
 def test_messages_say_what_is_accepted(tiny_vit_file):
-    with pytest.raises(ValueError, match=r"C_grid must be a non-empty sequence of C > 0, each finite, got 'ab'"):
+    with pytest.raises(ValueError, match=r"'C_grid' parameter of DFRClassifier must be a non-empty "
+                                         r"sequence of C > 0, each finite\. Got 'ab' instead"):
         DFRClassifier(C_grid="ab").fit(np.eye(4), [0, 1, 0, 1])
-    with pytest.raises(ValueError, match=r"num_workers must be 'auto' or an integer >= 0"):
+    with pytest.raises(ValueError, match=r"'num_workers' parameter of CropEmbedder must be a str "
+                                         r"among \{'auto'\} or an int in the range \[0, inf\)"):
         _fit(_make(CropEmbedder, tiny_vit_file, num_workers=-1), tiny_vit_file)
-    with pytest.raises(ValueError, match=r"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or"):
+    with pytest.raises(ValueError, match=r"'device' parameter of CropEmbedder must be 'auto', "
+                                         r"'cpu', 'cuda', 'cuda:N' or"):
         _fit(_make(CropEmbedder, tiny_vit_file, device="meta"), tiny_vit_file)
 
 
@@ -121,7 +125,9 @@ def test_set_params_after_fit_is_checked_in_transform(tiny_vit_file):
     for est in (_make(AttentionCropper, tiny_vit_file), CenterCropper(crop_sizes=(32,)),
                 _make(CropEmbedder, tiny_vit_file)):
         est.fit(X).set_params(image_size=0)
-        with pytest.raises(ValueError, match="^image_size must be an integer >= 1, got 0$"):
+        with pytest.raises(ValueError, match=rf"^The 'image_size' parameter of {type(est).__name__}"
+                                             r" must be an int in the range \[1, inf\)\. "
+                                             r"Got 0 instead\.$"):
             est.transform(X)
 
 
@@ -132,7 +138,8 @@ def test_one_image_size_rule():
     for cls in BAD:
         if "image_size" in cls._parameter_constraints:
             assert cls._parameter_constraints["image_size"] == [pv.IMAGE_SIZE]
-    with pytest.raises(ValueError, match="^image_size must be an integer >= 1, got 0$"):
+    with pytest.raises(ValueError, match=r"^The 'image_size' parameter of load_model must be an "
+                                         r"int in the range \[1, inf\)\. Got 0 instead\.$"):
         load_model("timm:test_vit", image_size=0, device="cpu")
 
 
@@ -200,30 +207,28 @@ def test_cuda_pickle_keeps_cuda_where_available(tiny_vit_file, monkeypatch):
             assert pickle.loads(pickle.dumps(est.set_params(device=device))).device == device
 
 
-# ------------------------------------------------------------------------------- import guard
+# ------------------------------------------------------------------------- scikit-learn's validator
 
 
-def test_validator_works_without_scikit_learns_private_module(monkeypatch):
-    """A scikit-learn release without ``sklearn.utils._param_validation`` cannot break import."""
-    monkeypatch.setitem(sys.modules, "sklearn.utils._param_validation", None)
-    spec = importlib.util.spec_from_file_location("_pv_fallback", pv.__file__)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    assert issubclass(mod.InvalidParameterError, ValueError)
-    assert issubclass(mod.InvalidParameterError, TypeError)
+def test_package_constraints_go_through_scikit_learns_validator():
+    """The kinds scikit-learn lacks are constraints its own validator takes and describes."""
+    from sklearn.utils._param_validation import (
+        InvalidParameterError,
+        validate_parameter_constraints,
+    )
 
-    class Est:
-        _parameter_constraints = {"C": [mod.Interval(numbers.Real, 0, None, closed="neither")],
-                                  "kind": [mod.StrOptions(["a", "b"]), None]}
-
-        def __init__(self, **params):
-            self.params = params
-
-        def get_params(self, deep=False):
-            return self.params
-
-    mod.validate_params(Est(C=1.0, kind=None))
-    with pytest.raises(ValueError, match=r"^kind must be 'a', 'b' or None, got 'c'$"):
-        mod.validate_params(Est(C=1.0, kind="c"))
-    with pytest.raises(TypeError, match=r"^C must be a number > 0, got -1$"):
-        mod.validate_params(Est(C=-1, kind="a"))
+    constraints = {"n": [pv.Interval(numbers.Integral, 1, None, closed="left")],
+                   "kind": [pv.StrOptions(["b", "a"]), None],
+                   "sizes": [pv.SequenceOf(lambda v: v > 0, "a sequence of positive numbers")]}
+    validate_parameter_constraints(constraints, {"n": 2, "kind": None, "sizes": [1]}, "f")
+    for params, message in [
+        ({"n": True}, "The 'n' parameter of f must be an int in the range [1, inf). Got True"),
+        ({"kind": "c"}, "The 'kind' parameter of f must be a str among {'b', 'a'} or None. "
+                        "Got 'c' instead."),
+        ({"sizes": [1, 0]}, "The 'sizes' parameter of f must be a sequence of positive "
+                            "numbers. Got [1, 0] instead."),
+    ]:
+        with pytest.raises(InvalidParameterError) as info:
+            validate_parameter_constraints(constraints, params, "f")
+        assert str(info.value).startswith(message)
+        assert isinstance(info.value, ValueError) and isinstance(info.value, TypeError)

@@ -196,7 +196,7 @@ def test_native_bf16_agrees_with_proc_cpuinfo():
 def test_precision_is_checked_before_loading():
     for est in (AttentionCropper("no-such-model", precision="fp16"),
                 CropEmbedder("no-such-model", precision="half")):
-        with pytest.raises(ValueError, match="precision must be one of"):
+        with pytest.raises(ValueError, match="'precision' parameter of .* must be a str among"):
             est.fit(blob_images(2)[0])
     with pytest.raises(ValueError, match="precision"):
         check_precision(None)

@@ -14,8 +14,8 @@ from sklearn.pipeline import Pipeline
 
 from sk_a2 import AttentionCropper, CropEmbedder, worst_group_scorer
 from sk_a2.datasets import load_waterbirds
-from sk_a2.presets import PAPER_DATASETS, PresetError, paper_preset
-from sk_a2.protocol import (
+from sk_a2.paper.presets import PAPER_DATASETS, PresetError, paper_preset
+from sk_a2.paper.protocol import (
     CrossModelMatrix,
     EvalData,
     ModelRef,
@@ -26,7 +26,7 @@ from sk_a2.protocol import (
     parse_model_list,
     score_predictions,
 )
-from sk_a2.reported import match_reported, reported_values
+from sk_a2.paper.reported import match_reported, reported_values
 
 SIZE = 64  # model input of the tiny ViTs (patch 16: a 4 x 4 attention grid)
 
@@ -332,3 +332,22 @@ def test_tune_needs_a_val_split(data, files, tmp_path):
     with pytest.raises(ValueError, match="needs a 'val' split.*val_size"):
         proto.tune(spec)
     assert proto.dfr_mode == "train"
+
+
+def test_one_table_of_benchmark_settings():
+    """The loaders' registry, the presets and the CLI read the same per-benchmark settings."""
+    from sk_a2.cli import evaluate
+    from sk_a2.datasets import get_benchmark, list_benchmarks
+    from sk_a2.paper.benchmarks import BENCHMARK_SETTINGS, PAPER_BENCHMARKS
+
+    assert list_benchmarks() == list(BENCHMARK_SETTINGS) == list(evaluate.BENCHMARKS)
+    assert {n for n, s in BENCHMARK_SETTINGS.items() if s.tables} == set(PAPER_BENCHMARKS)
+    for name, settings in BENCHMARK_SETTINGS.items():
+        benchmark = get_benchmark(name)
+        assert benchmark.crop_sizes == settings.crop_sizes
+        assert benchmark.report_worst_class == (settings.metric == "worst_class_accuracy")
+    for name in PAPER_BENCHMARKS:
+        for head in ("lr", "dfr"):
+            preset = paper_preset(name, head)
+            assert preset.crop_sizes == get_benchmark(name).crop_sizes
+            assert preset.metric == BENCHMARK_SETTINGS[name].metric

@@ -248,7 +248,8 @@ def test_bad_inputs(clip):
         zs(clip, crop_aggregation="median").fit(X, [0, 1])
     with pytest.raises(ValueError, match="2 images but y has 3"):
         zs(clip).fit(X, [0, 1, 1])
-    with pytest.raises(TypeError, match="classnames must be a sequence"):
+    with pytest.raises(TypeError, match="'classnames' parameter of ZeroShotCLIPClassifier must be a "
+                                        "sequence"):
         zs(clip, classnames="ab").fit(X, [0, 1])
     with pytest.raises(ValueError, match="needs y"):
         zs(clip).fit(X, None)

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from ..paper.benchmarks import BENCHMARK_SETTINGS
 from . import common, reporting, reproduce
 from .common import CLIError, OptionError, info
 from .results import (
@@ -46,11 +47,7 @@ ZS_EMBEDDING = "openclip_vitl14"
 # The library's names, spelt out so that ``--help`` imports neither PyTorch nor scikit-learn
 # (tests/test_cli_help.py checks that they agree):
 CROP_SOURCES = ("resized", "original")  # sk_a2.original_crops.CROP_SOURCES
-BENCHMARKS = (  # sk_a2.datasets.list_benchmarks()
-    "waterbirds", "celeba", "metashift_cvd", "metashift_animals", "spawrious_o2o_easy",
-    "spawrious_o2o_medium", "spawrious_o2o_hard", "spawrious_m2m_easy", "spawrious_m2m_medium",
-    "spawrious_m2m_hard",
-)
+BENCHMARKS = tuple(BENCHMARK_SETTINGS)  # sk_a2.datasets.list_benchmarks()
 DEFAULT_EMBEDDING = {"zs": ZS_EMBEDDING, "dfr": "dinov2_vits14", "lr": "dinov2_vitg14"}
 CSV_PREFIX = "csv:"  # sk_a2.datasets.get_benchmark("csv:FILE"): your own images in a CSV file
 CSV_OPTIONS = ("image_column", "target_column", "group_column", "split_column")

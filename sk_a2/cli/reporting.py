@@ -200,7 +200,7 @@ def _shown_row(args, rows, matrix):
 
 
 def _spec_of(proto, row):
-    """The :class:`~sk_a2.protocol.RowSpec` of a row the protocol ran."""
+    """The :class:`~sk_a2.paper.protocol.RowSpec` of a row the protocol ran."""
     for spec in proto.last_fits:
         config = spec.config()
         if spec.key == row["key"] and all(row.get(k) == v for k, v in config.items()):

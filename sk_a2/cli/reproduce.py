@@ -1,10 +1,10 @@
 """The paper-protocol options of ``sk-a2 evaluate``: presets, seeds, tuning, matrices, compare.
 
 Any of ``--preset``, ``--seeds``, ``--tune``, ``--compare``, ``--attention-models`` or
-``--embedding-models`` runs the evaluation through :class:`sk_a2.protocol.Protocol`: each
+``--embedding-models`` runs the evaluation through :class:`sk_a2.paper.protocol.Protocol`: each
 configuration (row) is evaluated once per seed, with mean ± std over seeds, and the paper's
 reported value beside it where the configuration matches a row of the paper
-(:mod:`sk_a2.reported`). Crops and embeddings are computed once per image and box (the content
+(:mod:`sk_a2.paper.reported`). Crops and embeddings are computed once per image and box (the content
 cache, ``--cache``), whatever the number of seeds, rows or tuning candidates.
 """
 
@@ -16,8 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
-from ..presets import paper_preset
-from ..protocol import (
+from ..paper.presets import paper_preset
+from ..paper.protocol import (
     EvalData,
     ModelRef,
     Protocol,

@@ -25,7 +25,7 @@ COLUMN_NOTE = ("test accuracy: all test images alike; worst-group: the lowest gr
 def scores(y_true, y_pred, groups, train_groups=None):
     """Plain, worst-group, worst-class, group-mean and train-weighted accuracy as plain floats,
     and the per-group counts (:func:`sk_a2.metrics.accuracy_summary`)."""
-    from ..protocol import score_predictions
+    from ..paper.protocol import score_predictions
 
     return score_predictions(y_true, y_pred, groups, train_groups)
 

@@ -1,4 +1,8 @@
-"""The benchmarks of the A2 paper by name: loader, splits and the paper's crop sizes."""
+"""The benchmarks of the A2 paper by name: loader, splits and the paper's crop sizes.
+
+The settings come from the paper's one table, :data:`sk_a2.paper.benchmarks.BENCHMARK_SETTINGS`;
+this module adds the loader of each benchmark.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+from ..paper.benchmarks import BENCHMARK_SETTINGS
 from ._celeba import load_celeba
 from ._common import SPLIT_NAMES
 from ._csv import csv_loader
@@ -48,17 +53,16 @@ class Benchmark:
 
 
 def _registry():
-    entries = [
-        Benchmark("waterbirds", load_waterbirds, (64,)),
-        Benchmark("celeba", load_celeba, (64,)),
-        Benchmark("metashift_cvd", load_metashift_cvd, (64, 32)),
-        Benchmark("metashift_animals", load_metashift_animals, (64, 32), True),
-    ]
-    entries += [
-        Benchmark(f"spawrious_{b}", partial(load_spawrious, benchmark=b), (64, 32))
-        for b in SPAWRIOUS_BENCHMARKS
-    ]
-    return {entry.name: entry for entry in entries}
+    loaders = {
+        "waterbirds": load_waterbirds,
+        "celeba": load_celeba,
+        "metashift_cvd": load_metashift_cvd,
+        "metashift_animals": load_metashift_animals,
+    }
+    loaders.update({f"spawrious_{b}": partial(load_spawrious, benchmark=b)
+                    for b in SPAWRIOUS_BENCHMARKS})
+    return {name: Benchmark(name, loaders[name], settings.crop_sizes, settings.report_worst_class)
+            for name, settings in BENCHMARK_SETTINGS.items()}
 
 
 _BENCHMARKS = _registry()

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from .benchmarks import BENCHMARK_SETTINGS, PAPER_BENCHMARKS
+
 __all__ = [
     "BACKBONES",
     "PAPER_DATASETS",
@@ -40,24 +42,12 @@ BACKBONES = {
     "OpenCLIP ViT-L-14": "openclip_vitl14",
 }
 
-#: Datasets the paper evaluates, with the tables reporting them.
-PAPER_DATASETS = {
-    "waterbirds": ("1", "2", "8", "13", "29", "30"),
-    "spawrious_o2o_hard": ("1", "2", "6", "7", "11", "27", "30"),
-    "spawrious_m2m_hard": ("1", "2", "6", "7", "12", "28", "30"),
-    "metashift_cvd": ("1", "2", "9", "14", "26", "30"),
-    "metashift_animals": ("1", "2", "10", "15", "25", "30"),
-}
+#: Datasets the paper evaluates, with the tables reporting them (from
+#: :data:`~sk_a2.paper.benchmarks.BENCHMARK_SETTINGS`).
+PAPER_DATASETS = {name: BENCHMARK_SETTINGS[name].tables for name in PAPER_BENCHMARKS}
 
 PAPER_HEADS = ("lr", "dfr", "zs")
 
-_A2_SIZES = {
-    "waterbirds": (64,),
-    "spawrious_o2o_hard": (64, 32),
-    "spawrious_m2m_hard": (64, 32),
-    "metashift_cvd": (64, 32),
-    "metashift_animals": (64, 32),
-}
 _EMBEDDING = {"lr": "dinov2_vitg14", "dfr": "dinov2_vits14", "zs": "openclip_vitl14"}
 
 
@@ -157,6 +147,7 @@ def paper_preset(dataset: str, head: str = "lr") -> Preset:
         )
     if head not in PAPER_HEADS:
         raise PresetError(f"head must be one of {', '.join(PAPER_HEADS)}, got {head!r}")
+    settings = BENCHMARK_SETTINGS[key]
     dfr_mode = None
     if head == "dfr":
         dfr_mode = "val" if key == "waterbirds" else "train"
@@ -166,14 +157,14 @@ def paper_preset(dataset: str, head: str = "lr") -> Preset:
         head=head,
         attention_model=BACKBONES["ViT-S"],
         embedding_model=_EMBEDDING[head],
-        crop_sizes=(128,) if head == "zs" else _A2_SIZES[key],
+        crop_sizes=(128,) if head == "zs" else settings.crop_sizes,
         center_crop_sizes=(128,),
-        random_crop_sizes=_A2_SIZES[key],
+        random_crop_sizes=settings.crop_sizes,
         image_size=224,
         fit_split="val" if dfr_mode == "val" else "train",
         dfr_mode=dfr_mode,
         dfr_tune_fraction={"val": 0.5, "train": 0.2, None: None}[dfr_mode],
         seeds=5,
-        metric="worst_class_accuracy" if key == "metashift_animals" else "worst_group_accuracy",
-        tables=PAPER_DATASETS[key],
+        metric=settings.metric,
+        tables=settings.tables,
     )

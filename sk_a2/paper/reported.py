@@ -1,6 +1,6 @@
 """The paper's reported numbers, and matching them to measured configurations.
 
-The values of Tables 1, 2, 6–15 and 24–30 ship as ``sk_a2/data/paper_results.csv``, one value
+The values of Tables 1, 2, 6–15 and 24–30 ship as ``sk_a2/paper/paper_results.csv``, one value
 per line::
 
     table,row,dataset,method,attention_model,embedding_model,head,image_size,crop_sizes,metric,
@@ -80,7 +80,7 @@ def _parse(row: dict) -> ReportedValue:
 @lru_cache(maxsize=1)
 def reported_values() -> tuple:
     """Every reported value of the paper, as :class:`ReportedValue` tuples (file order)."""
-    text = resources.files("sk_a2").joinpath("data/paper_results.csv").read_text("utf-8")
+    text = resources.files(__package__).joinpath("paper_results.csv").read_text("utf-8")
     return tuple(_parse(row) for row in csv.DictReader(io.StringIO(text)))
 
 

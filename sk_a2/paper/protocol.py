@@ -20,7 +20,7 @@ crops to embed). The logistic-regression head (lbfgs) is deterministic, so its s
 
 Every row reports accuracy, worst-group and worst-class accuracy on the test split per seed,
 with their mean and standard deviation over seeds (``ddof=0``), and the paper's reported values
-for the same configuration (:func:`sk_a2.reported.match_reported`).
+for the same configuration (:func:`sk_a2.paper.reported.match_reported`).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def parse_model_list(text, option="--models") -> list[ModelRef]:
         On an empty entry, an unknown model name (with the closest known names), a weights file
         that does not exist, or a repeated entry; the message names ``option`` and the entry.
     """
-    from .models import resolve_model_spec
+    from ..models import resolve_model_spec
 
     entries = [e.strip() for e in str(text).split(",")]
     if not entries or any(not e for e in entries):
@@ -139,7 +139,7 @@ def score_predictions(y_true, y_pred, groups, train_groups=None) -> dict:
     """Accuracy, worst-group and worst-class accuracy, the unweighted mean of the group
     accuracies and, given the training groups, the train-weighted accuracy, as floats, with the
     per-group counts (:func:`sk_a2.metrics.accuracy_summary`)."""
-    from .metrics import accuracy_summary
+    from ..metrics import accuracy_summary
 
     return accuracy_summary(y_true, y_pred, groups=groups, train_groups=train_groups)
 
@@ -338,7 +338,7 @@ class CrossModelMatrix:
 
     def plot(self, metric, title=""):
         """A heat map of ``metric`` (means over seeds), see :func:`sk_a2.plot.plot_matrix`."""
-        from .plot import plot_matrix
+        from ..plot import plot_matrix
 
         return plot_matrix(self.values(metric), [a.label for a in self.attentions],
                            [e.label for e in self.embeddings], title=title)
@@ -410,8 +410,8 @@ class Protocol:
 
     def cropper(self, spec, seed=0):
         """The unfitted cropper of ``spec`` (None for the full image)."""
-        from .baselines import CenterCropper, RandomCropper
-        from .cropper import AttentionCropper
+        from ..baselines import CenterCropper, RandomCropper
+        from ..cropper import AttentionCropper
 
         common = dict(crop_sizes=spec.crop_sizes, n_crops=spec.n_crops,
                       image_size=self.image_size)
@@ -442,7 +442,7 @@ class Protocol:
 
     def features(self, spec, seed=0) -> np.ndarray:
         """Embeddings (n_images, k·d) of the crops of ``spec``; memoised."""
-        from .embedder import CropEmbedder
+        from ..embedder import CropEmbedder
 
         crop_key, inputs = self.crops(spec, seed)
         key = (crop_key, spec.embedding, spec.original)
@@ -469,7 +469,7 @@ class Protocol:
 
             model = LogisticRegression(C=spec.C, max_iter=5000).fit(F[fit], d.y[fit])
         else:
-            from .dfr import DFRClassifier
+            from ..dfr import DFRClassifier
 
             model = DFRClassifier(mode=self.dfr_mode, tune_fraction=self.dfr_tune_fraction,
                                   random_state=seed)
@@ -481,7 +481,7 @@ class Protocol:
         return pred
 
     def _zero_shot(self, spec, test, seed=0):
-        from .zeroshot import ZeroShotCLIPClassifier
+        from ..zeroshot import ZeroShotCLIPClassifier
 
         d, train = self.data, self.data.mask("train")
         _, inputs = self.crops(spec)
@@ -569,7 +569,7 @@ class Protocol:
         """Cache the maps of every layer ``grid`` searches, in one forward pass per batch."""
         if self.cache is None:
             return
-        from .localization import layer_attention_maps
+        from ..localization import layer_attention_maps
 
         grids = [grid] if isinstance(grid, dict) else list(grid)
         layers = list(dict.fromkeys(layer for g in grids
@@ -582,7 +582,7 @@ class Protocol:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import Pipeline
 
-        from .embedder import CropEmbedder
+        from ..embedder import CropEmbedder
 
         spec = replace(spec, method="a2")
         emb = CropEmbedder(spec.embedding.name, weights=spec.embedding.weights,
@@ -592,7 +592,7 @@ class Protocol:
 
     def scorer(self):
         """The package's scorer for ``metric``."""
-        from .metrics import worst_class_scorer, worst_group_scorer
+        from ..metrics import worst_class_scorer, worst_group_scorer
 
         return worst_class_scorer if self.metric == "worst_class_accuracy" else worst_group_scorer
 
