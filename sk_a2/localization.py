@@ -360,8 +360,9 @@ def layer_attention_maps(cropper, X, layers):
     With the cropper's ``cache``, the maps are read from and stored under the keys and in the
     entry layout the cropper itself uses (:meth:`AttentionCropper.attention_maps`), so that
     afterwards a clone of ``cropper`` with any of ``layers`` as its ``layer`` chooses its crops of
-    ``X`` without running the model: a search over layers (``GridSearchCV``) costs one pass over
-    the images instead of one per layer.
+    ``X`` without running the model. (A cropper's own forward to block ``L`` stores the maps
+    of blocks ``0 … L`` too, so a ``GridSearchCV`` over ``layer`` whose deepest layer comes first
+    costs one pass without this call.)
 
     Parameters
     ----------
@@ -476,7 +477,8 @@ def localization_report(cropper, X, boxes, *, layers=None):
     pandas.DataFrame or sklearn.utils.Bunch
         One row per (layer, image), layers in the given order: ``model`` (the model's name, with
         ``@<weights file name>`` when ``weights`` is set), ``head_aggregation``,
-        ``n_params``, ``layer`` (block index from 0), ``image`` (position in ``X``), the
+        ``n_params``, ``layer`` (the block counted from the end, ``-1`` the last, as
+        :func:`sk_a2.attention.layer_label` prints it), ``image`` (position in ``X``), the
         :data:`METRICS` and the :data:`TOKEN_SHARES`. A Bunch of equal-length arrays when pandas
         is not installed.
 

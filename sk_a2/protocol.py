@@ -540,8 +540,9 @@ class Protocol:
         through scikit-learn's metadata routing.
 
         With a ``cache``, the attention maps of every candidate layer are computed first, all
-        from one forward pass per batch (:func:`sk_a2.localization.layer_attention_maps`), and
-        stored under the cropper's keys: the search then runs no attention forward, and each
+        from one forward pass per batch (:func:`sk_a2.localization.layer_attention_maps`, through
+        :func:`sk_a2.attention.layer_maps` like every map), and stored under the cropper's keys
+        (whatever the grid's layer order): the search then runs no attention forward, and each
         (image, box) is embedded once, so the whole search costs one pass of each model over
         the train and val images.
         """
