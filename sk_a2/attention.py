@@ -359,8 +359,9 @@ def _token_shares(rows, num_prefix):
     return torch.stack([cls, reg, patch], 1).cpu().numpy()
 
 
-def _forward(source, sources, todo, blocks, embed):
-    """Yield ``(rows, {block: map values}, embedding or None)`` per batch of ``todo``."""
+def _forward(source, sources, todo, blocks, embed, checked):
+    """Yield ``(rows, {block: map values}, embedding or None)`` per batch of ``todo``; maps of
+    the ``checked`` blocks holding NaN or inf are an error."""
     vm, npt = source.vm, source.vm.num_prefix_tokens
     batches = iter_image_batches(
         take(sources, todo), source.image_size, batch_size=source.batch_size,
@@ -377,7 +378,8 @@ def _forward(source, sources, todo, blocks, embed):
         for b, a in zip(blocks, per_block):
             m = aggregate_heads(a[..., npt:].float(), source.head_aggregation)
             m = m.reshape(-1, *vm.grid_size).cpu().numpy()
-            check_finite(m, "attention maps", vm, sources, rows)
+            if b in checked:
+                check_finite(m, "attention maps", vm, sources, rows)
             values[b] = {"image_size": hw, "map": m, "shares": _token_shares(a, npt)}
         yield rows, values, None if emb is None else emb.cpu().numpy()
 
@@ -401,7 +403,7 @@ class _Pass:
         if not len(todo):
             return
         for rows, values, emb in _forward(self.source, self.sources, todo, self.blocks,
-                                          self.embed):
+                                          self.embed, self.wanted):
             for j, r in enumerate(rows.tolist()):
                 self.kept[r] = {b: {k: v[j] for k, v in values[b].items()} for b in self.wanted}
                 if emb is not None:
@@ -413,8 +415,12 @@ class _Pass:
         others = [b for b in self.blocks if b not in self.wanted]
         if self.source.cache is None or not others:
             return
-        keys = [self.keys[b][r] for b in others for r in rows]
-        stacked = {k: np.concatenate([values[b][k] for b in others])
+        finite = [(b, j) for b in others for j in range(len(rows))
+                  if np.isfinite(values[b]["map"][j]).all()]  # never store a non-finite map
+        if not finite:
+            return
+        keys = [self.keys[b][rows[j]] for b, j in finite]
+        stacked = {k: np.stack([values[b][k][j] for b, j in finite])
                    for k in ("image_size", "map", "shares")}
         cached_rows(map_entry(self.source.vm.grid_size), len(keys),
                     lambda todo: [(todo, {k: v[todo] for k, v in stacked.items()})],
