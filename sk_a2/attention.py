@@ -1,8 +1,8 @@
-"""CLS-to-patch attention of a ViT block, and head aggregation.
+"""Attention maps, in one place: the CLS-attention forward, head aggregation and cached maps.
 
 For block ``layer`` of a loaded :class:`~sk_a2.models.VisionModel` and each head ``h``, the CLS
 query's row of ``softmax(q_h · K_hᵀ / √d_k)`` over all tokens is computed from that block's own
-``q`` and ``k``. Only the math lives here: the model's backend (:mod:`sk_a2.backends`) turns the
+``q`` and ``k``. No library detail lives here: the model's backend (:mod:`sk_a2.backends`) turns the
 inputs of a block's attention module into its CLS query and keys (fused or separate projections,
 q/k norms, rotary position embeddings: whatever its library does). The inputs are captured with
 a forward pre-hook on each needed attention module -- this module is the only one that installs
