@@ -39,7 +39,8 @@ Head aggregators (``a_h`` the per-head patch attention, ``H`` heads, ``P`` patch
 **Maps, cached.** :func:`layer_maps` is the one path from images to aggregated maps: it batches
 and decodes the images, runs the forward at the requested precision, drops the CLS and register
 columns, aggregates the heads, computes the token shares and reads and writes the cache entries of
-maps (:func:`attention_map_key`, :func:`map_entry`) through :func:`~sk_a2.cache.cached_rows`.
+maps (:func:`attention_map_key`, :func:`map_entry`) through :func:`~sk_a2.cache.cached_rows`
+(and :func:`~sk_a2.cache.store_rows` for the blocks a forward passes beside those asked).
 :class:`~sk_a2.AttentionCropper`, :mod:`sk_a2.localization`, :class:`~sk_a2.AttentionAdapter` and
 the protocol all call it, so maps computed for one are cache hits for the others. With a cache, a
 forward that runs to block ``L`` stores the maps of blocks ``0 … L`` (one pass, and the rows of
@@ -65,7 +66,7 @@ import torch
 
 from ._base import check_finite
 from ._data import iter_image_batches
-from .cache import EntryLayout, cached_rows, digest, image_key
+from .cache import EntryLayout, cached_rows, digest, image_key, store_rows
 from .images import take
 from .precision import at_precision, precision_key
 
@@ -422,9 +423,7 @@ class _Pass:
         keys = [self.keys[b][rows[j]] for b, j in finite]
         stacked = {k: np.stack([values[b][k][j] for b, j in finite])
                    for k in ("image_size", "map", "shares")}
-        cached_rows(map_entry(self.source.vm.grid_size), len(keys),
-                    lambda todo: [(todo, {k: v[todo] for k, v in stacked.items()})],
-                    self.source.cache, keys)
+        store_rows(map_entry(self.source.vm.grid_size), self.source.cache, keys, stacked)
 
     def map_rows(self, n):
         """``compute`` of the (block, image) rows ``li * n + i`` of the wanted blocks."""
