@@ -30,7 +30,6 @@ from sklearn_compat.base import _fit_context
 from ._base import MODEL_CONSTRAINTS, ImageModelMixin, ImageTransformerTagsMixin
 from ._param_validation import Interval, StrOptions, validated_call
 from .attention import HEAD_AGGREGATIONS
-from .cache import MemoryCache
 from .cropper import AttentionCropper
 from .cropset import CropSet, to_original
 from .device import resolve_device
@@ -718,11 +717,10 @@ class AttentionAdapter(
 
     def _maps_and_sizes(self, sources):
         """Attention maps (n, G) float32 and original sizes (n, 2); one attention pass."""
-        cache = self.cache if self.cache is not None else MemoryCache(2**40)
-        cropper = self._cropper(cache)
-        hws = cropper.transform(sources).image_sizes
-        maps = cropper.attention_maps(sources)
-        return maps.reshape(len(maps), -1), hws, cropper.grid_size_
+        cropper = self._cropper(self.cache)
+        out = cropper.layer_maps(sources)
+        maps = out["map"][0]
+        return maps.reshape(len(maps), -1), out["image_size"], cropper.grid_size_
 
     def _embed_bank(self, sources, hws, bank):
         """Every candidate of every image embedded once: (n, 58, d) float32."""

@@ -98,6 +98,7 @@ __all__ = [
     "memory_image_key",
     "model_key",
     "resolve_cache",
+    "store_rows",
 ]
 
 #: The one file a :class:`DiskCache` owns in its folder.
@@ -797,20 +798,38 @@ def cached_rows(layout: EntryLayout, n: int, compute, cache=None, keys=None) -> 
         todo = np.flatnonzero(~np.asarray(found, dtype=bool).reshape(n)).astype(np.int64)
     if not len(todo):
         return out
-    put_many = getattr(cache, "put_many", None)
     for rows, values in compute(todo):
         for name in layout.fields:
             out[name][rows] = values[name]
-        if cache is None:
-            continue
-        items = [(keys[r], layout.pack(**{name: v[j] for name, v in values.items()}))
-                 for j, r in enumerate(rows)]
-        if put_many is not None:
-            put_many(items)
-        else:
-            for key, entry in items:
-                cache.put(key, entry)
+        if cache is not None:
+            store_rows(layout, cache, [keys[r] for r in rows], values)
     return out
+
+
+def store_rows(layout: EntryLayout, cache, keys, values) -> None:
+    """Store rows computed alongside a :func:`cached_rows` computation, without reading first.
+
+    For rows that one computation yields for free beside those asked for (the maps of the
+    blocks a forward passed on its way to the block asked for): packed as :func:`cached_rows`
+    packs them, in one write.
+
+    Parameters
+    ----------
+    layout : EntryLayout
+    cache : cache object
+    keys : sequence of str
+        One per row.
+    values : dict
+        Each field of ``layout``, one leading entry per key.
+    """
+    items = [(key, layout.pack(**{name: v[j] for name, v in values.items()}))
+             for j, key in enumerate(keys)]
+    put_many = getattr(cache, "put_many", None)
+    if put_many is not None:
+        put_many(items)
+    else:
+        for key, entry in items:
+            cache.put(key, entry)
 
 
 def _read(cache, keys) -> list:

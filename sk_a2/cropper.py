@@ -15,18 +15,15 @@ from ._base import (
     ImageModelMixin,
     ImageTransformerTagsMixin,
     ModelParamsMixin,
-    check_finite,
 )
-from ._data import iter_image_batches
 from ._param_validation import Interval, StrOptions, validated_call
-from .attention import HEAD_AGGREGATIONS, aggregate_heads, patch_attention, resolve_layer
+from .attention import HEAD_AGGREGATIONS, MapSource, layer_maps, map_keys, resolve_layer
 from .cache import EntryLayout, cached_rows, digest, image_key, model_key
 from .crops import greedy_boxes, upsample_maps
 from .cropset import CROP_CONSTRAINTS, CropSet, effective_crop_sizes, to_original
 from .decode import DECODERS, check_decoder
 from .device import resolve_device
 from .images import as_sources, take
-from .precision import at_precision, precision_key
 from .ray_engine import ENGINE_CONSTRAINTS, check_engine, run_sharded
 
 __all__ = ["AttentionCropper", "CropSet"]  # CropSet re-exported from sk_a2.cropset
@@ -202,52 +199,59 @@ class AttentionCropper(
         self.grid_size_ = vm.grid_size
         return self
 
-    def _map_keys(self, image_keys, embed=False):
-        """Cache keys of the attention maps of the images of ``image_keys`` (their content
-        keys; None without a cache)."""
+    def map_source(self):
+        """The :class:`~sk_a2.attention.MapSource` of this cropper's maps: its model, image
+        size, head aggregation, precision, cache, batching and decoder."""
         args = self._cache_args()
-        if args["cache"] is None:
-            return None
-        layer = resolve_layer(self.layer, self._load().num_layers)
-        return [attention_map_key(args["model_id"], self.image_size, layer,
-                                  self.head_aggregation, self._precision("attention"),
-                                  key, embed) for key in image_keys]
+        return MapSource(self._load(), self.image_size, self.head_aggregation,
+                         self._precision("attention"), args["cache"], args["model_id"],
+                         self.batch_size, self.num_workers, self.verbose, self.decoder)
 
-    def _compute_maps(self, sources, image_keys=None, embed=False):
+    def _map_keys(self, sources, image_keys=None):
+        """Cache keys of the attention maps of ``sources`` (None without a cache);
+        ``image_keys``: their content keys, computed here when not given."""
+        source = self.map_source()
+        if source.cache is None:
+            return None
+        layer = resolve_layer(self.layer, source.vm.num_layers)
+        return map_keys(source, sources, [layer], image_keys)[layer]
+
+    def _compute_maps(self, sources, embed=False, image_keys=None):
         """Aggregated patch maps ``"map"`` (n, grid_h, grid_w) float32, original sizes
         ``"image_size"`` (n, 2) and, with ``embed``, full-image embeddings ``"embedding"``
-        (n, d) from the same forward pass.
+        (n, d) from the same forward pass (:func:`sk_a2.attention.layer_maps`, which reads
+        and stores them in the cache)."""
+        out = layer_maps(self.map_source(), sources, [self.layer], embed=embed,
+                         image_keys=image_keys)
+        out["map"] = out["map"][0]
+        del out["shares"], out["blocks"]
+        return out
 
-        With a cache, maps of images seen before (same content, model, weights, image size,
-        layer, aggregation and precision) are read back instead of recomputed. ``image_keys``
-        (each source's content key) are computed here when not given.
+    @validated_call
+    def layer_maps(self, X, layers=None):
+        """The maps of several blocks of each image, all from one forward pass per batch.
+
+        With a ``cache``, they are stored under the keys this cropper reads, so that a clone
+        with any of ``layers`` as its ``layer`` reuses them.
+
+        Parameters
+        ----------
+        X : sequence of image sources, or (n, H, W, 3) uint8 array
+        layers : None or sequence of int, default=None
+            Block indices (negative ones count from the end); ``None``: this cropper's
+            ``layer``.
+
+        Returns
+        -------
+        dict
+            ``"blocks"`` (indices from 0), ``"map"`` (L, n, grid_h, grid_w) float32,
+            ``"shares"`` (L, n, 3) float64 token shares and ``"image_size"`` (n, 2) int64 (see
+            :func:`sk_a2.attention.layer_maps`).
         """
-        vm = self._load()
-        cache = self._cache_args()["cache"]
-        if image_keys is None:
-            image_keys = [image_key(src) for src in sources]
-        keys = self._map_keys(image_keys, embed)
-        precision = self._precision("attention")
-
-        def compute(todo):
-            batches = iter_image_batches(
-                take(sources, todo), self.image_size, batch_size=self.batch_size,
-                num_workers=self.num_workers, device=vm.device, verbose=self.verbose,
-                desc="attention", keys=[image_keys[i] for i in todo], decoder=self.decoder,
-            )
-            for start, pixels, hw in batches:
-                with at_precision(vm, precision) as model:
-                    out = patch_attention(model, model.normalize(pixels), self.layer,
-                                          return_embedding=embed)
-                attn, values = (out[0], {"embedding": out[1].cpu().numpy()}) if embed else (out, {})
-                m = aggregate_heads(attn.float(), self.head_aggregation)
-                values["map"] = m.reshape(-1, *vm.grid_size).cpu().numpy()
-                rows = todo[start:start + len(hw)]
-                check_finite(values["map"], "attention maps", vm, sources, rows)
-                yield rows, {"image_size": hw, **values}
-
-        layout = map_entry(vm.grid_size, vm.embed_dim if embed else 0)
-        return cached_rows(layout, len(sources), compute, cache, keys)
+        check_is_fitted(self)
+        self._validate()
+        return layer_maps(self.map_source(), as_sources(X),
+                          [self.layer] if layers is None else layers)
 
     @validated_call
     def attention_maps(self, X):
@@ -307,13 +311,14 @@ class AttentionCropper(
         cache = self._cache_args()["cache"]
         embed = bool(self.embed_full_image)
         image_keys = [image_key(src) for src in sources]  # once per image; they travel on
-        map_keys = self._map_keys(image_keys, embed)
         box_keys = None
         if cache is not None:  # boxes are kept per (map, crop sizes): refits only look them up
-            box_keys = [digest("boxes", key, tuple(sizes)) for key in map_keys]
+            box_keys = [digest("boxes", key, tuple(sizes), embed)
+                        for key in self._map_keys(sources, image_keys)]
 
         def compute(todo):
-            rows = self._compute_maps(take(sources, todo), [image_keys[i] for i in todo], embed)
+            rows = self._compute_maps(take(sources, todo), embed,
+                                      [image_keys[i] for i in todo])
             step = max(self.batch_size, 256)
             for i in range(0, len(todo), step):
                 part = {name: v[i:i + step] for name, v in rows.items()}
@@ -340,22 +345,6 @@ class AttentionCropper(
         up = up / up.sum((-2, -1), keepdim=True).clamp_min(1e-30)
         boxes, scores = greedy_boxes(up, sizes, return_scores=True)
         return to_original(boxes.cpu().numpy(), hws, self.image_size), scores.cpu().numpy()
-
-
-def attention_map_key(model_id, image_size, layer, head_aggregation, precision, image_id,
-                      embed=False) -> str:
-    """Cache key of one image's attention map (``embed``: stored with its full-image
-    embedding)."""
-    return digest("attention-map", model_id, image_size, layer, head_aggregation,
-                  precision_key(precision), embed, image_id)
-
-
-def map_entry(grid_size, embed_dim=0) -> EntryLayout:
-    """Cache entry of one attention map: original (height, width), the patch map and, with
-    ``embed_dim``, the full image's embedding."""
-    extra = {"embedding": ((embed_dim,), np.float32)} if embed_dim else {}
-    return EntryLayout(np.float32, image_size=((2,), np.int64),
-                       map=(tuple(grid_size), np.float32), **extra)
 
 
 def box_entry(k, embed_dim=0) -> EntryLayout:

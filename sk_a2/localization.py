@@ -45,15 +45,11 @@ from sklearn.base import clone
 from sklearn.utils import Bunch
 from sklearn.utils.validation import check_is_fitted
 
-from ._data import iter_image_batches
-from .attention import aggregate_heads, layer_cls_attention, resolve_layer
+from .attention import layer_cls_attention, layer_label, resolve_layer
 from .baselines import image_sizes as read_image_sizes
-from .cache import digest, image_key, model_key, resolve_cache
-from .cropper import AttentionCropper, attention_map_key, map_entry
+from .cropper import AttentionCropper
 from .cropset import int_list
-from .images import as_sources, take
-from .models import load_model, resolve_device
-from .precision import at_precision, resolve_precision
+from .images import as_sources
 
 __all__ = [
     "METRICS",
@@ -334,15 +330,6 @@ def top_mass(maps, q):
     return -np.sort(-p, axis=1)[:, :k].sum(1)
 
 
-def _token_shares(rows, num_prefix):
-    """CLS, register and patch shares (B, 3) of per-head softmax rows (B, H, N)."""
-    mean = rows.float().mean(1).double()
-    cls = mean[:, 0]
-    reg = mean[:, 1:num_prefix].sum(1)
-    patch = mean[:, num_prefix:].sum(1)
-    return torch.stack([cls, reg, patch], 1).cpu().numpy()
-
-
 # --------------------------------------------------------------------------------------------
 # One forward pass, every block
 # --------------------------------------------------------------------------------------------
@@ -367,86 +354,15 @@ def _resolve_layers(layers, own_layer, num_layers):
     return list(dict.fromkeys(out))
 
 
-def _cache_keys(cropper, sources, layers, precision):
-    """Per image and layer: the cropper's attention-map key and the token-share key."""
-    mkey = model_key(cropper.model, cropper.weights)
-    keys = []
-    for src in sources:
-        ik = image_key(src)
-        keys.append([
-            (attention_map_key(mkey, cropper.image_size, layer, cropper.head_aggregation,
-                               precision, ik),
-             digest("token-shares", mkey, cropper.image_size, layer, ik))
-            for layer in layers
-        ])
-    return keys
-
-
-def _read_cached(cache, keys, maps, shares, hws, need_shares=True):
-    """Fill what the cache holds (maps in the cropper's own entry layout); return the rows still
-    to compute. Without ``need_shares``, token shares are not looked up (left unset)."""
-    todo = []
-    layout = map_entry(maps.shape[2:])
-    for i, per_layer in enumerate(keys):
-        found = layout.empty(len(per_layer))
-        entries = [(cache.get(km), cache.get(ks) if need_shares else None) for km, ks in per_layer]
-        if not all(layout.unpack_into(m, found, li)
-                   and (not need_shares or (s is not None and s.shape == (3,)))
-                   for li, (m, s) in enumerate(entries)):
-            todo.append(i)
-            continue
-        maps[:, i], hws[i] = found["map"], found["image_size"][0]
-        if need_shares:
-            shares[:, i] = [s for _, s in entries]
-    return np.asarray(todo, dtype=np.int64)
-
-
-def _layer_maps(cropper, vm, sources, layers, need_shares=True):
-    """Maps (L, n, gh, gw), token shares (L, n, 3) and original sizes (n, 2) of all layers.
-
-    Without ``need_shares``, images whose maps are all cached are not recomputed, and their
-    token shares are left unset."""
-    L, n, (gh, gw) = len(layers), len(sources), vm.grid_size
-    maps = np.empty((L, n, gh, gw), dtype=np.float32)
-    shares = np.empty((L, n, 3), dtype=np.float64)
-    hws = np.empty((n, 2), dtype=np.int64)
-    cache = resolve_cache(cropper.cache)
-    precision = resolve_precision(cropper.precision, vm.device, "attention")
-    todo, keys = np.arange(n), None
-    if cache is not None:
-        keys = _cache_keys(cropper, sources, layers, precision)
-        todo = _read_cached(cache, keys, maps, shares, hws, need_shares)
-    if not len(todo):
-        return maps, shares, hws
-    npt = vm.num_prefix_tokens
-    params = dict(batch_size=cropper.batch_size, num_workers=cropper.num_workers,
-                  device=vm.device, verbose=cropper.verbose, desc="localization")
-    for start, pixels, hw in iter_image_batches(take(sources, todo), cropper.image_size,
-                                                **params):
-        rows = todo[start:start + len(hw)]
-        hws[rows] = hw
-        with at_precision(vm, precision) as model:
-            per_layer = layer_cls_attention(model, model.normalize(pixels), layers)
-        for li, a in enumerate(per_layer):
-            m = aggregate_heads(a[..., npt:].float(), cropper.head_aggregation)
-            maps[li, rows] = m.reshape(-1, gh, gw).cpu().numpy()
-            shares[li, rows] = _token_shares(a, npt)
-        layout = map_entry((gh, gw))
-        for r in rows if cache is not None else ():
-            for li, (km, ks) in enumerate(keys[r]):
-                cache.put(km, layout.pack(image_size=hws[r], map=maps[li, r]))
-                cache.put(ks, shares[li, r])
-    return maps, shares, hws
-
-
 def layer_attention_maps(cropper, X, layers):
     """The attention maps of several blocks, all from one forward pass per batch.
 
     With the cropper's ``cache``, the maps are read from and stored under the keys and in the
     entry layout the cropper itself uses (:meth:`AttentionCropper.attention_maps`), so that
     afterwards a clone of ``cropper`` with any of ``layers`` as its ``layer`` chooses its crops of
-    ``X`` without running the model: a search over layers (``GridSearchCV``) costs one pass over
-    the images instead of one per layer.
+    ``X`` without running the model. (A cropper's own forward to block ``L`` stores the maps
+    of blocks ``0 … L`` too, so a ``GridSearchCV`` over ``layer`` whose deepest layer comes first
+    costs one pass without this call.)
 
     Parameters
     ----------
@@ -481,12 +397,9 @@ def layer_attention_maps(cropper, X, layers):
     True
     """
     check_is_fitted(cropper)
-    sources = as_sources(X)
-    vm = load_model(cropper.model, weights=cropper.weights, image_size=cropper.image_size,
-                    device=resolve_device(cropper.device))
-    layer_idx = _resolve_layers(layers, cropper.layer, vm.num_layers)
-    maps, _, hws = _layer_maps(cropper, vm, sources, layer_idx, need_shares=False)
-    return maps, hws
+    num_layers = cropper.map_source().vm.num_layers
+    out = cropper.layer_maps(X, _resolve_layers(layers, cropper.layer, num_layers))
+    return out["map"], out["image_size"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -564,7 +477,8 @@ def localization_report(cropper, X, boxes, *, layers=None):
     pandas.DataFrame or sklearn.utils.Bunch
         One row per (layer, image), layers in the given order: ``model`` (the model's name, with
         ``@<weights file name>`` when ``weights`` is set), ``head_aggregation``,
-        ``n_params``, ``layer`` (block index from 0), ``image`` (position in ``X``), the
+        ``n_params``, ``layer`` (the block counted from the end, ``-1`` the last, as
+        :func:`sk_a2.attention.layer_label` prints it), ``image`` (position in ``X``), the
         :data:`METRICS` and the :data:`TOKEN_SHARES`. A Bunch of equal-length arrays when pandas
         is not installed.
 
@@ -588,10 +502,10 @@ def localization_report(cropper, X, boxes, *, layers=None):
     n = len(sources)
     box_list = check_boxes(boxes, n)
     check_boxes(box_list, n, read_image_sizes(sources))
-    vm = load_model(cropper.model, weights=cropper.weights, image_size=cropper.image_size,
-                    device=resolve_device(cropper.device))
+    vm = cropper.map_source().vm
     layer_idx = _resolve_layers(layers, cropper.layer, vm.num_layers)
-    maps, shares, hws = _layer_maps(cropper, vm, sources, layer_idx)
+    out = cropper.layer_maps(sources, layer_idx)
+    maps, shares, hws = out["map"], out["shares"], out["image_size"]
     cols = {k: [] for k in (*METRICS, *TOKEN_SHARES)}
     for li in range(len(layer_idx)):
         mass, hit = _box_stats(maps[li], box_list, hws, cropper.image_size)
@@ -604,7 +518,8 @@ def localization_report(cropper, X, boxes, *, layers=None):
         "model": np.full(L * n, _model_name(cropper.model, cropper.weights), dtype=object),
         "head_aggregation": np.full(L * n, cropper.head_aggregation, dtype=object),
         "n_params": np.full(L * n, _n_params(vm), dtype=np.int64),
-        "layer": np.repeat(np.asarray(layer_idx, dtype=np.int64), n),
+        "layer": np.repeat(np.asarray([layer_label(i, vm.num_layers) for i in layer_idx],
+                                      dtype=np.int64), n),
         "image": np.tile(np.arange(n, dtype=np.int64), L),
     }
     return _table({**head, **{k: np.concatenate(v) for k, v in cols.items()}})
@@ -744,15 +659,15 @@ def select_attention(candidates, X, boxes, *, base=None, return_ranking=False):
     groups = {}
     for i, c in enumerate(croppers):
         groups.setdefault(_group_key(c), []).append(i)
-    scores = np.empty((len(croppers), 2))
+    scores, labels = np.empty((len(croppers), 2)), np.empty(len(croppers), dtype=np.int64)
     for members in groups.values():
         first = clone(croppers[members[0]]).fit()
         report = report_columns(localization_report(
             first, sources, box_list, layers=[croppers[i].layer for i in members]))
-        num_layers = load_model(first.model, weights=first.weights, image_size=first.image_size,
-                                device=resolve_device(first.device)).num_layers
+        num_layers = first.map_source().vm.num_layers
         for i in members:
-            rows = report["layer"] == resolve_layer(croppers[i].layer, num_layers)
+            labels[i] = layer_label(croppers[i].layer, num_layers)
+            rows = report["layer"] == labels[i]
             scores[i] = report["mass_in_box"][rows].mean(), report["hit"][rows].mean()
     order = sorted(range(len(croppers)), key=lambda i: (-scores[i, 0], -scores[i, 1], i))
     best = clone(croppers[order[0]]).fit()
@@ -762,7 +677,7 @@ def select_attention(candidates, X, boxes, *, base=None, return_ranking=False):
         "candidate": np.asarray(order, dtype=np.int64),
         "model": np.asarray([_model_name(croppers[i].model, croppers[i].weights) for i in order],
                             dtype=object),
-        "layer": np.asarray([croppers[i].layer for i in order], dtype=np.int64),
+        "layer": labels[order],
         "head_aggregation": np.asarray([croppers[i].head_aggregation for i in order],
                                        dtype=object),
         "mass_in_box": scores[order, 0],

@@ -144,8 +144,9 @@ def _rows(folder):
 
 def test_disk_cache_ignores_corrupt_and_foreign_entries(tiny_vit_file, tmp_path):
     X = random_images(4, 64, 64, seed=5)
-    ref = cropper(tiny_vit_file).fit(X).attention_maps(X)
-    c = cropper(tiny_vit_file, cache=tmp_path).fit(X)
+    # block 0: a forward to block L stores the maps of blocks 0..L, one entry each
+    ref = cropper(tiny_vit_file, layer=0).fit(X).attention_maps(X)
+    c = cropper(tiny_vit_file, cache=tmp_path, layer=0).fit(X)
     c.attention_maps(X)
     rows = _rows(tmp_path)
     assert len(rows) == 4
@@ -183,12 +184,12 @@ def test_memory_cache_is_bounded():
 
 
 def _transform_in_process(weights, cache_dir, X):
-    return cropper(weights, cache=cache_dir).fit(X).attention_maps(X)
+    return cropper(weights, cache=cache_dir, layer=0).fit(X).attention_maps(X)
 
 
 def test_concurrent_processes_share_a_disk_cache(tiny_vit_file, tmp_path):
     X = random_images(8, 64, 64, seed=6)
-    ref = cropper(tiny_vit_file).fit(X).attention_maps(X)
+    ref = cropper(tiny_vit_file, layer=0).fit(X).attention_maps(X)  # one entry per image
     results = Parallel(n_jobs=2)(
         delayed(_transform_in_process)(tiny_vit_file, tmp_path, X) for _ in range(4)
     )

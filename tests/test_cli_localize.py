@@ -71,7 +71,7 @@ def test_localize_folder_dataset_last_layer(two_weights, tmp_path):
                  two_weights[0], "--layers", "last", "--image-size", "64", "--device", "cpu",
                  "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert [s["layer"] for s in summary["summary"]] == [5]
+    assert [s["layer"] for s in summary["summary"]] == [-1]  # counted from the end
     rows = list(csv.DictReader(open(out / "localization.csv")))
     assert [r["path"].rsplit("/", 2)[1:] for r in rows] == [["a", "0.png"], ["b", "0.png"]]
     assert not (out / "per_layer.png").exists()

@@ -234,7 +234,7 @@ def _no_model_work(monkeypatch):
         raise AssertionError("the model was loaded or run")
 
     monkeypatch.setattr(sk_a2._base, "load_model", fail)
-    monkeypatch.setattr(sk_a2.cropper, "patch_attention", fail)
+    monkeypatch.setattr("sk_a2.attention.layer_cls_attention", fail)
 
 
 def _read_only(folder, monkeypatch):

@@ -62,7 +62,7 @@ def _no_model_work(monkeypatch):
         raise AssertionError("the model was loaded or run")
 
     monkeypatch.setattr(sk_a2._base, "load_model", fail)
-    monkeypatch.setattr(sk_a2.cropper, "patch_attention", fail)
+    monkeypatch.setattr("sk_a2.attention.layer_cls_attention", fail)
 
 
 def _cache_warnings(record):
@@ -265,11 +265,12 @@ END_TO_END = [  # (what is damaged, how, the call that reads it)
 def test_cropper_recomputes_a_damaged_entry_like_a_run_without_cache(tmp_path, tiny_vit_file,
                                                                      entry, change, call):
     X = random_images(3, 64, 64, seed=12)
-    ref = getattr(_cropper(tiny_vit_file).fit(X), call)(X)
-    cropper = _cropper(tiny_vit_file, cache=tmp_path).fit(X)
+    # block 0: the forward stores the maps of no other block, so every map entry is read back
+    ref = getattr(_cropper(tiny_vit_file, layer=0).fit(X), call)(X)
+    cropper = _cropper(tiny_vit_file, cache=tmp_path, layer=0).fit(X)
     cropper.transform(X)
-    dtype = {"boxes": "<f8", "map": "<f4"}[entry]  # the two entry layouts' stored dtypes
-    first = _damage(tmp_path, lambda row: {}, f"dtype = '{dtype}'")[0]
+    size = {"boxes": 2 + 2 * 4 + 2, "map": 2 + 4 * 4 + 3}[entry]  # the two entry layouts' sizes
+    first = _damage(tmp_path, lambda row: {}, f"shape = '{size}'")[0]
     _damage(tmp_path, change, f"key = '{first}'")
     with pytest.warns(CacheWarning) as record:
         got = getattr(cropper, call)(X)

@@ -212,7 +212,7 @@ def test_all_layers_report_equals_one_cropper_per_layer(aggregation):
                             head_aggregation=aggregation).fit()
     report = localization_report(base, X, boxes, layers="all")
     layers = sorted(set(report["layer"]))
-    assert layers == list(range(len(model.blocks)))
+    assert layers == list(range(-len(model.blocks), 0))  # printed counted from the end
     hws = np.array([x.shape[:2] for x in X])
     for layer in layers:
         # Same batches as the report: with several threads, float sums may differ by ~1e-8
@@ -230,7 +230,7 @@ def test_all_layers_report_equals_one_cropper_per_layer(aggregation):
 
 
 def test_layer_attention_maps_fill_the_croppers_cache(tmp_path, monkeypatch):
-    from sk_a2 import localization
+    from sk_a2 import attention
 
     model = make_timm("test_vit", img_size=48).eval()
     X = _images(3, seed=4)
@@ -239,16 +239,17 @@ def test_layer_attention_maps_fill_the_croppers_cache(tmp_path, monkeypatch):
             for layer in (-1, 0)]  # one cropper per layer, no cache
     cache = str(tmp_path / "cache")
     base = AttentionCropper(model, cache=cache, **common).fit()
-    batches, real = [], localization.layer_cls_attention
+    batches, real = [], attention.layer_cls_attention
 
-    def counting(vm, x, layers):
+    def counting(vm, x, layers, **kwargs):
         batches.append((len(x), list(layers)))
-        return real(vm, x, layers)
+        return real(vm, x, layers, **kwargs)
 
-    monkeypatch.setattr(localization, "layer_cls_attention", counting)
+    monkeypatch.setattr(attention, "layer_cls_attention", counting)
     maps, hws = layer_attention_maps(base, X, [-1, 0, len(model.blocks) - 1])
     last = len(model.blocks) - 1
-    assert batches == [(2, [last, 0]), (1, [last, 0])]  # one forward per batch, both layers
+    # one forward per batch, every block up to the deepest asked
+    assert batches == [(2, list(range(last + 1))), (1, list(range(last + 1)))]
     assert maps.shape == (2, 3, 3, 3) and hws.tolist() == [list(x.shape[:2]) for x in X]
     for got, expected in zip(maps, want):
         np.testing.assert_allclose(got, expected, atol=1e-6)
@@ -256,7 +257,7 @@ def test_layer_attention_maps_fill_the_croppers_cache(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the model ran although the maps were cached")
 
-    monkeypatch.setattr("sk_a2.cropper.patch_attention", fail)
+    monkeypatch.setattr(attention, "layer_cls_attention", fail)
     for i, layer in enumerate((-1, 0)):  # the croppers read the maps back under their own keys
         cropper = AttentionCropper(model, layer=layer, cache=cache, **common).fit()
         np.testing.assert_array_equal(cropper.attention_maps(X), maps[i])
@@ -293,7 +294,7 @@ def test_token_shares_equal_cls_attention_split(reg_model):
     x = vm.normalize(pixels.float() / 255)
     for layer in (0, len(reg_model.blocks) - 1):
         row = cls_attention(vm, x, layer).double().mean(1)
-        got = report[report["layer"] == layer].sort_values("image")
+        got = report[report["layer"] == layer - len(reg_model.blocks)].sort_values("image")
         np.testing.assert_allclose(got["cls_share"], row[:, 0], atol=1e-6)
         np.testing.assert_allclose(got["register_share"], row[:, 1:5].sum(1), atol=1e-6)
         np.testing.assert_allclose(got["patch_share"], row[:, 5:].sum(1), atol=1e-6)
@@ -305,7 +306,7 @@ def test_report_layers_and_errors(reg_model):
     X = _images(2)
     cropper = AttentionCropper(reg_model, image_size=56, crop_sizes=(14,), layer=0).fit()
     report = localization_report(cropper, X, _boxes(X))
-    assert report["layer"].tolist() == [0, 0] and report["image"].tolist() == [0, 1]
+    assert report["layer"].tolist() == [-2, -2] and report["image"].tolist() == [0, 1]
     assert list(report.columns[:5]) == ["model", "head_aggregation", "n_params", "layer", "image"]
     with pytest.raises(ValueError, match="layers: layer=7 is out of range"):
         localization_report(cropper, X, _boxes(X), layers=[0, 7])
@@ -323,7 +324,7 @@ def test_report_layers_and_errors(reg_model):
 
 
 def test_report_reads_back_from_cache_and_falls_back_to_bunch(reg_model, monkeypatch):
-    from sk_a2 import localization
+    from sk_a2 import attention
 
     X = _images(2, seed=3)
     cropper = AttentionCropper(reg_model, image_size=56, crop_sizes=(14,), cache="memory").fit()
@@ -332,20 +333,19 @@ def test_report_reads_back_from_cache_and_falls_back_to_bunch(reg_model, monkeyp
     def fail(*args, **kwargs):
         raise AssertionError("the model ran although everything was cached")
 
-    monkeypatch.setattr(localization, "layer_cls_attention", fail)
+    monkeypatch.setattr(attention, "layer_cls_attention", fail)
     second = localization_report(cropper, X, _boxes(X), layers="all")
     assert first.equals(second)
     # the cropper finds the same maps under its own keys: it does not run the model either
-    monkeypatch.setattr("sk_a2.cropper.patch_attention", fail)
     maps = cropper.attention_maps(X)
     np.testing.assert_allclose(
         mass_in_boxes(maps, _boxes(X), [x.shape[:2] for x in X], 56),
-        first[first["layer"] == len(reg_model.blocks) - 1]["mass_in_box"], atol=1e-9)
+        first[first["layer"] == -1]["mass_in_box"], atol=1e-9)
     monkeypatch.setitem(sys.modules, "pandas", None)
     bunch = localization_report(cropper, X, _boxes(X), layers=[0])
     assert not hasattr(bunch, "columns")
     np.testing.assert_array_equal(bunch["mass_in_box"],
-                                  first[first["layer"] == 0]["mass_in_box"])
+                                  first[first["layer"] == -len(reg_model.blocks)]["mass_in_box"])
     summary = summarize_report([bunch, bunch])
     assert summary["n_images"].tolist() == [4]
 

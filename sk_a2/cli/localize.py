@@ -87,8 +87,9 @@ def add_parser(subparsers):
     p.add_argument("--weights", type=_names, default=None, metavar="FILE[,FILE...]",
                    help="local state-dict files, one per model (default: pretrained weights)")
     p.add_argument("--layers", type=_layers, default="all", metavar="all|last|I[,J...]",
-                   help="blocks to measure: all, last, or indices (negative from the end); "
-                        "all blocks come from one forward pass (default: all)")
+                   help="blocks to measure: all, last, or indices (from 0, or negative from "
+                        "the end; printed counted from the end, -1 the last); all blocks come "
+                        "from one forward pass (default: all)")
     p.add_argument("--head-aggregation", type=_names, default=["mean"], metavar="A[,B...]",
                    help="head aggregations, comma-separated, of " + ", ".join(HEAD_AGGREGATIONS)
                         + " (default: mean)")

@@ -540,8 +540,10 @@ class Protocol:
         through scikit-learn's metadata routing.
 
         With a ``cache``, the attention maps of every candidate layer are computed first, all
-        from one forward pass per batch (:func:`sk_a2.localization.layer_attention_maps`), and
-        stored under the cropper's keys: the search then runs no attention forward, and each
+        from one forward pass per batch (:meth:`AttentionCropper.layer_maps
+        <sk_a2.AttentionCropper.layer_maps>`, through :func:`sk_a2.attention.layer_maps` like
+        every map), and stored under the cropper's keys
+        (whatever the grid's layer order): the search then runs no attention forward, and each
         (image, box) is embedded once, so the whole search costs one pass of each model over
         the train and val images.
         """
@@ -569,13 +571,11 @@ class Protocol:
         """Cache the maps of every layer ``grid`` searches, in one forward pass per batch."""
         if self.cache is None:
             return
-        from ..localization import layer_attention_maps
-
         grids = [grid] if isinstance(grid, dict) else list(grid)
         layers = list(dict.fromkeys(layer for g in grids
                                     for layer in g.get("crop__layer", [spec.layer])))
         self.log(f"attention maps of layers {layers} with {spec.attention.name}, one pass")
-        layer_attention_maps(self.cropper(replace(spec, method="a2")).fit(), X, layers)
+        self.cropper(replace(spec, method="a2")).fit().layer_maps(X, layers)
 
     def tune_pipeline(self, spec):
         """The pipeline ``tune`` searches (A² with a logistic-regression head)."""
