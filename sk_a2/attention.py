@@ -42,10 +42,13 @@ columns, aggregates the heads, computes the token shares and reads and writes th
 maps (:func:`attention_map_key`, :func:`map_entry`) through :func:`~sk_a2.cache.cached_rows`
 (and :func:`~sk_a2.cache.store_rows` for the blocks a forward passes beside those asked).
 :class:`~sk_a2.AttentionCropper`, :mod:`sk_a2.localization`, :class:`~sk_a2.AttentionAdapter` and
-the protocol all call it, so maps computed for one are cache hits for the others. With a cache, a
-forward that runs to block ``L`` stores the maps of blocks ``0 … L`` (one pass, and the rows of
-the earlier blocks cost little next to the blocks themselves): a search over ``layer`` runs the
-model once per image when its deepest layer comes first.
+the protocol all call it, so maps computed for one are cache hits for the others. With the
+memory cache, a forward that runs to block ``L`` stores the maps of blocks ``0 … L`` too (one
+pass, and the rows of the earlier blocks cost little next to the blocks themselves; the store is
+bounded and evicts the oldest entries): a search over ``layer`` runs the model once per image
+when its deepest layer comes first. A disk cache stores only the blocks asked for, so that its
+size does not grow with the model's depth (12 maps per image for ViT-S, 40 for ViT-g); ask for
+several at once with :meth:`~sk_a2.AttentionCropper.layer_maps` (the protocol does).
 
 **Layer numbering.** Parameters take a block index either way (``-1`` and ``num_layers - 1``
 are the last block); results print it counted from the end (:func:`layer_label`: ``-1`` the
@@ -66,7 +69,7 @@ import torch
 
 from ._base import check_finite
 from ._data import iter_image_batches
-from .cache import EntryLayout, cached_rows, digest, image_key, store_rows
+from .cache import EntryLayout, MemoryCache, cached_rows, digest, image_key, store_rows
 from .images import take
 from .precision import at_precision, precision_key
 
@@ -455,7 +458,8 @@ def layer_maps(source: MapSource, sources, layers, *, embed=False, image_keys=No
 
     Entries already in ``source.cache`` are read back; each image missing any of them is run
     through the model once, up to the deepest block asked (to the end with ``embed``); with a
-    cache, the maps of every block that forward passed are stored too.
+    :class:`~sk_a2.cache.MemoryCache`, the maps of every block that forward passed are stored
+    too (a disk cache keeps the blocks asked for only).
 
     Parameters
     ----------
@@ -480,7 +484,7 @@ def layer_maps(source: MapSource, sources, layers, *, embed=False, image_keys=No
     vm, cache, n = source.vm, source.cache, len(sources)
     wanted = list(dict.fromkeys(resolve_layer(layer, vm.num_layers) for layer in layers))
     deepest = vm.num_layers - 1 if embed else max(wanted)
-    blocks = list(range(deepest + 1)) if cache is not None else sorted(wanted)
+    blocks = list(range(deepest + 1)) if isinstance(cache, MemoryCache) else sorted(wanted)
     if image_keys is None:
         image_keys = [image_key(src) for src in sources]
     keys = map_keys(source, sources, blocks, image_keys) if cache is not None else None

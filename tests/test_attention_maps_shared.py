@@ -97,3 +97,20 @@ def test_grid_search_over_layer_costs_one_attention_pass(forwards, tiny_vit_file
     assert len(search.cv_results_["params"]) == 2
     assert _images_run(forwards) == len(X)  # each image once, for both layers and both folds
     memory_cache().clear()
+
+
+def test_a_disk_cache_keeps_only_the_blocks_asked_for(forwards, tiny_vit_file, tmp_path):
+    """A folder does not grow with the model's depth: the last block's forward stores that
+    block's map only, so another block runs the model again; asked for together
+    (``layer_maps``), both come from one pass and are read back."""
+    X, _, _ = _images()
+    cache = str(tmp_path / "cache")
+    _cropper(tiny_vit_file, cache).transform(X)
+    _cropper(tiny_vit_file, cache).set_params(layer=-2).fit().transform(X)
+    assert _images_run(forwards) == 2 * len(X)
+    forwards.clear()
+    fresh = str(tmp_path / "fresh")
+    _cropper(tiny_vit_file, fresh).layer_maps(X, [-1, -2])
+    for layer in (-1, -2):
+        _cropper(tiny_vit_file, fresh).set_params(layer=layer).fit().transform(X)
+    assert _images_run(forwards) == len(X)
