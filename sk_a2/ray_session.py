@@ -118,9 +118,13 @@ class ModelActor:
 
 
 def _session(ray):
-    """The Ray instance this process is connected to (engines of an earlier one are stale)."""
-    ctx = ray.get_runtime_context()
-    return (ctx.gcs_address, ctx.get_job_id())
+    """The Ray instance this process is connected to (engines of an earlier one are stale);
+    None when it is connected to none (Ray shut down, or never started in this process)."""
+    try:
+        ctx = ray.get_runtime_context()
+        return (ctx.gcs_address, ctx.get_job_id())
+    except Exception:  # Ray's own error type for "not started" varies across its versions
+        return None
 
 
 class Engine:
