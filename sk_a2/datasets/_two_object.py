@@ -174,6 +174,7 @@ def make_two_object(n_samples=200, *, correlation=0.9, image_size=224, random_st
         With the fields
 
         images : ndarray of shape (n_samples, image_size, image_size, 3), dtype uint8
+            RGB images.
         target : ndarray of shape (n_samples,), dtype int64
             The digit: 0 or 1.
         spurious : ndarray of shape (n_samples,), dtype int64
@@ -185,7 +186,9 @@ def make_two_object(n_samples=200, *, correlation=0.9, image_size=224, random_st
         distractor_boxes : ndarray of shape (n_samples, 4), dtype int64
             The photograph's box.
         target_names, spurious_names, group_names : tuple of str
+            The names of the digits, of the photographs and of the four groups.
         DESCR : str
+            Description of the benchmark.
 
     Examples
     --------
