@@ -18,9 +18,9 @@ from ._base import (
 )
 from ._param_validation import Interval, StrOptions, validated_call
 from .attention import HEAD_AGGREGATIONS, MapSource, layer_maps, map_keys, resolve_layer
+from .boxes import greedy_boxes, to_original, upsample_maps
 from .cache import EntryLayout, cached_rows, digest, image_key, model_key
-from .crops import greedy_boxes, upsample_maps
-from .cropset import CROP_CONSTRAINTS, CropSet, effective_crop_sizes, to_original
+from .cropset import CROP_CONSTRAINTS, CropSet, effective_crop_sizes
 from .decode import DECODERS, check_decoder
 from .device import resolve_device
 from .images import as_sources, take

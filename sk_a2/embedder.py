@@ -19,8 +19,8 @@ from ._base import (
 )
 from ._data import iter_image_batches, resolve_num_workers
 from ._param_validation import PATH, Rule, StrOptions, validated_call
+from .boxes import crop_resize
 from .cache import EntryLayout, cached_rows, digest, image_key, model_key
-from .crops import crop_resize
 from .cropset import CropSet
 from .decode import DECODERS, check_decoder
 from .device import resolve_device
