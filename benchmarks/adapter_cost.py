@@ -41,8 +41,8 @@ def best_of(fn, repeats=3):
 
 def candidate_seconds(size):
     """Seconds (best, worst of 3) to embed the 58 candidates of one 224 px image at ``size``."""
-    from sk_a2.crops import crop_resize
-    from sk_a2.dps import candidate_bank
+    from sk_a2._dps import candidate_bank
+    from sk_a2.boxes import crop_resize
     from sk_a2.models import load_model
 
     vm = load_model("imgfocus_vits14", image_size=size, device="cpu")
@@ -73,8 +73,8 @@ def attention_seconds(size):
 
 
 def outer_epoch_seconds(n, d=384, grid=(16, 16)):
+    from sk_a2._dps import box_mass_matrix, candidate_bank
     from sk_a2.adapter import AttentionAdapter, _OuterLoop
-    from sk_a2.dps import box_mass_matrix, candidate_bank
 
     rng = np.random.RandomState(0)
     G = grid[0] * grid[1]

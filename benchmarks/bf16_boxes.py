@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from sk_a2.attention import aggregate_heads, patch_attention
-from sk_a2.crops import crop_resize, greedy_boxes, upsample_maps
+from sk_a2.boxes import crop_resize, greedy_boxes, upsample_maps
 from sk_a2.models import load_model
 
 SIZES = (64, 32)

@@ -86,7 +86,7 @@ def _write(images, directory, ext, **save):
 def _path_fns(paths, side, size, frame_boxes):
     """The resized and original data paths over ``paths`` (originals ``side`` px a side)."""
     from sk_a2._data import iter_image_batches
-    from sk_a2.crops import crop_resize
+    from sk_a2.boxes import crop_resize
     from sk_a2.original_crops import OriginalCrops, iter_original_crop_batches, load_original_crops
 
     cpu = torch.device("cpu")

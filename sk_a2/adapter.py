@@ -2,7 +2,7 @@
 wrong part of the image (Appendix G of the A² paper).
 
 A small MLP maps each attention map ``A`` (the attention model's patch grid) to an adapted map
-``Ã``; crops are then the ``k`` candidates of a fixed bank (:func:`sk_a2.dps.candidate_bank`)
+``Ã``; crops are then the ``k`` candidates of a fixed bank (``_dps.candidate_bank``)
 holding the most ``Ã`` mass. The MLP is learned end to end: a differentiable selection over the
 whole bank weighs the candidates' stored (whitened) embeddings, a logistic-regression head takes
 gradient steps on some training images, and its cross-entropy on other training images is
@@ -28,12 +28,13 @@ from sklearn.utils.validation import check_is_fitted
 from sklearn_compat.base import _fit_context
 
 from ._base import MODEL_CONSTRAINTS, ImageModelMixin, ImageTransformerTagsMixin
+from ._dps import box_mass_matrix, candidate_bank, hard_topk, perturbed_topk
 from ._param_validation import Interval, StrOptions, validated_call
 from .attention import HEAD_AGGREGATIONS
+from .boxes import to_original
 from .cropper import AttentionCropper
-from .cropset import CropSet, to_original
+from .cropset import CropSet
 from .device import resolve_device
-from .dps import box_mass_matrix, candidate_bank, hard_topk, perturbed_topk
 from .embedder import CropEmbedder
 from .images import as_sources
 
@@ -122,7 +123,7 @@ def selection_scores(maps, mass_matrix):
     maps : Tensor of shape (n, G)
         Attention maps over the G patches.
     mass_matrix : Tensor of shape (G, m + 1)
-        :func:`sk_a2.dps.box_mass_matrix` of the m candidates: column ``c`` gives the mass
+        ``_dps.box_mass_matrix`` of the m candidates: column ``c`` gives the mass
         inside candidate ``c``, the last column the mass in the whole frame.
 
     Returns
@@ -133,9 +134,10 @@ def selection_scores(maps, mass_matrix):
     --------
     >>> import torch
     >>> from sk_a2.adapter import selection_scores
-    >>> from sk_a2.dps import box_mass_matrix
-    >>> boxes = [[0, 0, 28, 28], [28, 28, 56, 56]]  # two corners of a 56 px frame
-    >>> mass = torch.as_tensor(box_mass_matrix((4, 4), 56, boxes))
+    >>> mass = torch.zeros(16, 3, dtype=torch.float64)  # a 4 x 4 grid, two candidates
+    >>> mass[[0, 1, 4, 5], 0] = 1.0  # candidate 0 holds the top-left 2 x 2 patches
+    >>> mass[[10, 11, 14, 15], 1] = 1.0  # candidate 1 the bottom-right ones
+    >>> mass[:, 2] = 1.0  # the whole frame
     >>> maps = torch.zeros(1, 16, dtype=torch.float64)
     >>> maps[0, 0] = 1.0  # all attention on the top-left patch
     >>> selection_scores(maps, mass).argmax(-1).tolist()
@@ -362,7 +364,7 @@ class AttentionAdapter(
     :class:`CropSet` with the ``n_crops`` candidates of the fixed bank that hold the most ``Ã``
     mass (hard top-k, in bank order), so :class:`CropEmbedder` and any head follow unchanged.
 
-    The bank (:func:`sk_a2.dps.candidate_bank`): 49 crops of 64 px on a 7 × 7 grid and 9 of
+    The bank (``_dps.candidate_bank``): 49 crops of 64 px on a 7 × 7 grid and 9 of
     32 px on a 3 × 3 grid of the 224-pixel frame, scaled with ``image_size``. In ``fit`` every
     candidate of every image is embedded once by the frozen embedding model at
     ``embedding_size`` (through ``cache``: a refit with other training settings runs no model);
@@ -420,7 +422,7 @@ class AttentionAdapter(
     selection : {"softmax", "perturbed"}, default="softmax"
         The differentiable selection: ``"softmax"``, :func:`relaxed_topk` over the whole bank
         (closed form, every candidate weighted); ``"perturbed"``, perturbed top-k with
-        ``n_samples`` Gaussian draws (:func:`sk_a2.dps.perturbed_topk`, the paper's DPS).
+        ``n_samples`` Gaussian draws (``_dps.perturbed_topk``, the paper's DPS).
     sigma : float, default=4.0
         Temperature (noise scale) of the selection at the first epoch, in units of each image's
         standard deviation of the candidates' log mass (see :func:`selection_scores`): high

@@ -14,68 +14,20 @@ header of a file, the shape of an array). Their ``scores`` are NaN, since there 
 
 from __future__ import annotations
 
-import os
 import warnings
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from sklearn_compat.base import _fit_context
 
 from ._param_validation import validated_call
-from .crops import CropOverlapWarning
-from .cropset import CROP_CONSTRAINTS, CropSet, effective_crop_sizes, to_original
-from .images import as_sources, exif_orientation, image_digest, open_image
+from .boxes import CropOverlapWarning, to_original
+from .cropset import CROP_CONSTRAINTS, CropSet, effective_crop_sizes
+from .images import as_sources, image_digest, image_sizes
 
-__all__ = ["CenterCropper", "RandomCropper", "image_sizes"]
-
-# EXIF orientations that swap width and height once applied (transpose, rotations by 90 deg).
-_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
-
-
-def _pil_size(img: Image.Image) -> tuple[int, int]:
-    """``(height, width)`` of a PIL image after its EXIF orientation, as ``load_rgb`` sees it."""
-    w, h = img.size
-    if exif_orientation(img) in _SWAPPING_ORIENTATIONS:
-        h, w = w, h
-    return int(h), int(w)
-
-
-def _source_size(source, index: int) -> tuple[int, int]:
-    where = f"X[{index}]"
-    if isinstance(source, np.ndarray):
-        if source.ndim not in (2, 3) or source.shape[0] < 1 or source.shape[1] < 1:
-            raise ValueError(f"{where} has shape {source.shape}: expected (H, W, 3) or (H, W)")
-        return int(source.shape[0]), int(source.shape[1])
-    if isinstance(source, Image.Image):
-        return _pil_size(source)
-    with open_image(Path(os.fspath(source)), where) as img:
-        return _pil_size(img)
-
-
-def image_sizes(X) -> np.ndarray:
-    """Original ``(height, width)`` of every image, without decoding pixels.
-
-    Files are opened with PIL, which reads only their header; their EXIF orientation is taken
-    into account, as when the pixels are loaded. Arrays give their shape.
-
-    Parameters
-    ----------
-    X : sequence of image sources, or (n, H, W, 3) uint8 array
-
-    Returns
-    -------
-    ndarray of shape (n, 2), int64
-    """
-    sources = as_sources(X)
-    if isinstance(sources, np.ndarray):
-        return np.tile(np.asarray(sources.shape[1:3], dtype=np.int64), (len(sources), 1))
-    return np.asarray([_source_size(s, i) for i, s in enumerate(sources)],
-                      dtype=np.int64).reshape(-1, 2)
-
+__all__ = ["CenterCropper", "RandomCropper"]
 
 class _BaselineCropper(TransformerMixin, BaseEstimator):
     """Shared validation and tags of the baseline croppers."""
@@ -187,7 +139,7 @@ class RandomCropper(_BaselineCropper):
     side ``s`` takes an integer position ``(x, y)``, ``0 <= x, y <= image_size - s``, drawn
     uniformly among the positions where it does not intersect an earlier box of the same image.
     When no such position is left, it is drawn uniformly among all positions, and one
-    :class:`~sk_a2.crops.CropOverlapWarning` per call says how often this happened. Boxes are
+    :class:`~sk_a2.boxes.CropOverlapWarning` per call says how often this happened. Boxes are
     then mapped back to original-image pixels.
 
     Every image has its own random generator, seeded by ``seed_`` (drawn in ``fit`` from

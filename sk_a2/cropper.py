@@ -18,13 +18,13 @@ from ._base import (
 )
 from ._param_validation import Interval, StrOptions, validated_call
 from .attention import HEAD_AGGREGATIONS, MapSource, layer_maps, map_keys, resolve_layer
+from .boxes import greedy_boxes, to_original, upsample_maps
 from .cache import EntryLayout, cached_rows, digest, image_key, model_key
-from .crops import greedy_boxes, upsample_maps
-from .cropset import CROP_CONSTRAINTS, CropSet, effective_crop_sizes, to_original
+from .cropset import CROP_CONSTRAINTS, CropSet, effective_crop_sizes
 from .decode import DECODERS, check_decoder
 from .device import resolve_device
 from .images import as_sources, take
-from .ray_engine import ENGINE_CONSTRAINTS, check_engine, run_sharded
+from .ray_engine import ENGINE_CONSTRAINTS, check_engine, run
 
 __all__ = ["AttentionCropper", "CropSet"]  # CropSet re-exported from sk_a2.cropset
 
@@ -284,10 +284,9 @@ class AttentionCropper(
         check_is_fitted(self)
         sizes = self._validate()
         sources = as_sources(X)
-        if self.engine == "ray":
-            return self._crop_set(sources, run_sharded(self, sources, columns=crop_columns,
-                                                       decode_size=self.image_size))
-        return self._crop_set(sources, *self._rows(sources, sizes))
+        rows = run(self, sources, in_process=lambda s: self._rows(s, sizes),
+                   columns=crop_columns, decode_size=self.image_size)
+        return self._crop_set(sources, rows)
 
     def transform_batch(self, X):
         """Choose the crops of one batch of images in this process, whatever ``engine`` says.
@@ -303,11 +302,11 @@ class AttentionCropper(
         check_is_fitted(self)
         sizes = self._validate()
         sources = as_sources(X)
-        return self._crop_set(sources, *self._rows(sources, sizes))
+        return self._crop_set(sources, self._rows(sources, sizes))
 
     def _rows(self, sources, sizes):
         """The in-process per-image rows (boxes, scores, image_size, embedding) of
-        ``sources``, and the images' content keys."""
+        ``sources``, and the images' content keys (``"image_keys"``)."""
         cache = self._cache_args()["cache"]
         embed = bool(self.embed_full_image)
         image_keys = [image_key(src) for src in sources]  # once per image; they travel on
@@ -327,17 +326,18 @@ class AttentionCropper(
 
         vm = self._load()
         layout = box_entry(len(sizes), vm.embed_dim if embed else 0)
-        return cached_rows(layout, len(sources), compute, cache, box_keys), image_keys
+        rows = cached_rows(layout, len(sources), compute, cache, box_keys)
+        return {**rows, "image_keys": image_keys}
 
-    def _crop_set(self, sources, rows, image_keys=None):
+    def _crop_set(self, sources, rows):
         """The :class:`CropSet` of the per-image ``rows`` (boxes, scores, image_size,
-        embedding), carrying the images' content keys ``image_keys``."""
+        embedding), carrying the images' content keys ``rows["image_keys"]`` where given."""
         source = None
         if self.embed_full_image:
             source = {"model_id": model_key(self.model, self.weights),
                       "image_size": self.image_size, "precision": self._precision("attention")}
         return CropSet(sources, rows["boxes"], rows["scores"], rows["image_size"],
-                       rows.get("embedding"), source, image_keys)
+                       rows.get("embedding"), source, rows.get("image_keys"))
 
     def _select_boxes(self, maps, hws, sizes):
         """Greedy boxes (original pixels, float32) and their attention mass for some maps."""

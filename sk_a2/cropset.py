@@ -1,9 +1,10 @@
-"""``CropSet``, the type every stage passes on, and its box geometry.
+"""``CropSet``, the type every stage passes on, and the crop parameters every cropper shares.
 
 Croppers return a :class:`CropSet`; :class:`~sk_a2.CropEmbedder` and
 :class:`~sk_a2.ZeroShotCLIPClassifier` take one. Boxes are stored in original-image pixels;
-:func:`to_frame` and :func:`to_original` convert between those and the pixels of the image
-resized to ``size × size`` (the *frame* in which croppers choose boxes and embedders cut them).
+:func:`sk_a2.boxes.to_frame` and :func:`sk_a2.boxes.to_original` convert between those and the
+pixels of the image resized to ``size × size`` (the *frame* in which croppers choose boxes and
+embedders cut them).
 :func:`effective_crop_sizes` resolves the ``crop_sizes`` / ``n_crops`` parameters shared by every
 cropper.
 """
@@ -16,6 +17,7 @@ import operator
 import numpy as np
 
 from ._param_validation import IMAGE_SIZE, Interval, SequenceOf
+from .boxes import to_frame
 from .images import check_source
 
 __all__ = [
@@ -23,34 +25,7 @@ __all__ = [
     "CropSet",
     "check_boxes",
     "effective_crop_sizes",
-    "to_frame",
-    "to_original",
 ]
-
-
-def _frame_scale(image_sizes, size, inverse):
-    """(n, 1, 4) factors from original pixels to the frame (or back with ``inverse``)."""
-    h = np.asarray(image_sizes)[:, 0].astype(np.float64)
-    w = np.asarray(image_sizes)[:, 1].astype(np.float64)
-    sx, sy = (w / size, h / size) if inverse else (size / w, size / h)
-    return np.stack([sx, sy, sx, sy], axis=-1)[:, None, :]
-
-
-def to_frame(boxes, image_sizes, size) -> np.ndarray:
-    """Boxes (n, k, 4) from original-image pixels to the ``size × size`` frame (float64).
-
-    Coordinates within 1e-3 of an integer are snapped to it, so integer boxes chosen in that
-    frame come back exactly.
-    """
-    out = np.asarray(boxes).astype(np.float64) * _frame_scale(image_sizes, size, inverse=False)
-    rounded = np.round(out)
-    return np.where(np.abs(out - rounded) < 1e-3, rounded, out)
-
-
-def to_original(boxes, image_sizes, size) -> np.ndarray:
-    """Boxes (n, k, 4) from the ``size × size`` frame to original-image pixels (float32)."""
-    out = np.asarray(boxes).astype(np.float64) * _frame_scale(image_sizes, size, inverse=True)
-    return out.astype(np.float32)
 
 
 def _box_problem(finite, ordered_x, ordered_y) -> str:
@@ -234,7 +209,7 @@ class CropSet:
         """Boxes in the pixels of the image resized to ``size × size`` (float64).
 
         Coordinates within 1e-3 of an integer are snapped to it, so integer boxes chosen in that
-        frame come back exactly (see :func:`to_frame`).
+        frame come back exactly (see :func:`sk_a2.boxes.to_frame`).
         """
         return to_frame(self.boxes, self.image_sizes, size)
 

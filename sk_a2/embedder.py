@@ -19,8 +19,8 @@ from ._base import (
 )
 from ._data import iter_image_batches, resolve_num_workers
 from ._param_validation import PATH, Rule, StrOptions, validated_call
+from .boxes import crop_resize
 from .cache import EntryLayout, cached_rows, digest, image_key, model_key
-from .crops import crop_resize
 from .cropset import CropSet
 from .decode import DECODERS, check_decoder
 from .device import resolve_device
@@ -33,7 +33,7 @@ from .original_crops import (
 )
 from .outputs import check_output_dir, open_output
 from .precision import at_precision, precision_key
-from .ray_engine import ENGINE_CONSTRAINTS, check_engine, run_sharded
+from .ray_engine import ENGINE_CONSTRAINTS, check_engine, run
 
 __all__ = ["CropEmbedder"]
 
@@ -377,14 +377,11 @@ class CropEmbedder(
         """
         self._check_input(X, "transform")
         if self.output_dir is None:
-            if self.engine == "ray":
-                return run_sharded(self, X, worker_params={"output_dir": None},
-                                   decode_size=self._decode_size())["out"]
-            return self._embed(X)
+            return self._run(X)["out"]
         n = len(X) if isinstance(X, CropSet) else len(as_sources(X))
         # written as <name>.npy.partial, renamed to <name>.npy once complete, removed on failure
         with open_output(self.output_dir, (n, self.n_features_out_), np.float32) as file:
-            self._fill(file.array, X, n)
+            self._run(X, file.array)
         return file.result
 
     def transform_batch(self, X):
@@ -416,15 +413,22 @@ class CropEmbedder(
         cut from the resized image; None (the model actors read) for crops from the originals."""
         return self.image_size if self.crop_source == "resized" else None
 
-    def _fill(self, out, X, n):
-        """Write the embeddings of ``X`` into ``out``, an output file's memory-mapped array:
-        by the Ray actors, or here in blocks of :data:`OUTPUT_BLOCK` images."""
-        if self.engine == "ray":
-            run_sharded(self, X, outputs={"out": out}, worker_params={"output_dir": None},
-                        decode_size=self._decode_size())
-            return
-        for start in range(0, n, OUTPUT_BLOCK):
+    def _run(self, X, out=None):
+        """The embeddings of ``X``, ``{"out": array}``, on the engine ``engine`` names. With
+        ``out``, an output file's memory-mapped array, they are written there: by the Ray
+        actors, or here in blocks of :data:`OUTPUT_BLOCK` images."""
+        return run(self, X, in_process=lambda X: {"out": self._embed_into(X, out)},
+                   outputs=None if out is None else {"out": out},
+                   worker_params={"output_dir": None}, decode_size=self._decode_size())
+
+    def _embed_into(self, X, out=None):
+        """The in-process embeddings of ``X``: all at once, or written into ``out`` in blocks
+        of :data:`OUTPUT_BLOCK` images (then ``out`` is returned)."""
+        if out is None:
+            return self._embed(X)
+        for start in range(0, len(out), OUTPUT_BLOCK):
             out[start:start + OUTPUT_BLOCK] = self._embed(_rows(X, start, OUTPUT_BLOCK))
+        return out
 
     def _embed(self, X):
         """The in-process embeddings of ``X``: (n, n_features_out_) float32."""

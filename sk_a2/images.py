@@ -49,11 +49,13 @@ __all__ = [
     "decompression_bomb_error",
     "exif_orientation",
     "image_digest",
+    "image_sizes",
     "load_resized",
     "load_rgb",
     "open_image",
     "position",
     "resize_rgb",
+    "swaps_axes",
     "take",
 ]
 
@@ -70,6 +72,12 @@ def exif_orientation(img: Image.Image) -> int:
         return int(img.getexif().get(EXIF_ORIENTATION, 1))
     except Exception:
         return 1
+
+
+def swaps_axes(img: Image.Image) -> bool:
+    """Whether the EXIF orientation of a PIL image swaps its width and height once applied
+    (orientations 5 to 8: transpose, rotations by 90 degrees)."""
+    return exif_orientation(img) in (5, 6, 7, 8)
 
 
 @contextmanager
@@ -410,3 +418,44 @@ def take(sources, idx) -> Subset:
         items, positions = sources, idx
     picked = items[idx] if isinstance(items, np.ndarray) else [items[i] for i in idx]
     return Subset(picked, positions)
+
+
+def _pil_size(img: Image.Image) -> tuple[int, int]:
+    """``(height, width)`` of a PIL image after its EXIF orientation, as ``load_rgb`` sees it."""
+    w, h = img.size
+    if swaps_axes(img):
+        h, w = w, h
+    return int(h), int(w)
+
+
+def _source_size(source, index: int) -> tuple[int, int]:
+    where = f"X[{index}]"
+    if isinstance(source, np.ndarray):
+        if source.ndim not in (2, 3) or source.shape[0] < 1 or source.shape[1] < 1:
+            raise ValueError(f"{where} has shape {source.shape}: expected (H, W, 3) or (H, W)")
+        return int(source.shape[0]), int(source.shape[1])
+    if isinstance(source, Image.Image):
+        return _pil_size(source)
+    with open_image(Path(os.fspath(source)), where) as img:
+        return _pil_size(img)
+
+
+def image_sizes(X) -> np.ndarray:
+    """Original ``(height, width)`` of every image, without decoding pixels.
+
+    Files are opened with PIL, which reads only their header; their EXIF orientation is taken
+    into account, as when the pixels are loaded. Arrays give their shape.
+
+    Parameters
+    ----------
+    X : sequence of image sources, or (n, H, W, 3) uint8 array
+
+    Returns
+    -------
+    ndarray of shape (n, 2), int64
+    """
+    sources = as_sources(X)
+    if isinstance(sources, np.ndarray):
+        return np.tile(np.asarray(sources.shape[1:3], dtype=np.int64), (len(sources), 1))
+    return np.asarray([_source_size(s, i) for i, s in enumerate(sources)],
+                      dtype=np.int64).reshape(-1, 2)

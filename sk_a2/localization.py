@@ -46,10 +46,10 @@ from sklearn.utils import Bunch
 from sklearn.utils.validation import check_is_fitted
 
 from .attention import layer_cls_attention, layer_label, resolve_layer
-from .baselines import image_sizes as read_image_sizes
 from .cropper import AttentionCropper
 from .cropset import int_list
 from .images import as_sources
+from .images import image_sizes as read_image_sizes
 
 __all__ = [
     "METRICS",

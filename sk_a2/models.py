@@ -45,6 +45,7 @@ from torch import nn
 from ._data import shutdown_pools
 from ._param_validation import IMAGE_SIZE
 from .backends import ModelSpec, VisionModel, backend_for_module, get_backend, list_backends
+from .backends.base import square_side
 from .backends.hub import WeightsUnavailableError
 from .backends.transformers import model_type_available
 from .device import resolve_device
@@ -252,7 +253,7 @@ def _wrap_module(module: nn.Module, image_size: int, device: torch.device) -> Vi
         params = list(module.parameters())
         if not params:
             raise ValueError("model has no parameters")
-        native = _square_size(backend.native_image_size(module))
+        native = square_side(backend.native_image_size(module))
         needs_copy = module.training or params[0].device != device or native != image_size
         if needs_copy:
             module = deepcopy(module)
@@ -262,11 +263,3 @@ def _wrap_module(module: nn.Module, image_size: int, device: torch.device) -> Vi
         vm = VisionModel(module, backend, name, image_size, *backend.mean_std(module))
         per_module[key] = vm
         return vm
-
-
-def _square_size(size) -> int:
-    if isinstance(size, (tuple, list)):
-        if size[0] != size[1]:
-            raise ValueError(f"only square-input models are supported, this one takes {size}")
-        size = size[0]
-    return int(size)

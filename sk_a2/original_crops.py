@@ -46,7 +46,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ._data import prefetched
-from .images import exif_orientation, load_rgb, resize_rgb
+from .images import load_rgb, resize_rgb, swaps_axes
 
 __all__ = [
     "CROP_SOURCES",
@@ -145,11 +145,6 @@ def draft_scale(boxes, size) -> int:
     return 1
 
 
-def _transposed(img) -> bool:
-    """Whether EXIF orientation swaps the axes of ``img`` (orientations 5 to 8)."""
-    return exif_orientation(img) in (5, 6, 7, 8)
-
-
 def _decode(source, boxes, size, draft, index):
     """Decode ``source``; a JPEG file is decoded in draft mode when :func:`draft_scale` allows.
 
@@ -163,7 +158,7 @@ def _decode(source, boxes, size, draft, index):
                     w, h = img.size
                     img.draft(None, (-(-w // r), -(-h // r)))
                     img.load()
-                    return load_rgb(img, index), ((w, h) if _transposed(img) else (h, w))
+                    return load_rgb(img, index), ((w, h) if swaps_axes(img) else (h, w))
         except Exception:
             pass  # unreadable: load_rgb below raises the documented error
     rgb = load_rgb(source, index)

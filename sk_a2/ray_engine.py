@@ -53,7 +53,7 @@ from .ray_session import (Engine, close_engines, discard, held_resources, lookup
                           read_batch, register)
 
 __all__ = ["ENGINE_CONSTRAINTS", "ENGINE_OPTIONS", "check_engine", "close_engines", "connect",
-           "engine_key", "plan_resources", "read_batch", "run_sharded"]
+           "engine_key", "plan_resources", "read_batch", "run", "run_sharded"]
 
 INSTALL = 'pip install "sk-a2[ray]"'
 
@@ -405,6 +405,18 @@ def _payload(estimator, params, worker_params, outputs):
         if isinstance(arr, np.memmap):
             arr.flush()  # the header is on disk before the actors open the file
     return worker, targets
+
+
+def run(estimator, X, *, in_process, **sharded_options):
+    """Run an estimator's model work over ``X`` on the engine its ``engine`` parameter names:
+    the one place that chooses between this process and Ray.
+
+    ``in_process(X)`` (``engine=None``) returns what :func:`run_sharded` returns for
+    ``engine="ray"``, which gets ``sharded_options``: a dict of arrays with the images as rows.
+    """
+    if estimator.engine == "ray":
+        return run_sharded(estimator, X, **sharded_options)
+    return in_process(X)
 
 
 def run_sharded(estimator, X, *, columns=array_columns, outputs=None, worker_params=None,

@@ -536,7 +536,7 @@ def _overlay(rgb, attention, boxes):
 
 def _crop_views(rgb, boxes, image_size, crop_source):
     """Each box's crop as the embedding model saw it, as PIL thumbnails."""
-    from .cropset import to_frame
+    from .boxes import to_frame
     from .images import resize_rgb
 
     if image_size and crop_source == "resized":
@@ -1028,9 +1028,8 @@ def crops_and_maps(cropper, X):
     if not isinstance(cropper, AttentionCropper) or cropper.embed_full_image \
             or cropper.engine is not None:
         return cropper.transform(X), None
-    from .baselines import image_sizes
     from .cropset import CropSet
-    from .images import as_sources
+    from .images import as_sources, image_sizes
 
     sources = as_sources(X)
     maps = cropper.attention_maps(sources)
@@ -1043,8 +1042,8 @@ def _boxes_from_maps(cropper, maps, hws):
     """The boxes (original pixels) and scores ``cropper.transform`` chooses from ``maps``."""
     import torch
 
-    from .crops import greedy_boxes, upsample_maps
-    from .cropset import effective_crop_sizes, to_original
+    from .boxes import greedy_boxes, to_original, upsample_maps
+    from .cropset import effective_crop_sizes
     from .models import resolve_device
 
     sizes = effective_crop_sizes(cropper.crop_sizes, cropper.n_crops, cropper.image_size)

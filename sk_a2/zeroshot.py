@@ -20,7 +20,7 @@ from .images import as_sources
 from .models import resolve_model_spec
 from .original_crops import CROP_SOURCES
 from .precision import at_precision
-from .ray_engine import ENGINE_CONSTRAINTS, check_engine, run_sharded
+from .ray_engine import ENGINE_CONSTRAINTS, check_engine, run
 
 __all__ = ["CROP_AGGREGATIONS", "ZeroShotCLIPClassifier"]
 
@@ -284,11 +284,9 @@ class ZeroShotCLIPClassifier(ModelParamsMixin, ImageModelMixin, ClassifierMixin,
                 raise ValueError("X is an empty CropSet: at least one image is needed")
         else:
             X = as_sources(X)
-        if self.engine == "ray":
-            decode_size = self.image_size if self.crop_source == "resized" else None
-            emb = run_sharded(self, X, decode_size=decode_size)["out"]
-        else:
-            emb = self._crop_embeddings(X)
+        decode_size = self.image_size if self.crop_source == "resized" else None
+        emb = run(self, X, in_process=lambda X: {"out": self._crop_embeddings(X)},
+                  decode_size=decode_size)["out"]
         vm = self._load()
         text = self._text_embeddings(vm).cpu()
         emb = F.normalize(torch.from_numpy(emb), dim=-1)

@@ -18,9 +18,9 @@ from sklearn.pipeline import Pipeline
 from timm.models.vision_transformer import VisionTransformer
 
 from sk_a2 import AttentionAdapter, AttentionCropper, CropEmbedder, CropSet, worst_group_accuracy
+from sk_a2._dps import candidate_bank
 from sk_a2.adapter import DegenerateTrainingWarning
 from sk_a2.datasets import make_two_object
-from sk_a2.dps import candidate_bank
 
 SIZE = 64
 

@@ -11,11 +11,11 @@ from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from sk_a2.baselines import CenterCropper, RandomCropper, image_sizes
-from sk_a2.crops import CropOverlapWarning
+from sk_a2.baselines import CenterCropper, RandomCropper
+from sk_a2.boxes import CropOverlapWarning
 from sk_a2.cropset import CropSet
 from sk_a2.embedder import CropEmbedder
-from sk_a2.images import load_rgb
+from sk_a2.images import image_sizes, load_rgb
 
 CROPPERS = [CenterCropper, RandomCropper]
 

@@ -245,7 +245,7 @@ def test_evaluate_protocol_report_without_cache_shows_boxes_only(tiny, spy, tmp_
     assert text.count('class="case ') > 0
 
 
-@pytest.mark.filterwarnings("ignore::sk_a2.crops.CropOverlapWarning")  # tiny frames
+@pytest.mark.filterwarnings("ignore::sk_a2.boxes.CropOverlapWarning")  # tiny frames
 def test_evaluate_report_of_tune_and_compare(tiny, spy, tmp_path, capsys):
     argv = _evaluate_real(tiny, tmp_path / "o", "--tune", "--compare", "--center-crop-size", "32",
                           "--report")

@@ -17,7 +17,7 @@ from sk_a2.paper.protocol import default_tune_grid
 
 pytest.importorskip("matplotlib")
 # tiny frames: some tuning candidates cannot place every crop without overlap
-pytestmark = pytest.mark.filterwarnings("ignore::sk_a2.crops.CropOverlapWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::sk_a2.boxes.CropOverlapWarning")
 
 SIZE = "64"
 ROW_KEYS = ["full_lr", "full_dfr", "center_lr", "center_dfr", "random_lr", "random_dfr",

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from sk_a2.crops import CropOverlapWarning, crop_resize, greedy_boxes, upsample_maps
+from sk_a2.boxes import CropOverlapWarning, crop_resize, greedy_boxes, upsample_maps
 
 
 def brute_force(a, sizes):

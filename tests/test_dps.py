@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import norm
 
-from sk_a2.dps import box_mass_matrix, candidate_bank, hard_topk, perturbed_topk
+from sk_a2._dps import box_mass_matrix, candidate_bank, hard_topk, perturbed_topk
 
 
 def test_candidate_bank_224():

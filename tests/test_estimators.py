@@ -15,7 +15,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 
 from sk_a2 import AttentionCropper, CropEmbedder, CropSet
-from sk_a2.crops import crop_resize
+from sk_a2.boxes import crop_resize
 from sk_a2.images import load_resized
 from sk_a2.models import load_model
 
@@ -52,7 +52,7 @@ def test_cropset_boxes_in_original_pixels(cropper):
 
 def test_boxes_follow_the_attention_map(cropper):
     """The boxes are greedy_boxes of the upsampled attention_maps (independent recomputation)."""
-    from sk_a2.crops import greedy_boxes
+    from sk_a2.boxes import greedy_boxes
 
     X = random_images(3, h=64, w=64, seed=3)
     cropper.fit(X)

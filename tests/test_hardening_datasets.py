@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sk_a2.baselines import image_sizes
 from sk_a2.datasets import (
     load_celeba,
     load_image_folder,
@@ -22,6 +21,7 @@ from sk_a2.datasets import (
     load_metashift_animals,
     load_waterbirds,
 )
+from sk_a2.images import image_sizes
 from sk_a2.localization import check_boxes
 
 W, H = 30, 20  # size of every image written here

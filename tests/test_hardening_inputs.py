@@ -7,7 +7,7 @@ from conftest import random_images
 from PIL import Image
 
 from sk_a2 import AttentionCropper, CropEmbedder, CropSet, DFRClassifier
-from sk_a2.cropset import to_original
+from sk_a2.boxes import to_original
 from sk_a2.images import as_sources, load_rgb
 
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from PIL import Image
 
 import sk_a2._base
 import sk_a2.embedder
+import sk_a2.ray_engine
 from sk_a2 import CropEmbedder
 from sk_a2.outputs import check_output_dir, write_file_rows
 
@@ -72,7 +73,7 @@ def fake_ray(monkeypatch):
         return outputs
 
     monkeypatch.setattr(sk_a2.embedder, "check_engine", lambda engine, options: None)
-    monkeypatch.setattr(sk_a2.embedder, "run_sharded", run_sharded)
+    monkeypatch.setattr(sk_a2.ray_engine, "run_sharded", run_sharded)
 
 
 ENGINES = [pytest.param(None, id="in-process"),

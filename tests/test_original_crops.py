@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sk_a2.crops import crop_resize
+from sk_a2.boxes import crop_resize
 from sk_a2.original_crops import (
     OriginalCrops,
     clip_boxes,

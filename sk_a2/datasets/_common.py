@@ -14,9 +14,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from sklearn.utils import Bunch
 
+from ..images import swaps_axes
+
 SPLIT_NAMES = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-_EXIF_ORIENTATION = 0x0112
 
 
 def make_rng(random_state):
@@ -446,10 +447,7 @@ def image_frame(path, where):
     try:
         with Image.open(path) as img:
             width, height = img.size
-            try:
-                orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1))
-            except Exception:  # an unreadable EXIF block: the pixels load unrotated
-                orientation = 1
+            swapped = swaps_axes(img)  # an unreadable EXIF block: the pixels load unrotated
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{where}: image file {str(path)!r} does not exist; its boxes are clipped to its "
@@ -460,7 +458,7 @@ def image_frame(path, where):
             f"{where}: cannot read image file {str(path)!r} ({type(exc).__name__}: {exc}); its "
             "boxes are clipped to its size, so it must be a readable image."
         ) from None
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    return (height, width) if swapped else (width, height)
 
 
 def clip_box(box, frame, where):

@@ -1,4 +1,5 @@
-"""Greedy non-overlapping crop selection and batched crop-and-resize.
+"""Boxes: greedy non-overlapping crop selection, map upsampling, batched crop-and-resize, and
+the geometry between the ``size × size`` frame and original-image pixels.
 
 Crop selection follows Appendix B of the A² paper exactly. Given ``M × M`` maps and crop sizes
 ``s_1 >= ... >= s_k``, crop ``j`` is the integer position ``(x, y)``, ``0 <= x, y <= M - s_j``,
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CropOverlapWarning", "crop_resize", "greedy_boxes", "upsample_maps"]
+__all__ = ["CropOverlapWarning", "crop_resize", "greedy_boxes", "to_frame", "to_original",
+           "upsample_maps"]
 
 
 class CropOverlapWarning(UserWarning):
@@ -164,3 +166,28 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, out_size: int) -> tor
     out = (rows.gather(-1, x0[:, :, None, None, :].expand(shape)) * (1 - fx)
            + rows.gather(-1, x1[:, :, None, None, :].expand(shape)) * fx)
     return out.permute(0, 1, 3, 2, 4)  # (B, k, C, o, o)
+
+
+def _frame_scale(image_sizes, size, inverse):
+    """(n, 1, 4) factors from original pixels to the frame (or back with ``inverse``)."""
+    h = np.asarray(image_sizes)[:, 0].astype(np.float64)
+    w = np.asarray(image_sizes)[:, 1].astype(np.float64)
+    sx, sy = (w / size, h / size) if inverse else (size / w, size / h)
+    return np.stack([sx, sy, sx, sy], axis=-1)[:, None, :]
+
+
+def to_frame(boxes, image_sizes, size) -> np.ndarray:
+    """Boxes (n, k, 4) from original-image pixels to the ``size × size`` frame (float64).
+
+    Coordinates within 1e-3 of an integer are snapped to it, so integer boxes chosen in that
+    frame come back exactly.
+    """
+    out = np.asarray(boxes).astype(np.float64) * _frame_scale(image_sizes, size, inverse=False)
+    rounded = np.round(out)
+    return np.where(np.abs(out - rounded) < 1e-3, rounded, out)
+
+
+def to_original(boxes, image_sizes, size) -> np.ndarray:
+    """Boxes (n, k, 4) from the ``size × size`` frame to original-image pixels (float32)."""
+    out = np.asarray(boxes).astype(np.float64) * _frame_scale(image_sizes, size, inverse=True)
+    return out.astype(np.float32)
