@@ -115,6 +115,16 @@ def validated_call(method):
     return wrapper
 
 
+class FitTransformOnceMixin:
+    """``fit_transform`` that checks the parameters once: the ``fit`` and ``transform`` it runs
+    skip their own checks. Listed before scikit-learn's ``TransformerMixin``."""
+
+    @validated_call
+    def fit_transform(self, X, y=None, **fit_params):
+        """Fit to ``X`` (and ``y``), then transform ``X``; the parameters are checked once."""
+        return super().fit_transform(X, y, **fit_params)
+
+
 #: The side of the square frame (the model input): one rule for every estimator; a model may
 #: need more (its patch size), checked when it loads.
 IMAGE_SIZE = Interval(numbers.Integral, 1, None, closed="left")

@@ -29,7 +29,7 @@ from sklearn_compat.base import _fit_context
 
 from ._base import MODEL_CONSTRAINTS, ImageModelMixin, ImageTransformerTagsMixin
 from ._dps import box_mass_matrix, candidate_bank, hard_topk, perturbed_topk
-from ._param_validation import Interval, StrOptions, validated_call
+from ._param_validation import FitTransformOnceMixin, Interval, StrOptions, validated_call
 from .attention import HEAD_AGGREGATIONS
 from .boxes import to_original
 from .cropper import AttentionCropper
@@ -355,7 +355,8 @@ class _OuterLoop:
 
 
 class AttentionAdapter(
-    ImageModelMixin, ImageTransformerTagsMixin, TransformerMixin, BaseEstimator
+    ImageModelMixin, ImageTransformerTagsMixin, FitTransformOnceMixin, TransformerMixin,
+    BaseEstimator
 ):
     """Learned attention adapter with differentiable patch selection (A² + adapter).
 

@@ -22,14 +22,14 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from sklearn_compat.base import _fit_context
 
-from ._param_validation import validated_call
+from ._param_validation import FitTransformOnceMixin, validated_call
 from .boxes import CropOverlapWarning, to_original
 from .cropset import CROP_CONSTRAINTS, CropSet, effective_crop_sizes
 from .images import as_sources, image_digest, image_sizes
 
 __all__ = ["CenterCropper", "RandomCropper"]
 
-class _BaselineCropper(TransformerMixin, BaseEstimator):
+class _BaselineCropper(FitTransformOnceMixin, TransformerMixin, BaseEstimator):
     """Shared validation and tags of the baseline croppers."""
 
     def __sklearn_tags__(self):

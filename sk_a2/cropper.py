@@ -16,7 +16,7 @@ from ._base import (
     ImageTransformerTagsMixin,
     ModelParamsMixin,
 )
-from ._param_validation import Interval, StrOptions, validated_call
+from ._param_validation import FitTransformOnceMixin, Interval, StrOptions, validated_call
 from .attention import HEAD_AGGREGATIONS, MapSource, layer_maps, map_keys, resolve_layer
 from .boxes import greedy_boxes, to_original, upsample_maps
 from .cache import EntryLayout, cached_rows, digest, image_key, model_key
@@ -38,7 +38,8 @@ def crop_columns(crops: CropSet) -> dict:
 
 
 class AttentionCropper(
-    ModelParamsMixin, ImageModelMixin, ImageTransformerTagsMixin, TransformerMixin, BaseEstimator
+    ModelParamsMixin, ImageModelMixin, ImageTransformerTagsMixin, FitTransformOnceMixin,
+    TransformerMixin, BaseEstimator
 ):
     """Greedy, non-overlapping crops at the peaks of a ViT's CLS attention (A²'s *where*).
 

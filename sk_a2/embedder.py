@@ -18,7 +18,7 @@ from ._base import (
     check_finite,
 )
 from ._data import iter_image_batches, resolve_num_workers
-from ._param_validation import PATH, Rule, StrOptions, validated_call
+from ._param_validation import PATH, FitTransformOnceMixin, Rule, StrOptions, validated_call
 from .boxes import crop_resize
 from .cache import EntryLayout, cached_rows, digest, image_key, model_key
 from .cropset import CropSet
@@ -204,7 +204,8 @@ def _rows(X, start, count):
 
 
 class CropEmbedder(
-    ModelParamsMixin, ImageModelMixin, ImageTransformerTagsMixin, TransformerMixin, BaseEstimator
+    ModelParamsMixin, ImageModelMixin, ImageTransformerTagsMixin, FitTransformOnceMixin,
+    TransformerMixin, BaseEstimator
 ):
     """Embed each crop of a :class:`CropSet` with a ViT and concatenate the embeddings.
 

@@ -106,3 +106,18 @@ def test_set_params_after_fit_is_seen_by_the_next_call(count):
     est.set_params(crop_sizes=0)
     with pytest.raises(ValueError, match="'crop_sizes' parameter of CenterCropper"):
         est.transform(X)
+
+
+@pytest.mark.parametrize("make", [lambda w: CenterCropper(crop_sizes=(32,), image_size=64),
+                                  lambda w: AttentionCropper("timm:test_vit", weights=w,
+                                                             crop_sizes=(16,), image_size=64,
+                                                             device="cpu")],
+                         ids=["CenterCropper", "AttentionCropper"])
+def test_fit_transform_validates_once(make, count, tiny_vit_file):
+    X = random_images(3, 64, 64)
+    est = make(tiny_vit_file)
+    crops = _once(count, lambda: est.fit_transform(X), type(est).__name__)
+    count.clear()
+    emb = CropEmbedder("timm:test_vit", weights=tiny_vit_file, image_size=64, device="cpu")
+    out = _once(count, lambda: emb.fit_transform(crops), "CropEmbedder")
+    np.testing.assert_array_equal(out, emb.transform(crops))  # the same as fit, then transform
