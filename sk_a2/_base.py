@@ -67,13 +67,30 @@ def check_finite(values, what, vm, sources, rows):
     )
 
 
-class ModelParamsMixin:
-    """The parameters every estimator that runs one named model shares, stored as given.
+class ImageInputMixin:
+    """What every estimator taking images shares: input tags (image sources, not a 2-D array)
+    and unpickling where the ``device`` it was pickled with is missing."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        return tags
+
+    def __setstate__(self, state):
+        if "device" in state:  # pickled where CUDA was available: run on the CPU here
+            state = {**state, "device": cpu_fallback(state["device"], type(self).__name__)}
+        super().__setstate__(state)
+
+
+class ModelEstimatorMixin(ImageInputMixin):
+    """The one base of the estimators that run one named model: its parameters, stored as given,
+    and model loading, precision and cache arguments from them.
 
     :class:`~sk_a2.AttentionCropper`, :class:`~sk_a2.CropEmbedder` and
-    :class:`~sk_a2.ZeroShotCLIPClassifier` list them in their own signatures (which is what
-    scikit-learn's ``get_params`` reads) and pass them here, as scikit-learn's own ensembles pass
-    shared parameters to their base class; rules are in ``MODEL_CONSTRAINTS`` and
+    :class:`~sk_a2.ZeroShotCLIPClassifier` list the parameters in their own signatures (which is
+    what scikit-learn's ``get_params`` reads) and pass them here, as scikit-learn's own ensembles
+    pass shared parameters to their base class; rules are in ``MODEL_CONSTRAINTS`` and
     ``ENGINE_CONSTRAINTS``.
     """
 
@@ -90,22 +107,6 @@ class ModelParamsMixin:
         self.verbose = verbose
         self.engine = engine
         self.engine_options = engine_options
-
-
-class ImageModelMixin:
-    """Model loading, precision, cache arguments and input tags from the ``model``, ``weights``,
-    ``image_size``, ``device``, ``precision`` and ``cache`` parameters."""
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.string = True
-        return tags
-
-    def __setstate__(self, state):
-        if "device" in state:  # pickled where CUDA was available: run on the CPU here
-            state = {**state, "device": cpu_fallback(state["device"], type(self).__name__)}
-        super().__setstate__(state)
 
     def _load(self):
         """The loaded model (shared per process, see :func:`sk_a2.models.load_model`).

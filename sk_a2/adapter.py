@@ -27,7 +27,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 from sklearn_compat.base import _fit_context
 
-from ._base import MODEL_CONSTRAINTS, ImageModelMixin, ImageTransformerTagsMixin
+from ._base import MODEL_CONSTRAINTS, ImageInputMixin, ImageTransformerTagsMixin
 from ._dps import box_mass_matrix, candidate_bank, hard_topk, perturbed_topk
 from ._param_validation import FitTransformOnceMixin, Interval, StrOptions, validated_call
 from .attention import HEAD_AGGREGATIONS
@@ -355,7 +355,7 @@ class _OuterLoop:
 
 
 class AttentionAdapter(
-    ImageModelMixin, ImageTransformerTagsMixin, FitTransformOnceMixin, TransformerMixin,
+    ImageInputMixin, ImageTransformerTagsMixin, FitTransformOnceMixin, TransformerMixin,
     BaseEstimator
 ):
     """Learned attention adapter with differentiable patch selection (A² + adapter).

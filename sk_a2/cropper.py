@@ -12,9 +12,8 @@ from sklearn_compat.base import _fit_context
 
 from ._base import (
     MODEL_CONSTRAINTS,
-    ImageModelMixin,
     ImageTransformerTagsMixin,
-    ModelParamsMixin,
+    ModelEstimatorMixin,
 )
 from ._param_validation import FitTransformOnceMixin, Interval, StrOptions, validated_call
 from .attention import HEAD_AGGREGATIONS, MapSource, layer_maps, map_keys, resolve_layer
@@ -38,8 +37,8 @@ def crop_columns(crops: CropSet) -> dict:
 
 
 class AttentionCropper(
-    ModelParamsMixin, ImageModelMixin, ImageTransformerTagsMixin, FitTransformOnceMixin,
-    TransformerMixin, BaseEstimator
+    ModelEstimatorMixin, ImageTransformerTagsMixin, FitTransformOnceMixin, TransformerMixin,
+    BaseEstimator
 ):
     """Greedy, non-overlapping crops at the peaks of a ViT's CLS attention (A²'s *where*).
 

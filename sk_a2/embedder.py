@@ -12,9 +12,8 @@ from sklearn_compat.base import _fit_context
 
 from ._base import (
     MODEL_CONSTRAINTS,
-    ImageModelMixin,
     ImageTransformerTagsMixin,
-    ModelParamsMixin,
+    ModelEstimatorMixin,
     check_finite,
 )
 from ._data import iter_image_batches, resolve_num_workers
@@ -204,8 +203,8 @@ def _rows(X, start, count):
 
 
 class CropEmbedder(
-    ModelParamsMixin, ImageModelMixin, ImageTransformerTagsMixin, FitTransformOnceMixin,
-    TransformerMixin, BaseEstimator
+    ModelEstimatorMixin, ImageTransformerTagsMixin, FitTransformOnceMixin, TransformerMixin,
+    BaseEstimator
 ):
     """Embed each crop of a :class:`CropSet` with a ViT and concatenate the embeddings.
 

@@ -11,7 +11,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 from sklearn_compat.base import _fit_context
 
-from ._base import MODEL_CONSTRAINTS, ImageModelMixin, ModelParamsMixin
+from ._base import MODEL_CONSTRAINTS, ModelEstimatorMixin
 from ._param_validation import SequenceOf, StrOptions, validated_call
 from .backends import get_backend
 from .cropset import CropSet
@@ -28,7 +28,7 @@ __all__ = ["CROP_AGGREGATIONS", "ZeroShotCLIPClassifier"]
 CROP_AGGREGATIONS = ("mean", "max", "logits_mean")
 
 
-class ZeroShotCLIPClassifier(ModelParamsMixin, ImageModelMixin, ClassifierMixin, BaseEstimator):
+class ZeroShotCLIPClassifier(ModelEstimatorMixin, ClassifierMixin, BaseEstimator):
     """Zero-shot classification of crops (or images) by a CLIP model and class-name prompts.
 
     The zero-shot variant of A² (A²_ZS in the paper): each crop of a :class:`~sk_a2.CropSet`

@@ -578,3 +578,17 @@ def test_adapter_beats_a2_when_the_photo_is_a_shortcut(two_object_pool, two_obje
         pipe.fit(X, y, groups=groups)
     wga = worst_group_accuracy(test.target, pipe.predict(test.images), groups=test.groups)
     assert wga >= 0.5 and wga >= a2_wga + 0.3, (a2_wga, wga)
+
+
+def test_adapter_composes_models_instead_of_inheriting_their_loading():
+    """The adapter builds a cropper and an embedder from its parameters: it takes only the
+    image-input mixin (tags, unpickling), none of a one-model estimator's loading methods."""
+    from sk_a2._base import ImageInputMixin, ModelEstimatorMixin
+
+    assert issubclass(AttentionAdapter, ImageInputMixin)
+    assert not issubclass(AttentionAdapter, ModelEstimatorMixin)
+    for name in ("_load", "_fit_model", "_cache_args", "_precision"):
+        assert not hasattr(AttentionAdapter, name), name
+    tags = AttentionAdapter("a", "b").__sklearn_tags__()
+    assert tags.input_tags.string and not tags.input_tags.two_d_array
+    assert tags.target_tags.required
