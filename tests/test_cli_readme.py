@@ -35,7 +35,7 @@ def test_setup_commands_unchanged():
 
 def test_states_the_tests_cost_and_where_to_run():
     words = prose()
-    assert "11 to 13 minutes on 2 CPU cores" in words
+    assert "5 to 8 minutes on 2 CPU cores" in words
     assert "from the repository root" in words
     assert "named `sk_a2`" in words and "shadows the installed package" in words
 
