@@ -84,6 +84,7 @@ from .outputs import check_output_dir
 
 __all__ = [
     "STORE_NAME",
+    "BytesLRU",
     "CacheWarning",
     "DiskCache",
     "EntryLayout",
@@ -225,17 +226,24 @@ def model_key(model, weights) -> str:
     return digest("model", str(model), weights_id)
 
 
-class MemoryCache:
-    """A thread-safe LRU of NumPy arrays bounded in bytes."""
+class BytesLRU:
+    """A thread-safe least-recently-used map bounded in bytes: past ``max_bytes``, the oldest
+    entries are dropped (the newest one is always kept). ``size(value)`` gives a value's bytes."""
 
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, size):
         self.max_bytes = int(max_bytes)
+        self._size = size
         self._data: OrderedDict = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
     def __len__(self):
         return len(self._data)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the values kept."""
+        return self._bytes
 
     def get(self, key):
         with self._lock:
@@ -244,23 +252,33 @@ class MemoryCache:
                 self._data.move_to_end(key)
             return value
 
-    def put(self, key, value: np.ndarray) -> None:
-        value = np.array(value, copy=True)
-        value.setflags(write=False)
+    def put(self, key, value) -> None:
         with self._lock:
             old = self._data.pop(key, None)
             if old is not None:
-                self._bytes -= old.nbytes
+                self._bytes -= self._size(old)
             self._data[key] = value
-            self._bytes += value.nbytes
+            self._bytes += self._size(value)
             while self._bytes > self.max_bytes and len(self._data) > 1:
                 _, dropped = self._data.popitem(last=False)
-                self._bytes -= dropped.nbytes
+                self._bytes -= self._size(dropped)
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
             self._bytes = 0
+
+
+class MemoryCache(BytesLRU):
+    """A thread-safe LRU of NumPy arrays bounded in bytes (each stored as a read-only copy)."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__(max_bytes, lambda array: array.nbytes)
+
+    def put(self, key, value: np.ndarray) -> None:
+        value = np.array(value, copy=True)
+        value.setflags(write=False)
+        super().put(key, value)
 
 
 _SCHEMA = (

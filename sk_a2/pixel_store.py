@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
+
+from .cache import BytesLRU
 
 __all__ = ["PixelStore", "pixel_store"]
 
@@ -48,48 +49,39 @@ class PixelStore:
     """
 
     def __init__(self, max_bytes: int):
-        self.max_bytes = int(max_bytes)
-        self._data: OrderedDict = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._lru = BytesLRU(max_bytes, lambda value: value[0].numel() * value[0].element_size())
 
     def __len__(self):
-        return len(self._data)
+        return len(self._lru)
+
+    @property
+    def max_bytes(self) -> int:
+        """The bound, in bytes (``0``: the store keeps nothing)."""
+        return self._lru.max_bytes
+
+    @max_bytes.setter
+    def max_bytes(self, value: int) -> None:
+        self._lru.max_bytes = int(value)
 
     @property
     def nbytes(self) -> int:
         """Bytes of the pixels kept."""
-        return self._bytes
+        return self._lru.nbytes
 
     def get(self, key, size):
         """The ``(pixels, hw)`` stored for ``key`` at ``size``, or None."""
-        with self._lock:
-            value = self._data.get((key, size))
-            if value is not None:
-                self._data.move_to_end((key, size))
-            return value
+        return self._lru.get((key, size))
 
     def put(self, key, size, pixels, hw) -> None:
         """Keep ``pixels`` (a ``(size, size, 3)`` uint8 tensor, not copied: it must not be
-        written to afterwards) and the original ``hw`` of the image of ``key``."""
-        nbytes = pixels.numel() * pixels.element_size()
-        if nbytes > self.max_bytes:
-            return
-        with self._lock:
-            old = self._data.pop((key, size), None)
-            if old is not None:
-                self._bytes -= old[0].numel() * old[0].element_size()
-            self._data[(key, size)] = (pixels, tuple(int(v) for v in hw))
-            self._bytes += nbytes
-            while self._bytes > self.max_bytes:
-                _, (dropped, _) = self._data.popitem(last=False)
-                self._bytes -= dropped.numel() * dropped.element_size()
+        written to afterwards) and the original ``hw`` of the image of ``key``; an image larger
+        than the bound is not kept."""
+        if pixels.numel() * pixels.element_size() <= self.max_bytes:
+            self._lru.put((key, size), (pixels, tuple(int(v) for v in hw)))
 
     def clear(self) -> None:
         """Drop every image."""
-        with self._lock:
-            self._data.clear()
-            self._bytes = 0
+        self._lru.clear()
 
 
 _STORE: PixelStore | None = None
